@@ -1,0 +1,1 @@
+"""Small shared pieces every layer may use: the named-thing registry and atomic file I/O."""

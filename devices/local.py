@@ -1,0 +1,65 @@
+"""The ``local`` transport: the agent in a fresh subprocess of this Python, so each memory figure is its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class AgentError(RuntimeError):
+    """The agent failed or printed no JSON; the message carries its reason."""
+
+
+@dataclass(frozen=True)
+class AgentJob:
+    """One measurement: an artifact at a thread count, optionally scored on an eval set."""
+
+    artifact: Path
+    threads: int
+    eval_npz: Path | None = None
+    runtime: str | None = None
+    warmup: int = 20
+    runs: int = 200
+    score: bool = False
+    logits_out: Path | None = None
+
+    def argv(self) -> list[str]:
+        a = ["--artifact", str(self.artifact), "--threads", str(self.threads),
+             "--warmup", str(self.warmup), "--runs", str(self.runs)]
+        if self.runtime:
+            a += ["--runtime", self.runtime]
+        if self.eval_npz:
+            a += ["--eval", str(self.eval_npz)]
+        if self.score:
+            a.append("--score")
+        if self.logits_out:
+            a += ["--logits-out", str(self.logits_out)]
+        return a
+
+
+def parse_agent_output(stdout: str, stderr: str = "") -> dict[str, Any]:
+    """The agent's JSON document is its last stdout line; anything else is an :class:`AgentError`."""
+    lines = [ln for ln in stdout.strip().splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
+        raise AgentError(f"agent printed no result: {tail}")
+    doc = json.loads(lines[-1])
+    if "error" in doc:
+        raise AgentError(doc["error"])
+    return doc
+
+
+def run_local(job: AgentJob, timeout_s: float = 600) -> dict[str, Any]:
+    """Run the agent for ``job`` in a fresh process of the current interpreter."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "edgedistill.devices.agent", *job.argv()]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        raise AgentError(f"{job.artifact.name}: agent timed out after {timeout_s:.0f} s") from None
+    return parse_agent_output(proc.stdout, proc.stderr)

@@ -1,0 +1,62 @@
+"""The runtime interface and its registry."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedistill.core.registry import Registry
+
+
+class Session(ABC):
+    """A loaded model. ``run`` maps a float32 batch ``(B, ...)`` to float32 outputs ``(B, K)``."""
+
+    #: largest batch ``run`` accepts (None: any); fixed-shape formats such as TFLite say 1
+    max_batch: int | None = None
+
+    @abstractmethod
+    def run(self, x: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Runtime name and version, threads, and anything that affects the numbers."""
+
+    def run_all(self, x: np.ndarray, batch: int = 64) -> np.ndarray:
+        """Run a whole array in batches no larger than :attr:`max_batch`."""
+        step = min(batch, self.max_batch or batch)
+        return np.concatenate([self.run(x[i:i + step]) for i in range(0, len(x), step)])
+
+
+class RuntimeError_(RuntimeError):
+    """A runtime cannot open or run an artifact; the message names the file."""
+
+
+RUNTIMES: Registry[type[Session]] = Registry("runtime")
+
+# name -> module that registers it (imported on first use so that only the needed runtime package is loaded)
+_MODULES = {"onnxruntime": "edgedistill.runtimes.ort", "torch": "edgedistill.runtimes.torch_ref",
+            "litert": "edgedistill.runtimes.litert"}
+_SUFFIXES = {".onnx": "onnxruntime", ".safetensors": "torch", ".tflite": "litert"}
+
+
+def runtime_for(path: str | Path) -> str:
+    """The default runtime for an artifact, by file suffix."""
+    suffix = Path(path).suffix
+    if suffix not in _SUFFIXES:
+        raise RuntimeError_(f"{path}: no runtime for '{suffix}' files; known: {', '.join(_SUFFIXES)}")
+    return _SUFFIXES[suffix]
+
+
+def open_session(runtime: str, path: str | Path, threads: int = 1) -> Session:
+    """Load ``path`` with the named runtime using ``threads`` intra-op threads."""
+    if runtime in _MODULES and runtime not in RUNTIMES:
+        importlib.import_module(_MODULES[runtime])
+    cls = RUNTIMES.get(runtime)
+    path = Path(path)
+    if not path.is_file():
+        raise RuntimeError_(f"{path}: artifact not found")
+    return cls(path, threads)  # type: ignore[call-arg]

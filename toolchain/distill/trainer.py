@@ -1,0 +1,240 @@
+"""The training loop shared by teacher training, the CE-only baseline and the KD student.
+
+Reads top to bottom: :func:`fit` is the loop (AdamW + cosine schedule, per-epoch checkpoint that a re-run resumes,
+best-on-validation weights kept); :class:`KDObjective` composes the recipe's losses; :func:`train_teacher`,
+:func:`train_baseline` and :func:`train_student` set up what differs between the three.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgedistill.core.fileio import atomic_path
+from edgedistill.toolchain.data.vision import VisionData
+from edgedistill.toolchain.distill import losses
+from edgedistill.toolchain.distill.cache import TeacherOutputs
+from edgedistill.toolchain.distill.features import FeatureTap, HintAdapter
+from edgedistill.toolchain.models.vision import logits_and_embedding
+from edgedistill.toolchain.progress import make_progress
+from edgedistill.toolchain.recipe import DistillConfig, TrainConfig
+
+# A batch step: sample indices into the train split -> (loss, named parts for logging)
+StepFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class FitResult:
+    val_accuracy: float
+    steps: int
+    train_seconds: float
+    samples_per_second: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    model.eval()
+    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                  for i in range(0, len(x), batch_size))
+    return correct / max(len(x), 1)
+
+
+def random_shift(x: torch.Tensor, max_shift: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels (edge-replicated), ``(B, C, H, W)`` → same shape."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, [max_shift] * 4, mode="replicate")
+    off = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=generator)
+    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(off.tolist())])
+
+
+def epoch_order(pool: torch.Tensor, n: int, seed: int, epoch: int) -> torch.Tensor:
+    """``n`` indices drawn from ``pool`` in a fresh permutation per epoch (cycled when the pool is smaller)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    reps = math.ceil(n / len(pool))
+    return torch.cat([pool[torch.randperm(len(pool), generator=g)] for _ in range(reps)])[:n]
+
+
+def fit(model: nn.Module, step: StepFn, cfg: TrainConfig, pool: torch.Tensor, epoch_size: int,
+        evaluate: Callable[[], float], checkpoint: Path, desc: str, seed: int = 0,
+        extra: nn.Module | None = None) -> FitResult:
+    """Train for ``cfg.epochs`` epochs of ``epoch_size`` samples drawn from ``pool``; resume from ``checkpoint``.
+
+    ``extra`` holds trainable parts that are not the model (KD adapters): optimised and checkpointed with it.
+    """
+    params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
+    steps_per_epoch = math.ceil(epoch_size / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
+    state = _resume(checkpoint, model, opt, sched, extra)
+    done, best, history = state["step"], state["best"], state["history"]
+    best_state = state["best_state"] or {k: v.clone() for k, v in model.state_dict().items()}
+    t0, trained = time.perf_counter(), 0
+    with make_progress() as prog:
+        task = prog.add_task(desc, total=total, completed=done, status="")
+        for epoch in range(done // steps_per_epoch, cfg.epochs):
+            order = epoch_order(pool, steps_per_epoch * cfg.batch_size, seed, epoch)
+            for s in range(done - epoch * steps_per_epoch, steps_per_epoch):
+                if done >= total:
+                    break
+                model.train()
+                loss, parts = step(order[s * cfg.batch_size:(s + 1) * cfg.batch_size])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                done, trained = done + 1, trained + cfg.batch_size
+                prog.update(task, advance=1, status=f"loss {loss.item():.3f}")
+            acc = evaluate()
+            history.append({"epoch": epoch + 1, "step": done, "val_accuracy": acc, **parts})
+            if acc >= best:
+                best, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
+            prog.update(task, status=f"val acc {acc:.3f} (best {best:.3f})")
+            _save(checkpoint, model, opt, sched, done, best, best_state, history, extra)
+            if done >= total:
+                break
+    model.load_state_dict(best_state)
+    secs = time.perf_counter() - t0
+    return FitResult(best, done, secs, trained / secs if secs > 0 else 0.0, history)
+
+
+def _save(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: object, step: int, best: float,
+          best_state: dict, history: list, extra: nn.Module | None) -> None:
+    blob = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),  # type: ignore
+            "step": step, "best": best, "best_state": best_state, "history": history,
+            "extra": extra.state_dict() if extra is not None else {}}
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: object,
+            extra: nn.Module | None) -> dict:
+    """Restore a checkpoint written by :func:`_save` (tensors and plain data only: ``weights_only=True``)."""
+    if not path.is_file():
+        return {"step": 0, "best": -1.0, "best_state": None, "history": []}
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(blob["model"])
+    if extra is not None:
+        extra.load_state_dict(blob["extra"])
+    opt.load_state_dict(blob["opt"])
+    sched.load_state_dict(blob["sched"])  # type: ignore[attr-defined]
+    return blob
+
+
+class KDObjective(nn.Module):
+    """The recipe's distillation losses, summed with their weights. Owns the (trainable) hint adapter.
+
+    ``forward(student, x, labels, teacher)`` runs the student once (logits, embedding and the tapped feature)
+    and returns ``(total, parts)``; ``teacher`` holds the frozen teacher's outputs for the same ``x``.
+    """
+
+    def __init__(self, cfg: DistillConfig, student: nn.Module, teacher_feature_channels: int | None,
+                 sample: torch.Tensor) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.uses_feature = cfg.feature.weight > 0 or cfg.attention.weight > 0
+        self.tap = FeatureTap(student, cfg.feature.student_layer) if self.uses_feature else None
+        self.adapter: HintAdapter | None = None
+        if cfg.feature.weight > 0:
+            assert teacher_feature_channels is not None
+            cs = _probe_channels(student, self.tap, sample)  # type: ignore[arg-type]
+            self.adapter = HintAdapter(cfg.feature.adapter, cs, teacher_feature_channels)
+
+    def forward(self, student: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                teacher: TeacherOutputs) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        logits, emb = logits_and_embedding(student, x)
+        terms = {"response": losses.response_kd(logits, teacher.logits, labels,
+                                                cfg.response.temperature, cfg.response.alpha)}
+        if self.adapter is not None:
+            s = self.adapter(self.tap.value, tuple(teacher.feature.shape[-2:]))  # type: ignore[union-attr]
+            terms["hint"] = cfg.feature.weight * losses.hint_loss(s, self.adapter.target(teacher.feature))
+        if cfg.attention.weight > 0:
+            terms["attention"] = cfg.attention.weight * losses.attention_transfer(
+                self.tap.value, teacher.feature, cfg.attention.p)  # type: ignore[union-attr, arg-type]
+        if cfg.relation.distance_weight > 0:
+            terms["rkd_distance"] = cfg.relation.distance_weight * losses.rkd_distance(emb, teacher.embedding)
+        if cfg.relation.angle_weight > 0:
+            terms["rkd_angle"] = cfg.relation.angle_weight * losses.rkd_angle(emb, teacher.embedding)
+        total = torch.stack(list(terms.values())).sum()
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+@torch.no_grad()
+def _probe_channels(model: nn.Module, tap: FeatureTap, sample: torch.Tensor) -> int:
+    was_training = model.training
+    model.eval()
+    model(sample)
+    model.train(was_training)
+    return int(tap.value.shape[1])  # type: ignore[union-attr]
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: the teacher never trains during distillation."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def train_supervised(model: nn.Module, data: VisionData, cfg: TrainConfig, pool: torch.Tensor,
+                     checkpoint: Path, desc: str, seed: int) -> FitResult:
+    """CE on the labels of ``pool`` (teacher: all of train; baseline: the labelled subset, same step budget)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def step(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x = data.train_x[idx]
+        if cfg.augment:
+            x = random_shift(x, generator=gen)
+        loss = F.cross_entropy(model(x), data.train_y[idx])
+        return loss, {"ce": float(loss.detach())}
+
+    return fit(model, step, cfg, pool, len(data.train_x),
+               lambda: accuracy(model, data.val_x, data.val_y), checkpoint, desc, seed)
+
+
+def train_student(student: nn.Module, data: VisionData, cfg: DistillConfig, checkpoint: Path, seed: int,
+                  cached: TeacherOutputs | None = None, teacher: nn.Module | None = None) -> FitResult:
+    """Distil into ``student`` over the whole train split (labels only where ``data.labelled``).
+
+    Offline: ``cached`` holds the teacher's outputs for every train image. Online: the frozen ``teacher`` runs on
+    each batch (then augmentation applies).
+    """
+    from edgedistill.toolchain.distill.cache import run_teacher
+
+    layer = cfg.feature.teacher_layer if (cfg.feature.weight > 0 or cfg.attention.weight > 0) else None
+    if cached is None and teacher is None:
+        raise ValueError("train_student needs cached teacher outputs (offline) or a teacher (online)")
+    t_channels = None
+    if layer is not None:
+        t_channels = int(cached.feature.shape[1]) if cached is not None else int(  # type: ignore[union-attr]
+            run_teacher(teacher, data.train_x[:1], layer, desc="probe").feature.shape[1])  # type: ignore[arg-type]
+    objective = KDObjective(cfg, student, t_channels, data.train_x[:1])
+    labels = torch.where(data.labelled, data.train_y, torch.full_like(data.train_y, losses.IGNORE))
+    gen = torch.Generator().manual_seed(seed)
+
+    def step(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x = data.train_x[idx]
+        if cached is not None:
+            t_out = cached.take(idx)
+        else:
+            if cfg.train.augment:
+                x = random_shift(x, generator=gen)
+            t_out = run_teacher(teacher, x, layer, batch_size=len(x), desc=None)  # type: ignore[arg-type]
+        return objective(student, x, labels[idx], t_out)
+
+    try:
+        return fit(student, step, cfg.train, torch.arange(len(data.train_x)), len(data.train_x),
+                   lambda: accuracy(student, data.val_x, data.val_y), checkpoint, "distilling student", seed,
+                   extra=objective)
+    finally:
+        if objective.tap is not None:
+            objective.tap.remove()

@@ -1,0 +1,64 @@
+"""ONNX export: fp32 through ``torch.onnx.export``, int8 through ``onnxruntime.quantization``.
+
+Variants (recipe ``export.onnx.variants``):
+
+- ``fp32``: the graph as exported, dynamic batch axis.
+- ``int8_static_u8s8`` / ``int8_static_s8s8``: static QDQ, activations uint8 / int8, weights int8 per channel,
+  calibrated (MinMax) on training images. U8S8 usually fuses every conv on x86; S8S8 can leave DequantizeLinear
+  nodes behind and run slower (shared/STACK.md) — which is why every variant is measured, not assumed.
+- ``int8_dynamic``: weights int8, activations quantised at run time (best for MatMul-heavy graphs).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgedistill.core.fileio import atomic_path
+from edgedistill.runtimes.inputs import ArrayFeed
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def export_fp32(model: nn.Module, sample: torch.Tensor, path: Path, opset: int = 18) -> Path:
+    """Export ``model`` (eval mode) for inputs shaped like ``sample`` ``(1, 3, S, S)``, batch axis dynamic."""
+    model.eval()
+    with atomic_path(path) as tmp, torch.no_grad():
+        torch.onnx.export(
+            model, (sample,), str(tmp), dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    return path
+
+
+def quantize(fp32_path: Path, variant: str, path: Path, calibration: np.ndarray | None = None) -> Path:
+    """Quantise ``fp32_path`` into ``path`` as ``variant``; static variants need ``calibration`` ``(N,3,S,S)``."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as td:
+        pre = Path(td) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        with atomic_path(path) as tmp:
+            if variant == "int8_dynamic":
+                quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8)
+            elif variant in ("int8_static_u8s8", "int8_static_s8s8"):
+                if calibration is None:
+                    raise ValueError(f"{variant}: static quantisation needs calibration images")
+                act = QuantType.QUInt8 if variant == "int8_static_u8s8" else QuantType.QInt8
+                quantize_static(
+                    str(pre), str(tmp), ArrayFeed(calibration, INPUT_NAME, batch=8),
+                    quant_format=QuantFormat.QDQ, activation_type=act, weight_type=QuantType.QInt8,
+                    per_channel=True,
+                )
+            else:
+                raise ValueError(f"unknown ONNX variant {variant!r}")
+    return path

@@ -1,0 +1,1 @@
+"""Model builders: timm vision models by name (this package) and, later, language models."""

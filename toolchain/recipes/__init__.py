@@ -1,0 +1,1 @@
+"""Built-in recipes (YAML package data); ``edgedistill recipes`` lists them."""

@@ -1,0 +1,246 @@
+"""The vision pipeline's stage bodies, in the order they run (see :mod:`edgedistill.toolchain.pipeline`).
+
+Run-directory layout (relative to the run root)::
+
+    recipe.yaml  manifest.json  report.json  report.md
+    data/split.json  data/test.npz                       the split definition and the saved test split
+    teacher/teacher.safetensors  teacher/metrics.json    reference artifact + training metrics
+    students/{baseline,kd}.safetensors  students/*.json   CE-only and distilled students
+    export/student-<variant>.onnx  export/artifacts.json  every artifact with its parity
+    bench/<name>-t<threads>.json  bench/results.json      one agent document per measurement
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgedistill.benchmarks import report as report_mod
+from edgedistill.benchmarks.harness import BenchItem, measure, resolve_threads
+from edgedistill.core.fileio import read_json, sha256_file, sha256_json, write_json
+from edgedistill.toolchain.distill.cache import cache_key, cached_teacher_outputs, default_cache_dir
+from edgedistill.toolchain.distill.trainer import accuracy, freeze, train_student, train_supervised
+from edgedistill.toolchain.export import onnx as onnx_export
+from edgedistill.toolchain.export.parity import compare
+from edgedistill.runtimes.torch_ref import load_reference
+from edgedistill.toolchain.models import vision as models
+from edgedistill.toolchain.pipeline import Context, data_hash
+from edgedistill.toolchain.progress import make_progress
+
+TEACHER = "teacher/teacher.safetensors"
+STUDENTS = {"baseline": "students/baseline.safetensors", "kd": "students/kd.safetensors"}
+
+
+def stage_data(ctx: Context) -> None:
+    h = data_hash(ctx)
+    if ctx.skip("data", h):
+        return
+    split, test = ctx.run.path("data", "split.json"), ctx.run.path("data", "test.npz")
+    write_json(split, ctx.data.split)
+    ctx.data.save_test(test)
+    d = ctx.data
+    ctx.run.record("data", h, [split, test], {
+        "split_hash": d.split_hash, "classes": d.class_names, "n_train": len(d.train_x),
+        "n_train_labelled": int(d.labelled.sum()), "n_val": len(d.val_x), "n_test": len(d.test_x)})
+    ctx.console.print(f"  {len(d.train_x)} train ({int(d.labelled.sum())} labelled for students), "
+                      f"{len(d.val_x)} val, {len(d.test_x)} test, {d.num_classes} classes")
+
+
+def _teacher_hash(ctx: Context) -> str:
+    t = ctx.recipe.teacher
+    ckpt = sha256_file(t.checkpoint) if t.checkpoint and t.checkpoint.is_file() else None
+    return sha256_json({"data": data_hash(ctx), "teacher": ctx.recipe.section("teacher"), "ckpt": ckpt,
+                        "seed": ctx.recipe.seed})
+
+
+def stage_teacher(ctx: Context) -> None:
+    h = _teacher_hash(ctx)
+    if ctx.skip("teacher", h):
+        return
+    cfg, d = ctx.recipe.teacher, ctx.data
+    torch.manual_seed(ctx.recipe.seed)
+    model = models.build(cfg, d.num_classes)
+    info: dict[str, Any] = {"model": cfg.name, "params": sum(p.numel() for p in model.parameters())}
+    if cfg.checkpoint is None:
+        ckpt = ctx.run.path("teacher", "train-state.pt")
+        res = train_supervised(model, d, cfg.train, torch.arange(len(d.train_x)), ckpt, "training teacher",
+                               ctx.recipe.seed)
+        info.update(trained_here=True, val_accuracy=res.val_accuracy, train_seconds=res.train_seconds,
+                    steps=res.steps, history=res.history)
+    else:
+        info.update(trained_here=False, checkpoint=str(cfg.checkpoint), val_accuracy=accuracy(model, d.val_x, d.val_y))
+    info["test_accuracy"] = accuracy(model, d.test_x, d.test_y)
+    out = ctx.run.path(TEACHER)
+    models.save_reference(model, cfg, d.num_classes, out)
+    write_json(ctx.run.path("teacher", "metrics.json"), info)
+    ctx.run.record("teacher", h, [out, ctx.run.path("teacher", "metrics.json")], {"test_accuracy": info["test_accuracy"]})
+    ctx.run.path("teacher", "train-state.pt").unlink(missing_ok=True)
+    ctx.console.print(f"  teacher test accuracy {info['test_accuracy']:.4f}")
+
+
+def _distill_hash(ctx: Context) -> str:
+    r = ctx.recipe
+    distill = {k: v for k, v in r.section("distill").items() if k != "cache_dir"}
+    return sha256_json({"teacher": ctx.run.output_sha("teacher", TEACHER), "data": data_hash(ctx),
+                        "student": r.section("student"), "distill": distill, "seed": r.seed})
+
+
+def _teacher_outputs(ctx: Context) -> tuple[Any, dict[str, Any]]:
+    """Offline: the cached teacher outputs for the train split (teacher built only on a miss)."""
+    cfg, d = ctx.recipe.distill, ctx.data
+    layer = cfg.feature.teacher_layer if (cfg.feature.weight > 0 or cfg.attention.weight > 0) else None
+    key = cache_key(ctx.run.output_sha("teacher", TEACHER), data_hash(ctx), layer)
+    cache_dir = cfg.cache_dir or default_cache_dir()
+    out, path, hit = cached_teacher_outputs(key, cache_dir, d.train_x, layer,
+                                            lambda: freeze(load_reference(ctx.run.path(TEACHER))))
+    return out, {"path": str(path), "hit": hit, "bytes": path.stat().st_size, "key": key}
+
+
+def _train_one(ctx: Context, role: str, h: str, cached: Any = None, teacher: Any = None) -> dict[str, Any]:
+    """Train the ``baseline`` or ``kd`` student unless a finished one with hash ``h`` is on disk."""
+    r, d = ctx.recipe, ctx.data
+    weights, metrics = ctx.run.path(STUDENTS[role]), ctx.run.path("students", f"{role}.json")
+    if weights.is_file() and metrics.is_file() and read_json(metrics).get("config_hash") == h:
+        return read_json(metrics)
+    torch.manual_seed(r.seed)
+    student = models.build(r.student, d.num_classes)
+    ckpt = ctx.run.path("students", f"{role}-train-state.pt")
+    if role == "baseline":  # CE on the labelled subset only, with the KD student's step budget
+        res = train_supervised(student, d, r.distill.train.model_copy(update={"augment": False}),
+                               torch.nonzero(d.labelled).flatten(), ckpt, "training CE-only baseline", r.seed)
+    else:
+        res = train_student(student, d, r.distill, ckpt, r.seed, cached=cached, teacher=teacher)
+    models.save_reference(student, r.student, d.num_classes, weights)
+    info = {"config_hash": h, "role": role, "val_accuracy": res.val_accuracy,
+            "test_accuracy": accuracy(student, d.test_x, d.test_y), "steps": res.steps,
+            "train_seconds": res.train_seconds, "samples_per_second": res.samples_per_second,
+            "params": sum(p.numel() for p in student.parameters()), "history": res.history}
+    write_json(metrics, info)
+    ckpt.unlink(missing_ok=True)
+    return info
+
+
+def stage_distill(ctx: Context) -> None:
+    h = _distill_hash(ctx)
+    if ctx.skip("distill", h):
+        return
+    cfg = ctx.recipe.distill
+    info: dict[str, Any] = {"mode": cfg.mode}
+    outputs: list[Path] = []
+    if cfg.baseline:
+        info["baseline"] = _train_one(ctx, "baseline", h)
+        outputs += [ctx.run.path(STUDENTS["baseline"]), ctx.run.path("students", "baseline.json")]
+    if cfg.mode == "offline":
+        cached, info["cache"] = _teacher_outputs(ctx)
+        ctx.console.print(f"  teacher cache {'hit' if info['cache']['hit'] else 'written'}: {info['cache']['path']}")
+        info["kd"] = _train_one(ctx, "kd", h, cached=cached)
+    else:
+        info["kd"] = _train_one(ctx, "kd", h, teacher=freeze(load_reference(ctx.run.path(TEACHER))))
+    outputs += [ctx.run.path(STUDENTS["kd"]), ctx.run.path("students", "kd.json")]
+    summary = {k: {"test_accuracy": v["test_accuracy"]} for k, v in info.items() if k in ("baseline", "kd")}
+    ctx.run.record("distill", h, outputs, {"mode": cfg.mode, "cache": info.get("cache"), **summary})
+    for role in ("baseline", "kd"):
+        if role in info:
+            ctx.console.print(f"  {role} student test accuracy {info[role]['test_accuracy']:.4f}")
+
+
+def stage_export(ctx: Context) -> None:
+    r = ctx.recipe
+    h = sha256_json({"student": ctx.run.output_sha("distill", STUDENTS["kd"]), "export": r.section("export"),
+                     "data": data_hash(ctx)})
+    if ctx.skip("export", h):
+        return
+    d, cfg = ctx.data, r.export.onnx
+    student = load_reference(ctx.run.path(STUDENTS["kd"]))
+    with torch.no_grad():
+        ref = student(d.test_x).numpy()
+    g = torch.Generator().manual_seed(r.seed)
+    calib = d.train_x[torch.randperm(len(d.train_x), generator=g)[:cfg.calibration_samples]].numpy()
+    fp32 = ctx.run.path("export", "student-fp32.onnx")
+    records, outputs = [], []
+    with make_progress() as prog:
+        task = prog.add_task("exporting ONNX", total=len(cfg.variants), status="")
+        onnx_export.export_fp32(student, d.test_x[:1], fp32, cfg.opset)
+        for variant in cfg.variants:
+            prog.update(task, status=variant)
+            path = fp32 if variant == "fp32" else ctx.run.path("export", f"student-{variant}.onnx")
+            if variant != "fp32":
+                onnx_export.quantize(fp32, variant, path, calib)
+            records.append(_artifact_record(path, "onnx", variant, ref, ctx))
+            outputs.append(path)
+            prog.advance(task)
+    if "fp32" not in cfg.variants:
+        fp32.unlink()
+    listing = ctx.run.path("export", "artifacts.json")
+    write_json(listing, records)
+    ctx.run.record("export", h, [*outputs, listing], {"artifacts": [a["name"] for a in records]})
+    for a in records:
+        p = a["parity"]
+        ctx.console.print(f"  {a['name']}: max|Δ| {p['max_abs_diff']:.2e}, top-1 agreement "
+                          f"{p['top1_agreement']:.4f} ({'ok' if p['ok'] else 'FAILS ' + p['criterion']})")
+
+
+def _artifact_record(path: Path, fmt: str, variant: str, ref: np.ndarray, ctx: Context) -> dict[str, Any]:
+    from edgedistill.runtimes import open_session, runtime_for
+
+    logits = open_session(runtime_for(path), path, threads=os.cpu_count() or 1).run_all(ctx.data.test_x.numpy())
+    precision = "fp32" if variant == "fp32" else "int8"
+    return {"name": path.stem, "file": str(path.relative_to(ctx.run.root)), "format": fmt, "variant": variant,
+            "precision": precision, "source": "kd",
+            "parity": compare(ref, logits, precision, "PyTorch KD student").to_dict()}
+
+
+def _bench_items(ctx: Context) -> list[BenchItem]:
+    items = []
+    if ctx.recipe.bench.include_pytorch:
+        items.append(BenchItem("teacher", ctx.run.path(TEACHER)))
+        for role, rel in STUDENTS.items():
+            if ctx.run.path(rel).is_file():
+                items.append(BenchItem(f"{role}-student", ctx.run.path(rel)))
+    for a in read_json(ctx.run.path("export", "artifacts.json")):
+        items.append(BenchItem(a["name"], ctx.run.root / a["file"]))
+    return items
+
+
+def stage_bench(ctx: Context) -> None:
+    cfg = ctx.recipe.bench
+    items = _bench_items(ctx)
+    threads = resolve_threads(cfg.threads, os.cpu_count() or 1)
+    h = sha256_json({"items": {i.name: sha256_file(i.path) for i in items}, "bench": ctx.recipe.section("bench"),
+                     "threads": threads})
+    if ctx.skip("bench", h):
+        return
+    test = ctx.run.path("data", "test.npz")
+    with make_progress() as prog:
+        task = prog.add_task("benchmarking", total=len(items) * len(threads), status="")
+        results = measure(items, threads, test, ctx.run.path("bench", "x").parent, cfg.warmup, cfg.runs,
+                          progress=lambda: prog.advance(task))
+    out = ctx.run.path("bench", "results.json")
+    write_json(out, {"threads": threads, "results": results})
+    ctx.run.record("bench", h, [out], {"threads": threads,
+                                       "failed": [n for n, r in results.items() if r["error"]]})
+
+
+def stage_report(ctx: Context) -> dict[str, Any]:
+    """Assemble report.json and report.md from the stages' files (always re-run: it is cheap)."""
+    run = ctx.run
+    inputs = report_mod.ReportInputs(
+        recipe=ctx.recipe.name,
+        run_dir=str(run.root),
+        teacher=read_json(run.path("teacher", "metrics.json")),
+        students={role: read_json(run.path("students", f"{role}.json"))
+                  for role in STUDENTS if run.path("students", f"{role}.json").is_file()},
+        artifacts=read_json(run.path("export", "artifacts.json")) if run.stage("export") else [],
+        bench=read_json(run.path("bench", "results.json")) if run.stage("bench") else None,
+        accuracy_tolerance=ctx.recipe.bench.accuracy_tolerance,
+        files={o["path"]: o for s in run.manifest()["stages"].values() for o in s["outputs"]},
+        data=(run.stage("data") or {}).get("info", {}),
+        distill=(run.stage("distill") or {}).get("info", {}),
+    )
+    report = report_mod.build(inputs)
+    report_mod.write(report, run.path("report.json"), run.path("report.md"))
+    return report
