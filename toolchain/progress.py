@@ -34,3 +34,9 @@ def progress_bar(items: Iterable[T], desc: str, total: int | None = None) -> Ite
         for item in seq:
             yield item
             prog.advance(task)
+
+
+def note(msg: str) -> None:
+    """A plain progress line for logs (CI, pipes) where bars are off; silent when bars show the same thing."""
+    if not _enabled() and os.environ.get("EDGEDISTILL_PROGRESS") != "0":
+        print(msg, file=sys.stderr, flush=True)

@@ -127,6 +127,7 @@ OnnxVariant = Literal["fp32", "int8_static_u8s8", "int8_static_s8s8", "int8_dyna
 
 class OnnxExport(_Section):
     opset: int = Field(18, ge=13)
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
     variants: list[OnnxVariant] = ["fp32", "int8_static_u8s8", "int8_static_s8s8", "int8_dynamic"]
     calibration_samples: int = Field(256, ge=1)
 

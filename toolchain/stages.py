@@ -164,7 +164,7 @@ def stage_export(ctx: Context) -> None:
     records, outputs = [], []
     with make_progress() as prog:
         task = prog.add_task("exporting ONNX", total=len(cfg.variants), status="")
-        onnx_export.export_fp32(student, d.test_x[:1], fp32, cfg.opset)
+        onnx_export.export_fp32(student, d.test_x[:1], fp32, cfg.opset, cfg.exporter)
         for variant in cfg.variants:
             prog.update(task, status=variant)
             path = fp32 if variant == "fp32" else ctx.run.path("export", f"student-{variant}.onnx")

@@ -23,7 +23,7 @@ from edgedistill.toolchain.distill import losses
 from edgedistill.toolchain.distill.cache import TeacherOutputs
 from edgedistill.toolchain.distill.features import FeatureTap, HintAdapter
 from edgedistill.toolchain.models.vision import logits_and_embedding
-from edgedistill.toolchain.progress import make_progress
+from edgedistill.toolchain.progress import make_progress, note
 from edgedistill.toolchain.recipe import DistillConfig, TrainConfig
 
 # A batch step: sample indices into the train split -> (loss, named parts for logging)
@@ -98,6 +98,7 @@ def fit(model: nn.Module, step: StepFn, cfg: TrainConfig, pool: torch.Tensor, ep
             if acc >= best:
                 best, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
             prog.update(task, status=f"val acc {acc:.3f} (best {best:.3f})")
+            note(f"  {desc}: epoch {epoch + 1}/{cfg.epochs}, step {done}/{total}, val acc {acc:.4f} (best {best:.4f})")
             _save(checkpoint, model, opt, sched, done, best, best_state, history, extra)
             if done >= total:
                 break

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +27,28 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-def export_fp32(model: nn.Module, sample: torch.Tensor, path: Path, opset: int = 18) -> Path:
-    """Export ``model`` (eval mode) for inputs shaped like ``sample`` ``(1, 3, S, S)``, batch axis dynamic."""
+def export_fp32(model: nn.Module, sample: torch.Tensor, path: Path, opset: int = 18,
+                exporter: str = "dynamo") -> Path:
+    """Export ``model`` (eval mode) for inputs shaped like ``sample`` ``(1, 3, S, S)``, batch axis dynamic.
+
+    ``dynamo`` is torch.export-based (PyTorch's default since 2.9), saved as one self-contained file;
+    ``torchscript`` is the legacy tracer, kept for models torch.export cannot capture.
+    """
     model.eval()
-    with atomic_path(path) as tmp, torch.no_grad():
-        torch.onnx.export(
-            model, (sample,), str(tmp), dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if exporter == "dynamo":
+            program = torch.onnx.export(
+                model, (sample,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+            program.save(str(tmp), external_data=False)
+        elif exporter == "torchscript":
+            torch.onnx.export(
+                model, (sample,), str(tmp), dynamo=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        else:
+            raise ValueError(f"unknown ONNX exporter {exporter!r}; choose dynamo or torchscript")
     return path
 
 

@@ -1,0 +1,36 @@
+"""Shared test set-up: offline hub, a private teacher cache, no progress bars, small recipes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["EDGEDISTILL_PROGRESS"] = "0"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path_factory.getbasetemp() / "edgedistill-cache"
+    monkeypatch.setenv("EDGEDISTILL_CACHE", str(cache))
+    return cache
+
+
+def tiny_recipe(**overrides: object) -> dict:
+    """A recipe small enough to run every stage in seconds (models barely trained)."""
+    r: dict = {
+        "name": "tiny",
+        "data": {"kind": "digits", "labelled_per_class": 5},
+        "teacher": {"name": "vit_tiny_patch16_224",
+                    "kwargs": {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2},
+                    "train": {"epochs": 1, "max_steps": 2}},
+        "student": {"name": "mobilenetv3_small_050"},
+        "distill": {"train": {"epochs": 1, "max_steps": 2}},
+        "export": {"onnx": {"variants": ["fp32", "int8_static_u8s8"], "calibration_samples": 16}},
+        "bench": {"warmup": 1, "runs": 3, "threads": [1]},
+    }
+    for key, value in overrides.items():
+        r[key] = value
+    return r

@@ -1,0 +1,115 @@
+"""The CLI end to end on a tiny recipe: every stage, a valid report, stage skipping, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgedistill.benchmarks.report import SCHEMA
+from tests.conftest import tiny_recipe
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "edgedistill.toolchain.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    recipe = d / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(
+        distill={"train": {"epochs": 1, "max_steps": 2}, "feature": {"weight": 0.5, "student_layer": "blocks.1",
+                                                                     "teacher_layer": "blocks.1"}})))
+    res = cli("run", str(recipe), "--out", str(d / "run"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return d / "run"
+
+
+@pytest.mark.slow
+def test_run_writes_a_valid_report(run_dir: Path) -> None:
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["schema"] == SCHEMA
+    names = [m["name"] for m in report["models"]]
+    assert names == ["teacher", "baseline-student", "kd-student", "student-fp32", "student-int8_static_u8s8"]
+    for m in report["models"]:
+        assert m["bench_error"] is None
+        lat = m["latency_ms"]["1"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert 0 <= m["accuracy"] <= 1 and m["size_bytes"] > 0 and m["peak_rss_mb"]["1"] > 0
+        assert m["retention"] == pytest.approx(m["accuracy"] / report["summary"]["teacher_accuracy"])
+    fp32 = report["models"][3]
+    assert fp32["parity"]["ok"] and fp32["parity"]["max_abs_diff"] <= 1e-4
+    assert report["models"][0]["speedup"]["1"] == pytest.approx(1.0)
+    s = report["summary"]
+    assert s["kd_gain"] == pytest.approx(s["kd_accuracy"] - s["baseline_accuracy"])
+    assert "| teacher |" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_manifest_records_every_output(run_dir: Path) -> None:
+    from edgedistill.core.fileio import sha256_file
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert set(manifest["stages"]) == {"data", "teacher", "distill", "export", "bench"}
+    for stage in manifest["stages"].values():
+        assert stage["versions"]["torch"] and stage["config_hash"]
+        for out in stage["outputs"]:
+            assert sha256_file(run_dir / out["path"]) == out["sha256"]
+    assert (run_dir / "data" / "test.npz").is_file() and manifest["stages"]["data"]["info"]["split_hash"]
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_stages(run_dir: Path) -> None:
+    before = (run_dir / "manifest.json").read_text()
+    res = cli("run", str(run_dir / "recipe.yaml"), "--out", str(run_dir))
+    assert res.returncode == 0, res.stderr[-2000:]
+    for stage in ("data", "teacher", "distill", "export", "bench"):
+        assert f"{stage}: unchanged, skipped" in res.stderr
+    assert (run_dir / "manifest.json").read_text() == before
+    res = cli("export", "--out", str(run_dir))
+    assert res.returncode == 0 and "export: unchanged, skipped" in res.stderr
+
+
+@pytest.mark.slow
+def test_gate_exit_codes(run_dir: Path) -> None:
+    assert cli("gate", "--out", str(run_dir), "--min-retention", "0.0001").returncode == 0
+    res = cli("gate", "--out", str(run_dir), "--max-p50-ms", "0.000001")
+    assert res.returncode == 1 and "gate failed" in res.stderr
+
+
+def test_bad_recipe_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(tiny_recipe(distill={"response": {"temperature": -1}})))
+    res = cli("run", str(bad), "--out", str(tmp_path / "r"))
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1, res.stderr
+    assert "bad.yaml: distill.response.temperature: Input should be greater than 0, got -1" in lines[0]
+    assert "Traceback" not in res.stderr
+
+
+def test_missing_run_dir_and_checkpoint(tmp_path: Path) -> None:
+    res = cli("export", "--out", str(tmp_path / "nothing"))
+    assert res.returncode == 2 and "not a run directory" in res.stderr
+    truncated = tmp_path / "t.safetensors"
+    truncated.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    recipe = tmp_path / "r.yaml"
+    r = tiny_recipe()
+    r["teacher"]["checkpoint"] = "t.safetensors"
+    recipe.write_text(yaml.safe_dump(r))
+    res = cli("run", str(recipe), "--out", str(tmp_path / "run"))
+    assert res.returncode == 2 and "t.safetensors: unreadable or truncated checkpoint" in res.stderr
+
+
+def test_help_and_recipes() -> None:
+    res = cli("--help")
+    assert res.returncode == 0 and "distill" in res.stdout and "bench" in res.stdout
+    res = cli("recipes")
+    assert res.returncode == 0 and "vit-to-mobilenet" in res.stdout
