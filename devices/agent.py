@@ -60,7 +60,6 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
 
 def measure(args: argparse.Namespace) -> dict:
     import numpy as np
-
     from edgedistill.runtimes import open_session, runtime_for
 
     runtime = args.runtime or runtime_for(args.artifact)

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from edgedistill.toolchain.distill import losses
 from edgedistill.toolchain.distill.features import HintAdapter, to_spatial
 

@@ -97,7 +97,8 @@ def _print_table(report: dict) -> None:
 
 @app.command()
 def run(
-    recipe: Annotated[str | None, typer.Argument(help=f"recipe YAML or built-in name (default: {DEFAULT_RECIPE})")] = None,
+    recipe: Annotated[
+        str | None, typer.Argument(help=f"recipe YAML or built-in name (default: {DEFAULT_RECIPE})")] = None,
     out: OutOpt = None,
     force: ForceOpt = False,
 ) -> None:

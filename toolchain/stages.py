@@ -18,15 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from edgedistill.benchmarks import report as report_mod
 from edgedistill.benchmarks.harness import BenchItem, measure, resolve_threads
 from edgedistill.core.fileio import read_json, sha256_file, sha256_json, write_json
+from edgedistill.runtimes.torch_ref import load_reference
 from edgedistill.toolchain.distill.cache import cache_key, cached_teacher_outputs, default_cache_dir
 from edgedistill.toolchain.distill.trainer import accuracy, freeze, train_student, train_supervised
 from edgedistill.toolchain.export import onnx as onnx_export
 from edgedistill.toolchain.export.parity import compare
-from edgedistill.runtimes.torch_ref import load_reference
 from edgedistill.toolchain.models import vision as models
 from edgedistill.toolchain.pipeline import Context, data_hash
 from edgedistill.toolchain.progress import make_progress
@@ -76,8 +75,9 @@ def stage_teacher(ctx: Context) -> None:
     info["test_accuracy"] = accuracy(model, d.test_x, d.test_y)
     out = ctx.run.path(TEACHER)
     models.save_reference(model, cfg, d.num_classes, out)
-    write_json(ctx.run.path("teacher", "metrics.json"), info)
-    ctx.run.record("teacher", h, [out, ctx.run.path("teacher", "metrics.json")], {"test_accuracy": info["test_accuracy"]})
+    metrics = ctx.run.path("teacher", "metrics.json")
+    write_json(metrics, info)
+    ctx.run.record("teacher", h, [out, metrics], {"test_accuracy": info["test_accuracy"]})
     ctx.run.path("teacher", "train-state.pt").unlink(missing_ok=True)
     ctx.console.print(f"  teacher test accuracy {info['test_accuracy']:.4f}")
 

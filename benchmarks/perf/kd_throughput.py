@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from edgedistill.toolchain.data.vision import load_vision_data
 from edgedistill.toolchain.distill.cache import cached_teacher_outputs
 from edgedistill.toolchain.distill.trainer import freeze, train_student, train_supervised
@@ -52,8 +51,9 @@ def main() -> None:
         for name, mode, kwargs in [("KD offline (cached teacher)", "offline", {"cached": cached}),
                                    ("KD online (teacher every step)", "online", {"teacher": teacher})]:
             cfg = DistillConfig(mode=mode, train=train)
-            secs, _ = _timed(lambda cfg=cfg, kwargs=kwargs, name=name: train_student(
-                create(recipe.student.name, 10), data, cfg, tmp / f"{mode}.pt", 0, **kwargs))
+            ckpt = tmp / f"{mode}.pt"
+            secs, _ = _timed(lambda cfg=cfg, kwargs=kwargs, ckpt=ckpt: train_student(
+                create(recipe.student.name, 10), data, cfg, ckpt, 0, **kwargs))
             rows.append((name, secs))
     samples = args.steps * args.batch_size
     base = samples / rows[0][1]

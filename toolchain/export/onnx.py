@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from edgedistill.core.fileio import atomic_path
 from edgedistill.runtimes.inputs import ArrayFeed
+from torch import nn
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
