@@ -68,6 +68,7 @@ def fit(model: nn.Module, step: StepFn, cfg: TrainConfig, pool: torch.Tensor, ep
 
     ``extra`` holds trainable parts that are not the model (KD adapters): optimised and checkpointed with it.
     """
+    _use_channels_last(model)
     params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
     steps_per_epoch = math.ceil(epoch_size / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
@@ -104,6 +105,14 @@ def fit(model: nn.Module, step: StepFn, cfg: TrainConfig, pool: torch.Tensor, ep
     model.load_state_dict(best_state)
     secs = time.perf_counter() - t0
     return FitResult(best, done, secs, trained / secs if secs > 0 else 0.0, history)
+
+
+def _use_channels_last(model: nn.Module) -> None:
+    """CNNs train ~2.5× faster on this CPU in channels-last layout (measured: MobileNetV3-S, batch 64, 0.165 →
+    0.067 s/step); ViTs gain nothing, so only models made mostly of convolutions are converted."""
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    if convs > 4:
+        model.to(memory_format=torch.channels_last)
 
 
 def _save(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: object, step: int, best: float,
