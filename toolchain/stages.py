@@ -65,7 +65,7 @@ def stage_teacher(ctx: Context) -> None:
     model = models.build(cfg, d.num_classes)
     info: dict[str, Any] = {"model": cfg.name, "params": sum(p.numel() for p in model.parameters())}
     if cfg.checkpoint is None:
-        ckpt = ctx.run.path("teacher", "train-state.pt")
+        ckpt = ctx.run.path("teacher", f"train-state-{h[:12]}.pt")  # keyed: a changed recipe never resumes it
         res = train_supervised(model, d, cfg.train, torch.arange(len(d.train_x)), ckpt, "training teacher",
                                ctx.recipe.seed)
         info.update(trained_here=True, val_accuracy=res.val_accuracy, train_seconds=res.train_seconds,
@@ -78,8 +78,14 @@ def stage_teacher(ctx: Context) -> None:
     metrics = ctx.run.path("teacher", "metrics.json")
     write_json(metrics, info)
     ctx.run.record("teacher", h, [out, metrics], {"test_accuracy": info["test_accuracy"]})
-    ctx.run.path("teacher", "train-state.pt").unlink(missing_ok=True)
+    _drop_train_states(ctx.run.path("teacher"))
     ctx.console.print(f"  teacher test accuracy {info['test_accuracy']:.4f}")
+
+
+def _drop_train_states(folder: Path, prefix: str = "") -> None:
+    """Remove resumable training states once their stage finished (they hold optimizer moments: large)."""
+    for p in folder.glob(f"{prefix}train-state-*.pt"):
+        p.unlink()
 
 
 def _distill_hash(ctx: Context) -> str:
@@ -108,7 +114,7 @@ def _train_one(ctx: Context, role: str, h: str, cached: Any = None, teacher: Any
         return read_json(metrics)
     torch.manual_seed(r.seed)
     student = models.build(r.student, d.num_classes)
-    ckpt = ctx.run.path("students", f"{role}-train-state.pt")
+    ckpt = ctx.run.path("students", f"{role}-train-state-{h[:12]}.pt")
     if role == "baseline":  # CE on the labelled subset only, with the KD student's step budget
         res = train_supervised(student, d, r.distill.train.model_copy(update={"augment": False}),
                                torch.nonzero(d.labelled).flatten(), ckpt, "training CE-only baseline", r.seed)
@@ -120,7 +126,7 @@ def _train_one(ctx: Context, role: str, h: str, cached: Any = None, teacher: Any
             "train_seconds": res.train_seconds, "samples_per_second": res.samples_per_second,
             "params": sum(p.numel() for p in student.parameters()), "history": res.history}
     write_json(metrics, info)
-    ckpt.unlink(missing_ok=True)
+    _drop_train_states(ckpt.parent, f"{role}-")
     return info
 
 

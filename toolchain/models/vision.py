@@ -59,7 +59,11 @@ def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
 def load_weights(model: nn.Module, path: Path) -> None:
     state = read_state_dict(path)
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        first = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), str(err))
+        raise CheckpointError(f"{path}: does not match the model ({first}); check the model name and kwargs") from None
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path}: does not match the model (missing {result.missing_keys[:3]}, "
