@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from edgedistill.benchmarks.report import SCHEMA
 
+from edgedistill.benchmarks.report import SCHEMA
 from tests.conftest import tiny_recipe
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from edgedistill.toolchain.data.vision import load_vision_data
 from edgedistill.toolchain.distill.cache import cached_teacher_outputs
 from edgedistill.toolchain.distill.trainer import fit, freeze, train_student

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from edgedistill.runtimes import open_session
 from edgedistill.toolchain.data.vision import load_vision_data
 from edgedistill.toolchain.distill.trainer import accuracy, train_supervised

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from edgedistill.toolchain.distill import losses
 from edgedistill.toolchain.distill.features import HintAdapter, to_spatial
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from edgedistill.toolchain.recipe import RecipeError, builtin_names, load_recipe, parse_recipe
 
+from edgedistill.toolchain.recipe import RecipeError, builtin_names, load_recipe, parse_recipe
 from tests.conftest import tiny_recipe
 
 

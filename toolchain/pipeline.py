@@ -13,11 +13,12 @@ from functools import cached_property
 from typing import Any
 
 import yaml
+from rich.console import Console
+
 from edgedistill.core.fileio import sha256_json, write_text
 from edgedistill.toolchain.data.vision import VisionData, load_vision_data
 from edgedistill.toolchain.recipe import Recipe
 from edgedistill.toolchain.rundir import RunDir
-from rich.console import Console
 
 STAGES = ("data", "teacher", "distill", "export", "bench", "report")
 

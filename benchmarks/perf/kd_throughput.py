@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from edgedistill.toolchain.data.vision import load_vision_data
 from edgedistill.toolchain.distill.cache import cached_teacher_outputs
 from edgedistill.toolchain.distill.trainer import freeze, train_student, train_supervised

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+
 from edgedistill.core.fileio import sha256_json
 from edgedistill.toolchain.recipe import DataConfig
-from sklearn.model_selection import train_test_split
 
 
 class DataError(ValueError):

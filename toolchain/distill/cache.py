@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
 from edgedistill.core.fileio import atomic_path, sha256_json
 from edgedistill.toolchain.distill.features import FeatureTap
 from edgedistill.toolchain.models.vision import logits_and_embedding
 from edgedistill.toolchain.progress import progress_bar
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 
 def default_cache_dir() -> Path:

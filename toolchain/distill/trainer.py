@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from edgedistill.core.fileio import atomic_path
 from edgedistill.toolchain.data.vision import VisionData
 from edgedistill.toolchain.distill import losses
@@ -23,7 +25,6 @@ from edgedistill.toolchain.distill.features import FeatureTap, HintAdapter
 from edgedistill.toolchain.models.vision import logits_and_embedding
 from edgedistill.toolchain.progress import make_progress, note
 from edgedistill.toolchain.recipe import DistillConfig, TrainConfig
-from torch import nn
 
 # A batch step: sample indices into the train split -> (loss, named parts for logging)
 StepFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from edgedistill.runtimes import torch_ref
-from edgedistill.toolchain.recipe import ModelConfig
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
+
+from edgedistill.runtimes import torch_ref
+from edgedistill.toolchain.recipe import ModelConfig
 
 
 class CheckpointError(ValueError):
