@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgedistill.core.fileio import read_json, sha256_file, sha256_json, write_json
 from edgedistill.devices.local import AgentError, AgentJob, run_local
+from edgedistill.devices.transport import open_transport, parse_device
 
 
 @dataclass(frozen=True)
@@ -30,28 +32,34 @@ def resolve_threads(spec: list[int | str], cpu_count: int) -> list[int]:
 
 
 def measure(items: list[BenchItem], threads: list[int], eval_npz: Path, out_dir: Path, warmup: int, runs: int,
-            progress: Any = None) -> dict[str, dict[str, Any]]:
+            progress: Any = None, runner: Callable[[AgentJob], dict[str, Any]] = run_local,
+            logits_dir: Path | None = None, key_extra: Any = None) -> dict[str, dict[str, Any]]:
     """Measure every item at every thread count. Scores accuracy (and saves logits) at the first thread count.
 
     Each result is saved as ``out_dir/<name>-t<threads>.json`` under a key of the artifact's sha256 and the
-    settings, so an interrupted bench resumes where it stopped. Returns ``{name: {"runs": {threads: doc},
+    settings, so an interrupted bench resumes where it stopped. ``runner`` runs one job (default: a fresh local
+    process; the device matrix passes a transport's ``run``). Returns ``{name: {"runs": {threads: doc},
     "error": str | None}}``.
     """
     results: dict[str, dict[str, Any]] = {}
+    (logits_dir or out_dir).mkdir(parents=True, exist_ok=True)
     for item in items:
         sha = sha256_file(item.path)
         entry: dict[str, Any] = {"runs": {}, "error": None}
         for i, t in enumerate(threads):
             score = i == 0
             job = AgentJob(item.path, t, eval_npz, item.runtime, warmup, runs, score,
-                           out_dir / f"{item.name}-logits.npy" if score else None)
-            key = sha256_json({"sha": sha, "job": job.argv()[2:], "eval": sha256_file(eval_npz)})
+                           (logits_dir or out_dir) / f"{item.name}-logits.npy" if score else None)
+            key_obj: dict[str, Any] = {"sha": sha, "job": job.argv()[2:], "eval": sha256_file(eval_npz)}
+            if key_extra is not None:
+                key_obj["device"] = key_extra
+            key = sha256_json(key_obj)
             cached = out_dir / f"{item.name}-t{t}.json"
             if cached.is_file() and read_json(cached).get("key") == key:
                 entry["runs"][t] = read_json(cached)["result"]
             else:
                 try:
-                    doc = run_local(job)
+                    doc = runner(job)
                 except AgentError as err:
                     entry["error"] = f"{item.name} at {t} thread(s): {err}"
                     break
@@ -61,3 +69,67 @@ def measure(items: list[BenchItem], threads: list[int], eval_npz: Path, out_dir:
                 progress()
         results[item.name] = entry
     return results
+
+
+def _parity(host: Path, other: Path) -> dict[str, Any] | None:
+    """Max |Δ| and top-1 agreement of a device's eval logits against the host's (None when either is missing)."""
+    import numpy as np
+
+    if not (host.is_file() and other.is_file()):
+        return None
+    a, b = np.load(host), np.load(other)
+    if a.shape != b.shape:
+        return {"error": f"logit shapes differ: host {a.shape}, device {b.shape}"}
+    return {"reference": "host", "max_abs_diff": float(np.abs(a - b).max()),
+            "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()), "n": int(len(a))}
+
+
+def plan_devices(devices: list[str], threads: list[int | str], profile_paths: list[Path] | None = None
+                 ) -> dict[str, list[int]]:
+    """Thread counts each device will be measured at (an unusable spec plans none: it fails in the run)."""
+    out: dict[str, list[int]] = {}
+    for spec in devices:
+        try:
+            out[spec] = open_transport(parse_device(spec, profile_paths)).threads(threads)
+        except Exception:  # reported with its reason by measure_devices
+            out[spec] = []
+    return out
+
+
+def measure_devices(items: list[BenchItem], devices: list[str], threads: list[int | str], eval_npz: Path,
+                    out_dir: Path, warmup: int, runs: int, profile_paths: list[Path] | None = None,
+                    progress: Any = None) -> dict[str, dict[str, Any]]:
+    """Artifacts × devices. ``host`` keeps the single-device layout (``out_dir/<name>-t<T>.json``); any other
+    device writes under ``out_dir/devices/<slug>/``. A device that fails (unreachable, not set up, disconnected)
+    is recorded with its reason and the others still run. Returns ``{spec: {"spec", "transport", "label",
+    "profile", "threads", "error", "results": {name: {"runs", "error", "parity_vs_host"}}}}``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for spec in sorted(devices, key=lambda d: d not in ("host", "local")):  # host first: parity needs its logits
+        entry: dict[str, Any] = {"spec": spec, "transport": None, "label": None, "profile": None, "threads": [],
+                                 "error": None, "results": {}}
+        transport = None
+        try:
+            dev = parse_device(spec, profile_paths)
+            transport = open_transport(dev)
+            entry.update(transport.describe())
+            entry["threads"] = transport.threads(threads)
+            w, r = (warmup, runs) if transport.max_runs is None else (min(warmup, transport.max_runs[0]),
+                                                                      min(runs, transport.max_runs[1]))
+            transport.prepare()
+            host_layout = dev.transport == "local"
+            ddir = out_dir if host_layout else out_dir / "devices" / dev.slug
+            extra = None if host_layout else {**transport.describe(), "profile": dev.profile.model_dump(
+                mode="json", exclude={"source"})}
+            entry["results"] = measure(items, entry["threads"], eval_npz, ddir, w, r, progress, runner=transport.run,
+                                       key_extra=extra)
+            for name, res in entry["results"].items():
+                if not host_layout:
+                    res["parity_vs_host"] = _parity(out_dir / f"{name}-logits.npy", ddir / f"{name}-logits.npy")
+        except Exception as err:  # one device failing must not stop the others
+            entry["error"] = f"{spec}: {type(err).__name__}: {err}" if not isinstance(err, AgentError) else str(err)
+        finally:
+            if transport is not None:
+                transport.close()
+        out[spec] = entry
+    return out

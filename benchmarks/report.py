@@ -11,6 +11,8 @@ Schema ``edgedistill.report/1``::
                  "peak_rss_mb": {"<threads>": float}, "speedup": {"<threads>": float},
                  "parity": {"reference", "max_abs_diff", "mean_abs_diff", "top1_agreement", "n", "criterion", "ok"},
                  "keeps_accuracy": bool, "bench_error": str | null}],
+     "devices": [{"device", "label": measured|constrained|emulated|estimated, "profile", "model", "threads",
+                  "p50_ms", "peak_rss_mb", "accuracy", "parity_vs_host", "applied", "error"}],
      "summary": {"teacher_accuracy", "baseline_accuracy", "kd_accuracy", "kd_gain", "kd_helped",
                  "recommended", "recommended_reason", "threads"}}
 """
@@ -99,7 +101,7 @@ def build(inp: ReportInputs) -> dict[str, Any]:
     threads = sorted({int(t) for r in rows for t in r["latency_ms"]})
     return {"schema": SCHEMA, "recipe": inp.recipe, "run_dir": inp.run_dir, "definitions": DEFINITIONS,
             "data": inp.data, "distill": {k: v for k, v in inp.distill.items() if k in ("mode", "cache")},
-            "models": rows,
+            "models": rows, "devices": device_rows(inp.bench),
             "summary": {"teacher_accuracy": teacher["accuracy"], "baseline_accuracy": base, "kd_accuracy": kd,
                         "kd_gain": kd_gain, "kd_helped": None if kd_gain is None else kd_gain > 0,
                         "recommended": rec, "recommended_reason": reason, "threads": threads}}
@@ -114,6 +116,53 @@ def _recommend(rows: list[dict[str, Any]], tol: float) -> tuple[str | None, str]
     best = min(ok, key=lambda r: r["latency_ms"].get(str(t), {"p50": float("inf")})["p50"])
     return best["name"], (f"lowest p50 at {t} thread(s) among artifacts within {tol:g} of their source's "
                           f"accuracy and within parity tolerance")
+
+
+def device_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per device × model × thread count from bench/results.json's ``devices`` block (empty for old runs).
+
+    Every row carries its ``label`` (measured, constrained, emulated, estimated); a failed device is one row with
+    ``model`` None and its ``error``.
+    """
+    rows: list[dict[str, Any]] = []
+    for spec, dev in ((bench or {}).get("devices") or {}).items():
+        base = {"device": spec, "label": dev.get("label"), "profile": dev.get("profile")}
+        if dev.get("error"):
+            rows.append({**base, "model": None, "threads": None, "error": dev["error"]})
+            continue
+        for name, res in dev.get("results", {}).items():
+            parity = res.get("parity_vs_host")
+            if res.get("error") and not res.get("runs"):
+                rows.append({**base, "model": name, "threads": None, "error": res["error"]})
+            for t, doc in res.get("runs", {}).items():
+                rows.append({**base, "model": name, "threads": int(t), "p50_ms": doc["latency_ms"]["p50"],
+                             "peak_rss_mb": doc.get("peak_rss_mb"), "accuracy": doc.get("accuracy"),
+                             "parity_vs_host": parity, "applied": doc.get("device", {}).get("applied"),
+                             "error": res.get("error")})
+    return rows
+
+
+def _devices_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows or all(r["device"] in ("host", "local") for r in rows):
+        return []
+    out = ["", "## Devices", "",
+           "Each figure says how it was obtained: **measured** (real hardware), **constrained** (this host capped "
+           "to the profile's cores and RAM), **emulated** (qemu: correct outputs, time not a latency), "
+           "**estimated** (roofline from the profile). Never compare across labels as if alike.", "",
+           "| device | label | model | threads | p50 ms | peak RSS MB | accuracy | parity vs host | note |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("model") is None or r.get("threads") is None:
+            out.append(f"| {r['device']} | {r['label'] or '–'} | {r.get('model') or '–'} | – | – | – | – | – | "
+                       f"FAILED: {r['error']} |")
+            continue
+        p = r.get("parity_vs_host") or {}
+        par = "–" if "max_abs_diff" not in p else f"Δ{p['max_abs_diff']:.1e} top1 {p['top1_agreement']:.3f}"
+        p50 = _fmt(r["p50_ms"], ".3f") + (" (emulated)" if r["label"] == "emulated" else "")
+        out.append(f"| {r['device']} | {r['label']} | {r['model']} | {r['threads']} | {p50} | "
+                   f"{_fmt(r['peak_rss_mb'], '.0f')} | {_fmt(r['accuracy'], '.4f')} | {par} | "
+                   f"{r['error'] or ''} |")
+    return out
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -151,6 +200,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              "", f"Recommended artifact (★): **{s['recommended']}** — {s['recommended_reason']}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
+    lines += _devices_markdown(report.get("devices") or [])
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
     errors = [f"- {r['name']}: {r['bench_error']}" for r in report["models"] if r.get("bench_error")]
     if errors:

@@ -60,6 +60,7 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
 
 def measure(args: argparse.Namespace) -> dict:
     import numpy as np
+
     from edgedistill.runtimes import open_session, runtime_for
 
     runtime = args.runtime or runtime_for(args.artifact)
@@ -83,7 +84,9 @@ def measure(args: argparse.Namespace) -> dict:
                  "threads": args.threads, "batch": 1, "warmup": args.warmup, "runs": args.runs,
                  "latency_ms": _percentiles(times), "load_ms": load_ms,
                  "machine": {"platform": platform.platform(), "machine": platform.machine(),
-                             "cpu_count": os.cpu_count(), "python": platform.python_version()}}
+                             "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                             "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else None}}
     if args.score and ev is not None:
         logits = sess.run_all(x)
         doc["accuracy"] = float((logits.argmax(1) == ev["y"]).mean())

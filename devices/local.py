@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,18 @@ def parse_agent_output(stdout: str, stderr: str = "") -> dict[str, Any]:
     return doc
 
 
-def run_local(job: AgentJob, timeout_s: float = 600) -> dict[str, Any]:
-    """Run the agent for ``job`` in a fresh process of the current interpreter."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "edgedistill.devices.agent", *job.argv()]
+def run_agent_process(cmd: list[str], job: AgentJob, timeout_s: float = 600, env: dict[str, str] | None = None,
+                      preexec_fn: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Run an agent command line (no shell) and parse its document; timeouts become :class:`AgentError`."""
+    full_env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=full_env, check=False,
+                              preexec_fn=preexec_fn)
     except subprocess.TimeoutExpired:
         raise AgentError(f"{job.artifact.name}: agent timed out after {timeout_s:.0f} s") from None
     return parse_agent_output(proc.stdout, proc.stderr)
+
+
+def run_local(job: AgentJob, timeout_s: float = 600) -> dict[str, Any]:
+    """Run the agent for ``job`` in a fresh process of the current interpreter."""
+    return run_agent_process([sys.executable, "-m", "edgedistill.devices.agent", *job.argv()], job, timeout_s)

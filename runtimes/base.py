@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgedistill.core.registry import Registry
 
 
@@ -38,8 +39,8 @@ RUNTIMES: Registry[type[Session]] = Registry("runtime")
 
 # name -> module that registers it (imported on first use so that only the needed runtime package is loaded)
 _MODULES = {"onnxruntime": "edgedistill.runtimes.ort", "torch": "edgedistill.runtimes.torch_ref",
-            "litert": "edgedistill.runtimes.litert"}
-_SUFFIXES = {".onnx": "onnxruntime", ".safetensors": "torch", ".tflite": "litert"}
+            "litert": "edgedistill.runtimes.litert", "llama.cpp": "edgedistill.runtimes.llama_cpp"}
+_SUFFIXES = {".onnx": "onnxruntime", ".safetensors": "torch", ".tflite": "litert", ".gguf": "llama.cpp"}
 
 
 def runtime_for(path: str | Path) -> str:

@@ -6,16 +6,20 @@ or ``None`` when exhausted; ``rewind()`` starts over. Any quantiser that accepts
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
 class ArrayFeed:
     """Feed ``x`` ``(N, ...)`` in batches of ``batch`` under the input name ``name``."""
 
-    def __init__(self, x: np.ndarray, name: str = "input", batch: int = 1) -> None:
+    def __init__(self, x: np.ndarray, name: str = "input", batch: int = 1,
+                 on_next: Callable[[], None] | None = None) -> None:
         self.x = np.ascontiguousarray(x, dtype=np.float32)
         self.name = name
         self.batch = batch
+        self.on_next = on_next  # e.g. advance a progress bar
         self._pos = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -23,6 +27,8 @@ class ArrayFeed:
             return None
         out = {self.name: self.x[self._pos:self._pos + self.batch]}
         self._pos += self.batch
+        if self.on_next is not None:
+            self.on_next()
         return out
 
     def rewind(self) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgedistill.runtimes.base import RUNTIMES, RuntimeError_, Session
 
 META_NAME = "edgedistill.model"
@@ -19,8 +20,9 @@ META_KWARGS = "edgedistill.kwargs"
 
 def save_reference(model: Any, name: str, kwargs: dict[str, Any], path: Path) -> None:
     """Write ``model``'s weights with ``name``/``kwargs`` (including ``num_classes``) in the metadata, atomically."""
-    from edgedistill.core.fileio import atomic_path
     from safetensors.torch import save_file
+
+    from edgedistill.core.fileio import atomic_path
 
     meta = {META_NAME: name, META_KWARGS: json.dumps(kwargs, sort_keys=True)}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

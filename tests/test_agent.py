@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from edgedistill.devices.local import AgentError, AgentJob, parse_agent_output, run_local
 from edgedistill.toolchain.export.onnx import export_fp32
 

@@ -12,7 +12,7 @@ from edgedistill.runtimes import open_session
 from edgedistill.toolchain.data.vision import load_vision_data
 from edgedistill.toolchain.distill.trainer import accuracy, train_supervised
 from edgedistill.toolchain.export import onnx as onnx_export
-from edgedistill.toolchain.export.parity import FP32_MAX_ABS_DIFF, INT8_MIN_TOP1_AGREEMENT, compare
+from edgedistill.toolchain.export.parity import FP32_ATOL, FP32_RTOL, INT8_MIN_TOP1_AGREEMENT, compare
 from edgedistill.toolchain.models.vision import create
 from edgedistill.toolchain.recipe import DataConfig, TrainConfig
 
@@ -40,8 +40,10 @@ def _logits(path: Path, x: torch.Tensor) -> np.ndarray:
 
 def test_fp32_parity(trained) -> None:  # type: ignore[no-untyped-def]
     _, data, ref, fp32, _ = trained
-    p = compare(ref, _logits(fp32, data.test_x), "fp32", "torch")
-    assert p.max_abs_diff <= FP32_MAX_ABS_DIFF and p.ok
+    out = _logits(fp32, data.test_x)
+    p = compare(ref, out, "fp32", "torch")
+    assert p.ok, p
+    np.testing.assert_allclose(out, ref, atol=FP32_ATOL, rtol=FP32_RTOL)
     assert p.top1_agreement == 1.0 and p.n == len(data.test_x)
 
 

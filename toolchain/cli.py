@@ -132,16 +132,187 @@ def distill(out: RunDirOpt, force: ForceOpt = False) -> None:
     _stage_command(("data", "teacher", "distill"), out, force)
 
 
-@app.command()
-def export(out: RunDirOpt, force: ForceOpt = False) -> None:
-    """Export the distilled student (ONNX fp32 + int8 variants) and check each artifact's parity."""
-    _stage_command(("export",), out, force)
+def _export_config(base, formats: str | None, variants: str | None, layout: str | None):  # type: ignore[no-untyped-def]
+    """``base`` (an ExportConfig) with the command line's --formats / --variants / --layout applied and checked."""
+    from typing import get_args
+
+    from edgedistill.toolchain.recipe import OnnxVariant, TfliteVariant
+
+    def split(text: str) -> list[str]:
+        return [v.strip() for v in text.split(",") if v.strip()]
+
+    cfg = base
+    if formats is not None:
+        if not split(formats) or any(f not in ("onnx", "tflite") for f in split(formats)):
+            raise ValueError(f"--formats: expected a comma-separated list of onnx, tflite; got {formats!r}")
+        cfg = cfg.model_copy(update={"formats": list(dict.fromkeys(split(formats)))})
+    if variants is not None:
+        known = {"onnx": get_args(OnnxVariant), "tflite": get_args(TfliteVariant)}
+        names = split(variants)
+        if unknown := [v for v in names if not any(v in k for k in known.values())] or ([] if names else [""]):
+            raise ValueError(f"--variants: unknown {unknown}; onnx has {', '.join(known['onnx'])}; tflite has "
+                             f"{', '.join(known['tflite'])}")
+        for fmt in cfg.formats:
+            keep = [v for v in names if v in known[fmt]]
+            if not keep:
+                raise ValueError(f"--variants: none of {names} is a {fmt} variant ({', '.join(known[fmt])})")
+            cfg = cfg.model_copy(update={fmt: getattr(cfg, fmt).model_copy(update={"variants": keep})})
+    if layout is not None:
+        if layout not in ("nchw", "nhwc"):
+            raise ValueError(f"--layout: expected nchw or nhwc, got {layout!r}")
+        cfg = cfg.model_copy(update={"tflite": cfg.tflite.model_copy(update={"layout": layout})})
+    return cfg
+
+
+def _print_artifacts(records: list[dict]) -> None:
+    t = Table(title="exported artifacts")
+    for h in ("artifact", "format", "variant", "max |Δ|", "top-1 agreement", "parity"):
+        t.add_column(h, overflow="fold")
+    for a in records:
+        p = a["parity"]
+        t.add_row(a["file"], a["format"], a["variant"], f"{p['max_abs_diff']:.2e}", f"{p['top1_agreement']:.4f}",
+                  "ok" if p["ok"] else f"[red]fails {p['criterion']}[/red]")
+    out_console.print(t)
 
 
 @app.command()
-def bench(out: RunDirOpt, force: ForceOpt = False) -> None:
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="an existing run directory (made by `run`); with "
+                                      "--model, the folder to write the artifacts into")],
+    force: ForceOpt = False,
+    model: Annotated[str | None, typer.Option(
+        help="export this timm model (with --checkpoint and --num-classes) instead of a run's student")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="--model's weights: a local .safetensors (or weights-only .pth) state dict")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="--model's number of classes")] = None,
+    image_size: Annotated[int, typer.Option(help="--model's input size (square)")] = 32,
+    data: Annotated[str, typer.Option(
+        help="--model's calibration and parity images: 'digits' or an image folder (one sub-folder per class)")
+    ] = "digits",
+    formats: Annotated[str | None, typer.Option(
+        help="comma-separated: onnx,tflite (default: the recipe's export.formats; both with --model)")] = None,
+    variants: Annotated[str | None, typer.Option(
+        help="comma-separated variants for the chosen formats, e.g. fp32,int8_static (default: the recipe's)")
+    ] = None,
+    layout: Annotated[str | None, typer.Option(
+        help="TFLite input layout: nchw, or nhwc with the transpose inside the graph (default: the recipe's)")
+    ] = None,
+    repro: Annotated[Path | None, typer.Option(
+        help="if a TFLite conversion fails, write the smallest failing submodule and a repro script here")] = None,
+) -> None:
+    """Export the distilled student (ONNX and TFLite, fp32 + int8 variants) and check each artifact's parity.
+
+    With --model, export any local timm model + checkpoint instead, e.g. `edgedistill export --model
+    mobilenetv3_small_100 --checkpoint w.safetensors --num-classes 10 --formats tflite --out DIR`.
+    """
+
+    def go() -> None:
+        from edgedistill.toolchain import stages
+        from edgedistill.toolchain.export.tflite import ConversionError
+        from edgedistill.toolchain.pipeline import run_stages
+        from edgedistill.toolchain.recipe import DataConfig, ExportConfig
+
+        try:
+            if model is None:
+                ctx = _existing(out, force)
+                cfg = _export_config(ctx.recipe.export, formats, variants, layout)
+                ctx.recipe = ctx.recipe.model_copy(update={"export": cfg})
+                run_stages(ctx, ("export",))
+                return
+            if checkpoint is None or num_classes is None:
+                raise ValueError("--model needs --checkpoint FILE and --num-classes N")
+            data_cfg = (DataConfig(image_size=image_size) if data == "digits"
+                        else DataConfig(kind="imagefolder", root=Path(data), image_size=image_size))
+            cfg = _export_config(ExportConfig(), formats, variants, layout)
+            records = stages.export_local(model, checkpoint, num_classes, cfg, data_cfg, out)
+            _print_artifacts(records)
+            out_console.print(f"artifacts: {out / 'artifacts.json'}")
+        except ConversionError as err:
+            if repro is None:
+                raise
+            err_console.print(f"conversion failed; searching for the smallest failing submodule → {repro}")
+            written = err.write_repro(repro)
+            raise ValueError(f"{err}\nrepro: {written.with_name('repro.py')} (details in {written})") from err
+
+    _guard(go)
+
+
+DevicesOpt = Annotated[str | None, typer.Option(
+    "--devices", help="comma-separated device specs, e.g. host,rpi4-constrained,qemu-arm64,rpi4-estimated "
+    "(see `edgedistill devices`); overrides the recipe's bench.devices and rebuilds the report")]
+ProfileOpt = Annotated[list[Path] | None, typer.Option(
+    "--profile", help="an extra device profile YAML file or folder (repeatable)")]
+
+
+@app.command()
+def bench(out: RunDirOpt, force: ForceOpt = False, devices: DevicesOpt = None, profile: ProfileOpt = None) -> None:
     """Measure every model and artifact in fresh processes (latency, peak RSS, size, accuracy)."""
-    _stage_command(("bench",), out, force)
+    if devices is None and not profile:
+        _stage_command(("bench",), out, force)
+        return
+
+    def go() -> None:
+        from edgedistill.toolchain.pipeline import run_stages
+
+        ctx = _existing(out, force)
+        update: dict = {"profiles": [*ctx.recipe.bench.profiles, *(profile or [])]}
+        if devices is not None:
+            update["devices"] = [d.strip() for d in devices.split(",") if d.strip()]
+        ctx.recipe = ctx.recipe.model_copy(update={"bench": ctx.recipe.bench.model_copy(update=update)})
+        report = run_stages(ctx, ("bench", "report"))
+        if report is not None:
+            _print_table(report)
+
+    _guard(go)
+
+
+devices_app = typer.Typer(help="Device profiles and transports: list them, set up emulation.",
+                          invoke_without_command=True, no_args_is_help=False)
+app.add_typer(devices_app, name="devices")
+
+
+@devices_app.callback()
+def devices_list(ctx: typer.Context, profile: ProfileOpt = None) -> None:
+    """List the device profiles (built-in and --profile files) and the device specs bench accepts."""
+    if ctx.invoked_subcommand is not None:
+        return
+
+    def go() -> None:
+        from edgedistill.devices.profile import load_profiles
+
+        t = Table(title="device profiles")
+        for h in ("name", "kind", "cores", "GHz", "RAM MB", "ISA", "GFLOP/s fp32", "GOP/s int8", "GB/s", "source"):
+            t.add_column(h, overflow="fold")
+        for p in load_profiles(profile or []).values():
+            t.add_row(p.name, p.kind, str(p.cores), f"{p.clock_ghz:g}", str(p.ram_mb), p.isa,
+                      f"{p.peak_gflops_fp32:g}", f"{p.peak_gops_int8:g}", f"{p.mem_bandwidth_gbs:g}", p.source)
+        out_console.print(t)
+        out_console.print("device specs: host | PROFILE-constrained | PROFILE-estimated | qemu-arm64[:PROFILE] | "
+                          "ssh://user@host[:port]?profile=PROFILE&key=FILE | adb[://SERIAL]?profile=PROFILE",
+                          highlight=False)
+
+    _guard(go)
+
+
+@devices_app.command("setup")
+def devices_setup(
+    transport: Annotated[str, typer.Argument(help="the transport to set up: qemu-arm64")],
+    force: Annotated[bool, typer.Option("--force", help="rebuild even when the cache is ready")] = False,
+) -> None:
+    """Build what a transport needs once per machine (qemu-arm64: the cached arm64 rootfs; idempotent)."""
+
+    def go() -> None:
+        if transport != "qemu-arm64":
+            raise ValueError(f"{transport}: nothing to set up; only qemu-arm64 needs a set-up step")
+        from edgedistill.devices import qemu
+
+        try:
+            info = qemu.setup(log=lambda m: err_console.print(m, highlight=False), force=force)
+        except qemu.QemuError as err:
+            _fail(str(err))
+        out_console.print(f"qemu-arm64 ready: {qemu.rootfs_dir()} {info}", highlight=False)
+
+    _guard(go)
 
 
 @app.command()
@@ -192,6 +363,66 @@ def recipes(show: Annotated[str | None, typer.Option(help="print this built-in r
             return
         for name in builtin_names():
             out_console.print(f"[bold]{name}[/bold]  {load_recipe(name).description}")
+
+    _guard(go)
+
+
+# -- LLM pipeline commands (recipes with `kind: llm`) ----------------------------------------------------------
+def _llm_recipe(ref: str):  # type: ignore[no-untyped-def]
+    from edgedistill.toolchain.llm.recipe import LLMRecipe
+    from edgedistill.toolchain.recipe import RecipeError, load_recipe
+
+    recipe = load_recipe(ref)
+    if not isinstance(recipe, LLMRecipe):
+        raise RecipeError(f"{ref}: kind: this command needs an LLM recipe (kind: llm)")
+    return recipe
+
+
+@app.command()
+def plan(recipe: Annotated[str, typer.Argument(help="LLM recipe YAML or built-in name")]) -> None:
+    """Print the resource estimate of an LLM recipe: parameters, bytes per dtype, GPUs, teacher-cache size."""
+
+    def go() -> None:
+        from edgedistill.toolchain.llm.plan import Shape, format_plan
+        from edgedistill.toolchain.llm.plan import plan as make_plan
+
+        r = _llm_recipe(recipe)
+        if r.teacher.path is None:
+            raise ValueError(f"{recipe}: teacher.path: plan needs a local teacher checkpoint (its config.json)")
+        t = Shape.from_dir(r.teacher.path)
+        if r.student.path is not None:
+            s = Shape.from_dir(r.student.path)
+        else:
+            a = r.student.arch
+            s = Shape(t.vocab_size, a.hidden_size, a.intermediate_size, a.num_hidden_layers, a.num_attention_heads,
+                      a.num_key_value_heads, a.tie_word_embeddings)
+        p = make_plan(t, s, r.plan.gpu_memory_gb, r.plan.teacher_dtype, r.plan.cache_tokens, r.distill.top_k or 0)
+        out_console.print(format_plan(p), highlight=False)
+
+    _guard(go)
+
+
+@app.command()
+def collect(
+    recipe: Annotated[str, typer.Argument(help="LLM recipe YAML or built-in name (its blackbox.endpoint)")],
+    prompts: Annotated[Path, typer.Option(help='JSONL of {"id", "input"} prompts')],
+    out: Annotated[Path, typer.Option("--out", "-o", help="append-only JSONL journal (re-run to resume)")],
+    base_url: Annotated[str | None, typer.Option(help="override blackbox.endpoint.base_url")] = None,
+) -> None:
+    """Send prompts to an OpenAI-compatible endpoint; resumable, retried, failures recorded but never targets."""
+
+    def go() -> None:
+        from edgedistill.toolchain.llm.collect import Prompt
+        from edgedistill.toolchain.llm.collect import collect as run_collect
+        from edgedistill.toolchain.llm.data import read_jsonl
+
+        r = _llm_recipe(recipe)
+        items = [Prompt(e.id, e.prompt or e.completion) for e in read_jsonl(prompts)]
+        st = run_collect(items, out, r.blackbox.endpoint, base_url)
+        out_console.print(f"{st.ok} collected, {st.failed} failed, {st.skipped} already done, {st.retries} retries "
+                          f"in {st.seconds:.1f} s → {out}")
+        if st.failed:
+            raise typer.Exit(1)
 
     _guard(go)
 

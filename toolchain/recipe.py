@@ -132,9 +132,31 @@ class OnnxExport(_Section):
     calibration_samples: int = Field(256, ge=1)
 
 
+TfliteVariant = Literal["fp32", "int8_static", "int8_dynamic", "int8_weight_only"]
+
+
+class TfliteExport(_Section):
+    """litert-torch conversion (fixed batch 1); see :mod:`edgedistill.toolchain.export.tflite` for the variants."""
+
+    variants: list[TfliteVariant] = ["fp32", "int8_static", "int8_dynamic", "int8_weight_only"]
+    layout: Literal["nchw", "nhwc"] = Field(
+        "nchw", description="input layout of the .tflite graph; nhwc transposes inside it (mobile/camera pipelines)")
+    calibration_samples: int = Field(128, ge=1, description="training images that calibrate int8_static")
+
+
+ExportFormat = Literal["onnx", "tflite"]
+
+
 class ExportConfig(_Section):
-    formats: list[Literal["onnx"]] = ["onnx"]
+    formats: list[ExportFormat] = Field(["onnx", "tflite"], min_length=1)
     onnx: OnnxExport = OnnxExport()
+    tflite: TfliteExport = TfliteExport()
+
+    @model_validator(mode="after")
+    def _unique_formats(self) -> ExportConfig:
+        if len(set(self.formats)) != len(self.formats):
+            raise ValueError(f"formats: each format once, got {self.formats}")
+        return self
 
 
 class BenchConfig(_Section):
@@ -144,6 +166,11 @@ class BenchConfig(_Section):
     accuracy_tolerance: float = Field(
         0.01, ge=0, le=1, description="an artifact 'keeps accuracy' if within this of its PyTorch source")
     include_pytorch: bool = True
+    devices: list[str] = Field(
+        ["host"], min_length=1, description="device specs: host, PROFILE-constrained, PROFILE-estimated, "
+        "qemu-arm64[:PROFILE], ssh://user@host[:port]?profile=P, adb[://SERIAL] (`edgedistill devices` lists them)")
+    profiles: list[Path] = Field(
+        default_factory=list, description="extra device profile YAML files or folders (beside the built-ins)")
 
 
 class GateConfig(_Section):
@@ -155,6 +182,7 @@ class GateConfig(_Section):
 
 
 class Recipe(_Section):
+    kind: Literal["vision"] = "vision"  # "llm" recipes: edgedistill.toolchain.llm.recipe
     name: str
     description: str = ""
     seed: int = 0
@@ -192,9 +220,14 @@ def _one_line(source: str, err: ValidationError) -> str:
     return f"{source}: {field}: {msg}{extra}"
 
 
-def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
+def parse_recipe(data: Any, source: str = "<recipe>") -> Any:
+    """A :class:`Recipe`, or an ``LLMRecipe`` when the top-level ``kind`` is ``llm``."""
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: (top level): expected a mapping of sections, got {type(data).__name__}")
+    if data.get("kind") == "llm":
+        from edgedistill.toolchain.llm.recipe import parse_llm_recipe
+
+        return parse_llm_recipe(data, source)
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
@@ -212,7 +245,7 @@ def builtin_text(name: str) -> str:
     return resources.files(BUILTIN_PACKAGE).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
 
 
-def load_recipe(ref: str | Path) -> Recipe:
+def load_recipe(ref: str | Path) -> Any:
     """Load a recipe from a YAML path or a built-in name (``edgedistill recipes`` lists them)."""
     path = Path(ref)
     if path.suffix in (".yaml", ".yml") or path.exists():
@@ -228,14 +261,19 @@ def load_recipe(ref: str | Path) -> Recipe:
         where = f"line {mark.line + 1}" if mark else "(parse)"
         raise RecipeError(f"{source}: {where}: invalid YAML ({getattr(err, 'problem', err)})") from None
     recipe = parse_recipe(data, source)
-    return _resolve_paths(recipe, path.parent if path.exists() else Path.cwd())
+    base = path.parent if path.exists() else Path.cwd()
+    if getattr(recipe, "kind", "vision") == "llm":
+        from edgedistill.toolchain.llm.recipe import resolve_llm_paths
+
+        return resolve_llm_paths(recipe, base)
+    return _resolve_paths(recipe, base)
 
 
 def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
     """Make relative paths in a recipe relative to the recipe file, as users expect."""
 
     def fix(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else (base / p).resolve()
+        return p if p is None or p.is_absolute() else (base / p).resolve()
 
     data = recipe.data.model_copy(update={"root": fix(recipe.data.root)})
     teacher = recipe.teacher.model_copy(update={"checkpoint": fix(recipe.teacher.checkpoint)})

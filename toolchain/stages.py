@@ -6,29 +6,38 @@ Run-directory layout (relative to the run root)::
     data/split.json  data/test.npz                       the split definition and the saved test split
     teacher/teacher.safetensors  teacher/metrics.json    reference artifact + training metrics
     students/{baseline,kd}.safetensors  students/*.json   CE-only and distilled students
-    export/student-<variant>.onnx  export/artifacts.json  every artifact with its parity
+    export/student-<variant>.onnx  export/student-tflite-<variant>.tflite  export/artifacts.json
+                                                         every artifact, with its parity vs the KD student
     bench/<name>-t<threads>.json  bench/results.json      one agent document per measurement
 """
 
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from edgedistill.benchmarks import report as report_mod
-from edgedistill.benchmarks.harness import BenchItem, measure, resolve_threads
+from edgedistill.benchmarks.harness import BenchItem, measure_devices, plan_devices, resolve_threads
 from edgedistill.core.fileio import read_json, sha256_file, sha256_json, write_json
 from edgedistill.runtimes.torch_ref import load_reference
+from edgedistill.toolchain.data.vision import VisionData, load_vision_data
 from edgedistill.toolchain.distill.cache import cache_key, cached_teacher_outputs, default_cache_dir
 from edgedistill.toolchain.distill.trainer import accuracy, freeze, train_student, train_supervised
 from edgedistill.toolchain.export import onnx as onnx_export
-from edgedistill.toolchain.export.parity import compare
+from edgedistill.toolchain.export.parity import INT8_MIN_TOP1_AGREEMENT, TFLITE_INT8_MIN_TOP1_AGREEMENT, compare
 from edgedistill.toolchain.models import vision as models
 from edgedistill.toolchain.pipeline import Context, data_hash
 from edgedistill.toolchain.progress import make_progress
+from edgedistill.toolchain.recipe import DataConfig, ExportConfig, OnnxExport, TfliteExport
+from edgedistill.toolchain.rundir import RunDir
 
 TEACHER = "teacher/teacher.safetensors"
 STUDENTS = {"baseline": "students/baseline.safetensors", "kd": "students/kd.safetensors"}
@@ -160,44 +169,134 @@ def stage_export(ctx: Context) -> None:
                      "data": data_hash(ctx)})
     if ctx.skip("export", h):
         return
-    d, cfg = ctx.data, r.export.onnx
     student = load_reference(ctx.run.path(STUDENTS["kd"]))
-    with torch.no_grad():
-        ref = student(d.test_x).numpy()
-    g = torch.Generator().manual_seed(r.seed)
-    calib = d.train_x[torch.randperm(len(d.train_x), generator=g)[:cfg.calibration_samples]].numpy()
-    fp32 = ctx.run.path("export", "student-fp32.onnx")
-    records, outputs = [], []
+    job = _Export(student, ctx.data, ctx.run, "student", "kd", "PyTorch KD student", r.seed,
+                  f"{r.student.name} (KD student, {STUDENTS['kd']})")
+    _run_export(job, r.export, h)
+    _print_parity(ctx.console, job.records)
+
+
+def export_local(name: str, checkpoint: Path, num_classes: int, cfg: ExportConfig, data_cfg: DataConfig,
+                 out: Path, kwargs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """``edgedistill export --model``: export a timm model + local checkpoint into ``out`` (no run needed).
+
+    Parity is checked on ``data_cfg``'s test split and int8 is calibrated on its train split, exactly as in a run;
+    ``out`` gets the artifacts, ``artifacts.json`` and a ``manifest.json`` recording each file.
+    """
+    model = models.create(name, num_classes, kwargs)
+    models.load_weights(model, checkpoint)
+    data = load_vision_data(data_cfg)
+    run = RunDir(out)
+    h = sha256_json({"model": name, "kwargs": kwargs or {}, "checkpoint": sha256_file(checkpoint),
+                     "export": cfg.model_dump(mode="json"), "data": data.split_hash})
+    job = _Export(model.eval(), data, run, name, "checkpoint", f"PyTorch {name} ({checkpoint.name})", 0,
+                  f"{name} ({checkpoint})", subdir="")
+    _run_export(job, cfg, h)
+    return job.records
+
+
+@dataclass
+class _Export:
+    """One export: the model and data every format needs, and the artifacts written so far."""
+
+    model: nn.Module
+    data: VisionData
+    run: RunDir
+    prefix: str  # artifact file names: <prefix>-<variant>.onnx, <prefix>-tflite-<variant>.tflite
+    source: str  # the records' "source": "kd" in a run
+    reference: str  # what parity compares against, in words
+    seed: int
+    model_name: str  # names the model in conversion errors
+    subdir: str = "export"
+    records: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def ref(self) -> np.ndarray:
+        with torch.no_grad():
+            return self.model(self.data.test_x).numpy()
+
+    def path(self, name: str) -> Path:
+        return self.run.path(self.subdir, name) if self.subdir else self.run.path(name)
+
+    def calibration(self, n: int) -> np.ndarray:
+        """``n`` training images ``(n, C, H, W)``, a fixed random subset."""
+        g = torch.Generator().manual_seed(self.seed)
+        return self.data.train_x[torch.randperm(len(self.data.train_x), generator=g)[:n]].numpy()
+
+    def add(self, path: Path, fmt: str, variant: str, min_top1: float, **extra: Any) -> None:
+        """Score ``path`` on the test split with its runtime and record it with its parity."""
+        from edgedistill.runtimes import open_session, runtime_for
+
+        logits = open_session(runtime_for(path), path, threads=os.cpu_count() or 1).run_all(self.data.test_x.numpy())
+        precision = "fp32" if variant == "fp32" else "int8"
+        self.records.append({
+            "name": path.stem, "file": str(path.relative_to(self.run.root)), "format": fmt, "variant": variant,
+            "precision": precision, "source": self.source, **extra,
+            "parity": compare(self.ref, logits, precision, self.reference, min_top1).to_dict()})
+        self.outputs.append(path)
+
+
+def _run_export(job: _Export, cfg: ExportConfig, config_hash: str) -> None:
+    """Every format in ``cfg.formats``, then artifacts.json and the manifest entry."""
+    if "onnx" in cfg.formats:
+        _export_onnx(job, cfg.onnx)
+    if "tflite" in cfg.formats:
+        _export_tflite(job, cfg.tflite)
+    listing = job.path("artifacts.json")
+    write_json(listing, job.records)
+    job.run.record("export", config_hash, [*job.outputs, listing],
+                   {"artifacts": [a["name"] for a in job.records], "export_seconds": job.seconds})
+
+
+def _export_onnx(job: _Export, cfg: OnnxExport) -> None:
+    calib = job.calibration(cfg.calibration_samples)
+    fp32 = job.path(f"{job.prefix}-fp32.onnx")
     with make_progress() as prog:
         task = prog.add_task("exporting ONNX", total=len(cfg.variants), status="")
-        onnx_export.export_fp32(student, d.test_x[:1], fp32, cfg.opset, cfg.exporter)
+        onnx_export.export_fp32(job.model, job.data.test_x[:1], fp32, cfg.opset, cfg.exporter)
         for variant in cfg.variants:
             prog.update(task, status=variant)
-            path = fp32 if variant == "fp32" else ctx.run.path("export", f"student-{variant}.onnx")
+            path = fp32 if variant == "fp32" else job.path(f"{job.prefix}-{variant}.onnx")
             if variant != "fp32":
                 onnx_export.quantize(fp32, variant, path, calib)
-            records.append(_artifact_record(path, "onnx", variant, ref, ctx))
-            outputs.append(path)
+            job.add(path, "onnx", variant, INT8_MIN_TOP1_AGREEMENT)
             prog.advance(task)
     if "fp32" not in cfg.variants:
         fp32.unlink()
-    listing = ctx.run.path("export", "artifacts.json")
-    write_json(listing, records)
-    ctx.run.record("export", h, [*outputs, listing], {"artifacts": [a["name"] for a in records]})
+
+
+def _export_tflite(job: _Export, cfg: TfliteExport) -> None:
+    """litert-torch variants; fp32 first when a post-conversion (ai-edge-quantizer) variant needs it."""
+    from edgedistill.toolchain.export import tflite
+
+    calib = job.calibration(cfg.calibration_samples) if "int8_static" in cfg.variants else None
+    fp32 = job.path(f"{job.prefix}-tflite-fp32.tflite")
+    order = sorted(cfg.variants, key=lambda v: v != "fp32")
+    if any(v in tflite.AEQ_RECIPES for v in order) and "fp32" not in order:
+        order.insert(0, "fp32")
+    with make_progress() as prog:
+        task = prog.add_task("exporting TFLite", total=len(order), status="")
+        for variant in order:
+            prog.update(task, status=variant)
+            path = job.path(f"{job.prefix}-tflite-{variant}.tflite")
+            t0 = time.perf_counter()
+            tflite.export_variant(job.model, job.data.test_x[:1], variant, path, fp32, calib, cfg.layout,
+                                  job.model_name)
+            job.seconds[path.stem] = round(time.perf_counter() - t0, 2)
+            if variant in cfg.variants:
+                job.add(path, "tflite", variant, TFLITE_INT8_MIN_TOP1_AGREEMENT, layout=cfg.layout)
+            prog.advance(task)
+    if "fp32" not in cfg.variants:
+        fp32.unlink(missing_ok=True)
+
+
+def _print_parity(console: Any, records: list[dict[str, Any]]) -> None:
     for a in records:
         p = a["parity"]
-        ctx.console.print(f"  {a['name']}: max|Δ| {p['max_abs_diff']:.2e}, top-1 agreement "
-                          f"{p['top1_agreement']:.4f} ({'ok' if p['ok'] else 'FAILS ' + p['criterion']})")
-
-
-def _artifact_record(path: Path, fmt: str, variant: str, ref: np.ndarray, ctx: Context) -> dict[str, Any]:
-    from edgedistill.runtimes import open_session, runtime_for
-
-    logits = open_session(runtime_for(path), path, threads=os.cpu_count() or 1).run_all(ctx.data.test_x.numpy())
-    precision = "fp32" if variant == "fp32" else "int8"
-    return {"name": path.stem, "file": str(path.relative_to(ctx.run.root)), "format": fmt, "variant": variant,
-            "precision": precision, "source": "kd",
-            "parity": compare(ref, logits, precision, "PyTorch KD student").to_dict()}
+        console.print(f"  {a['name']}: max|Δ| {p['max_abs_diff']:.2e}, top-1 agreement "
+                      f"{p['top1_agreement']:.4f} ({'ok' if p['ok'] else 'FAILS ' + p['criterion']})")
 
 
 def _bench_items(ctx: Context) -> list[BenchItem]:
@@ -221,14 +320,21 @@ def stage_bench(ctx: Context) -> None:
     if ctx.skip("bench", h):
         return
     test = ctx.run.path("data", "test.npz")
+    plan = plan_devices(cfg.devices, cfg.threads, cfg.profiles)
     with make_progress() as prog:
-        task = prog.add_task("benchmarking", total=len(items) * len(threads), status="")
-        results = measure(items, threads, test, ctx.run.path("bench", "x").parent, cfg.warmup, cfg.runs,
-                          progress=lambda: prog.advance(task))
+        task = prog.add_task("benchmarking", total=len(items) * max(1, sum(map(len, plan.values()))), status="")
+        devices = measure_devices(items, cfg.devices, cfg.threads, test, ctx.run.path("bench", "x").parent,
+                                  cfg.warmup, cfg.runs, cfg.profiles, progress=lambda: prog.advance(task))
+    host = devices.get("host") or devices.get("local") or {}
+    results, threads = host.get("results", {}), host.get("threads", threads)
     out = ctx.run.path("bench", "results.json")
-    write_json(out, {"threads": threads, "results": results})
-    ctx.run.record("bench", h, [out], {"threads": threads,
-                                       "failed": [n for n, r in results.items() if r["error"]]})
+    write_json(out, {"threads": threads, "results": results, "devices": devices})
+    failed_devices = {d: e["error"] for d, e in devices.items() if e["error"]}
+    for d, err in failed_devices.items():
+        ctx.console.print(f"  [yellow]device {d} failed:[/yellow] {err}")
+    ctx.run.record("bench", h, [out], {"threads": threads, "devices": list(devices),
+                                       "failed": [n for n, r in results.items() if r["error"]],
+                                       "failed_devices": failed_devices})
 
 
 def stage_report(ctx: Context) -> dict[str, Any]:

@@ -104,6 +104,7 @@ def fit(model: nn.Module, step: StepFn, cfg: TrainConfig, pool: torch.Tensor, ep
             if done >= total:
                 break
     model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format)  # hand back the layout callers (and exporters) expect
     secs = time.perf_counter() - t0
     return FitResult(best, done, secs, trained / secs if secs > 0 else 0.0, history)
 

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from edgedistill.core.fileio import atomic_path
 from edgedistill.runtimes.inputs import ArrayFeed
-from torch import nn
+from edgedistill.toolchain.progress import make_progress
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -33,7 +35,7 @@ def export_fp32(model: nn.Module, sample: torch.Tensor, path: Path, opset: int =
     ``dynamo`` is torch.export-based (PyTorch's default since 2.9), saved as one self-contained file;
     ``torchscript`` is the legacy tracer, kept for models torch.export cannot capture.
     """
-    model.eval()
+    model.eval().to(memory_format=torch.contiguous_format)  # channels-last weights make torch.export guard on batch
     with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         if exporter == "dynamo":
@@ -67,11 +69,11 @@ def quantize(fp32_path: Path, variant: str, path: Path, calibration: np.ndarray 
                 if calibration is None:
                     raise ValueError(f"{variant}: static quantisation needs calibration images")
                 act = QuantType.QUInt8 if variant == "int8_static_u8s8" else QuantType.QInt8
-                quantize_static(
-                    str(pre), str(tmp), ArrayFeed(calibration, INPUT_NAME, batch=8),
-                    quant_format=QuantFormat.QDQ, activation_type=act, weight_type=QuantType.QInt8,
-                    per_channel=True,
-                )
+                with make_progress() as prog:
+                    task = prog.add_task(f"calibrating {variant}", total=-(-len(calibration) // 8), status="")
+                    feed = ArrayFeed(calibration, INPUT_NAME, batch=8, on_next=lambda: prog.advance(task))
+                    quantize_static(str(pre), str(tmp), feed, quant_format=QuantFormat.QDQ, activation_type=act,
+                                    weight_type=QuantType.QInt8, per_channel=True)
             else:
                 raise ValueError(f"unknown ONNX variant {variant!r}")
     return path

@@ -1,0 +1,98 @@
+"""The ``local`` and ``constrained`` transports: the agent in a fresh process on this machine.
+
+``constrained`` caps the process to a profile's core count (CPU affinity to the first N allowed CPUs, and the
+agent's thread settings) and RAM (a cgroup v1 memory limit where this process may create one, else
+``RLIMIT_AS`` set between fork and exec). Clock speed, ISA and memory bandwidth are *not* emulated: the figures
+are labelled ``constrained`` and the result's ``device.applied`` block says exactly which caps took effect.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import resource
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from edgedistill.devices.local import AgentError, AgentJob, run_agent_process
+from edgedistill.devices.transport import TRANSPORTS, Label, Transport
+
+CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
+_counter = itertools.count()
+
+
+def _agent_cmd(job: AgentJob) -> list[str]:
+    return [sys.executable, "-m", "edgedistill.devices.agent", *job.argv()]
+
+
+@TRANSPORTS.register("local")
+class LocalTransport(Transport):
+    """This machine, uncapped: ``measured``."""
+
+    label = Label.MEASURED
+
+    def threads(self, spec: list[int | str]) -> list[int]:
+        return super().threads([len(os.sched_getaffinity(0)) if t == "all" else t for t in spec])
+
+    def run(self, job: AgentJob, timeout_s: float = 600) -> dict[str, Any]:
+        return self.annotate(run_agent_process(_agent_cmd(job), job, timeout_s))
+
+
+def _cgroup_v1_usable(root: Path = CGROUP_V1_MEMORY) -> bool:
+    return (root / "memory.limit_in_bytes").is_file() and os.access(root, os.W_OK)
+
+
+@TRANSPORTS.register("constrained")
+class ConstrainedTransport(Transport):
+    """This machine with the profile's core count and RAM as hard caps: ``constrained``."""
+
+    label = Label.CONSTRAINED
+    #: "auto": a cgroup v1 memory limit where permitted, else RLIMIT_AS
+    memory_method: Literal["auto", "cgroup-v1", "rlimit-as"] = "auto"
+
+    def _cpus(self) -> list[int]:
+        return sorted(os.sched_getaffinity(0))[:self.device.profile.cores]
+
+    def threads(self, spec: list[int | str]) -> list[int]:
+        n = len(self._cpus())
+        return super().threads([min(n, n if t == "all" else int(t)) for t in spec])
+
+    def _method(self) -> str:
+        if self.memory_method != "auto":
+            return self.memory_method
+        return "cgroup-v1" if _cgroup_v1_usable() else "rlimit-as"
+
+    def run(self, job: AgentJob, timeout_s: float = 600) -> dict[str, Any]:
+        prof = self.device.profile
+        cpus, limit = self._cpus(), prof.ram_mb * 2**20
+        method = self._method()
+        cgroup = None
+        if method == "cgroup-v1":
+            cgroup = CGROUP_V1_MEMORY / f"edgedistill-{os.getpid()}-{next(_counter)}"
+            try:
+                cgroup.mkdir()
+                (cgroup / "memory.limit_in_bytes").write_text(str(limit))
+            except OSError as err:
+                raise AgentError(f"{cgroup}: cannot create a cgroup v1 memory limit ({err}); "
+                                 "run as root or set memory_method='rlimit-as'") from None
+
+        def preexec() -> None:  # in the child, between fork and exec
+            os.sched_setaffinity(0, cpus)
+            if cgroup is not None:
+                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+            else:
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+        try:
+            doc = run_agent_process(_agent_cmd(job), job, timeout_s, preexec_fn=preexec)
+        finally:
+            if cgroup is not None:
+                cgroup.rmdir()
+        applied = {"cpus": cpus, "cores_requested": prof.cores, "cores_applied": len(cpus),
+                   "threads": job.threads,
+                   "memory": {"method": method, "limit_mb": prof.ram_mb},
+                   "not_emulated": ["clock speed", "ISA and vector width", "cache sizes", "memory bandwidth"]}
+        if len(cpus) < prof.cores:
+            applied["note"] = f"this machine allows only {len(cpus)} CPU(s); the profile has {prof.cores}"
+        return self.annotate(doc, applied=applied)

@@ -1,0 +1,165 @@
+"""Roofline latency estimates for profiles with no reachable device (label ``estimated``).
+
+Each node of the artifact's ONNX graph (after shape inference, batch 1) costs
+``max(flops / compute_peak, bytes / memory_bandwidth)`` (a per-node roofline); the estimate is the sum over
+nodes, plus a fixed per-node dispatch cost. FLOPs are counted for Conv/ConvTranspose/Gemm/MatMul and their
+integer/QLinear forms (2 per multiply-accumulate), one per output element for everything else; bytes are each
+node's inputs, weights and outputs (no cache reuse between nodes). A node computes in int8 when it is an
+integer/QLinear op or reads a DequantizeLinear output (QDQ); then it uses the profile's int8 peak and 1-byte
+elements, and the Q/DQ nodes themselves are taken as fused (free). Compute peaks scale with threads/cores;
+bandwidth does not.
+
+This is a bound-style model: runtimes reach a fraction of peak, so real latencies are higher
+(``benchmarks/perf/estimator_error.py`` reports the error against published Raspberry Pi 4 figures).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgedistill.devices.local import AgentError, AgentJob
+from edgedistill.devices.profile import DeviceProfile
+from edgedistill.devices.transport import TRANSPORTS, Label, Transport
+
+#: fixed cost per executed node (kernel dispatch, threading hand-off); a typical CPU runtime figure
+DISPATCH_US = 5.0
+_MAC_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "Gemm", "MatMul", "MatMulInteger",
+            "QLinearMatMul"}
+_INT_OPS = {"ConvInteger", "QLinearConv", "MatMulInteger", "QLinearMatMul", "QGemm", "DynamicQuantizeLinear"}
+_FREE_OPS = {"QuantizeLinear", "DequantizeLinear", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity",
+             "Shape", "Constant", "Cast"}
+
+
+@dataclass
+class GraphCost:
+    """What one batch-1 inference of a graph costs: totals and the int8 share."""
+
+    flops: float = 0.0
+    bytes: float = 0.0
+    int8_flops: float = 0.0
+    nodes: int = 0
+    unknown_shapes: int = 0
+    #: per node: (fp32 flops, int8 flops, bytes), for the per-node roofline
+    per_node: list[tuple[float, float, float]] = field(default_factory=list)
+
+
+def _dims(vi: Any) -> list[int] | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    out = []
+    for i, d in enumerate(t.shape.dim):
+        if d.HasField("dim_value"):
+            out.append(d.dim_value)
+        elif i == 0:
+            out.append(1)  # dynamic batch -> 1
+        else:
+            return None
+    return out
+
+
+def _load_shaped(path: Path) -> Any:
+    import onnx
+    from onnx import shape_inference
+
+    model = onnx.load(str(path))
+    for inp in model.graph.input:  # fix a dynamic batch to 1 so shapes propagate
+        dims = inp.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1
+    return shape_inference.infer_shapes(model, data_prop=True)
+
+
+def _mac_flops(op: str, ins: list[list[int] | None], outs: list[list[int] | None], group: int) -> float:
+    """2 x multiply-accumulates of a conv or matrix product, from its shapes."""
+    if op in ("Conv", "ConvInteger", "QLinearConv", "ConvTranspose"):
+        w = ins[3] if op == "QLinearConv" else ins[1]
+        if w is None or outs[0] is None:
+            return 0.0
+        if op == "ConvTranspose":
+            x = ins[0]
+            return 2.0 * math.prod(x or [0]) * math.prod(w[1:])
+        return 2.0 * math.prod(outs[0]) * math.prod(w[1:])  # per output: Cin/group x kh x kw MACs
+    a = ins[3] if op == "QLinearMatMul" else ins[0]
+    if a is None or outs[0] is None:
+        return 0.0
+    return 2.0 * math.prod(outs[0]) * a[-1]  # out (…, M, N) x K
+
+
+def graph_cost(path: Path) -> GraphCost:
+    """Count FLOPs and bytes of every node of an ONNX file (batch 1)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = _load_shaped(path)
+    g = model.graph
+    shapes: dict[str, list[int] | None] = {vi.name: _dims(vi) for vi in [*g.input, *g.output, *g.value_info]}
+    itemsize: dict[str, int] = {}
+    for vi in [*g.input, *g.output, *g.value_info]:
+        et = vi.type.tensor_type.elem_type
+        itemsize[vi.name] = helper.tensor_dtype_to_np_dtype(et).itemsize if et else 4
+    for init in g.initializer:
+        shapes[init.name] = list(init.dims)
+        itemsize[init.name] = numpy_helper.to_array(init).itemsize if init.data_type != TensorProto.UNDEFINED else 4
+    producer = {o: n.op_type for n in g.node for o in n.output}
+    cost = GraphCost()
+    for n in g.node:
+        if n.op_type in _FREE_OPS:
+            continue
+        ins = [shapes.get(i) for i in n.input if i]
+        outs = [shapes.get(o) for o in n.output]
+        if outs[0] is None:
+            cost.unknown_shapes += 1
+            continue
+        int8 = n.op_type in _INT_OPS or any(producer.get(i) == "DequantizeLinear" for i in n.input)
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if n.op_type in _MAC_OPS:
+            flops = _mac_flops(n.op_type, ins, outs, group)
+        else:
+            flops = float(sum(math.prod(o) for o in outs if o is not None))
+        size = (lambda name: 1) if int8 else (lambda name: itemsize.get(name, 4))
+        nbytes = sum(math.prod(shapes[i]) * size(i) for i in n.input if i and shapes.get(i) is not None)
+        nbytes += sum(math.prod(shapes[o]) * size(o) for o in n.output if shapes.get(o) is not None)
+        cost.flops += flops
+        cost.bytes += nbytes
+        cost.int8_flops += flops if int8 else 0.0
+        cost.nodes += 1
+        cost.per_node.append((0.0 if int8 else flops, flops if int8 else 0.0, float(nbytes)))
+    return cost
+
+
+def estimate_ms(cost: GraphCost, profile: DeviceProfile, threads: int) -> dict[str, Any]:
+    """Roofline time of ``cost`` on ``profile`` at ``threads`` threads, in ms, with its terms."""
+    share = min(threads, profile.cores) / profile.cores
+    fp32_peak = profile.peak_gflops_fp32 * 1e9 * share
+    int8_peak = profile.peak_gops_int8 * 1e9 * share
+    bw = profile.mem_bandwidth_gbs * 1e9
+    compute_s = memory_s = total_s = 0.0
+    for f32, i8, nbytes in cost.per_node:
+        c, m = f32 / fp32_peak + i8 / int8_peak, nbytes / bw
+        compute_s, memory_s, total_s = compute_s + c, memory_s + m, total_s + max(c, m)
+    total_s += cost.nodes * DISPATCH_US * 1e-6
+    return {"ms": total_s * 1e3, "compute_ms": compute_s * 1e3, "memory_ms": memory_s * 1e3,
+            "bound": "compute" if compute_s >= memory_s else "memory", "threads": threads,
+            "dispatch_us_per_node": DISPATCH_US, "flops": cost.flops, "int8_flops": cost.int8_flops,
+            "bytes": cost.bytes, "nodes": cost.nodes, "unknown_shapes": cost.unknown_shapes}
+
+
+@TRANSPORTS.register("estimated")
+class EstimateTransport(Transport):
+    """No device: a roofline estimate from the ONNX graph and the profile's peaks (``estimated``)."""
+
+    label = Label.ESTIMATED
+
+    def run(self, job: AgentJob, timeout_s: float = 600) -> dict[str, Any]:
+        if job.artifact.suffix != ".onnx":
+            raise AgentError(f"{job.artifact.name}: estimates need an ONNX graph (got {job.artifact.suffix})")
+        est = estimate_ms(graph_cost(job.artifact), self.device.profile, job.threads)
+        ms = est["ms"]
+        doc = {"schema": "edgedistill.agent/1", "artifact": job.artifact.name,
+               "size_bytes": job.artifact.stat().st_size, "threads": job.threads, "batch": 1,
+               "latency_ms": {k: ms for k in ("p50", "p90", "p99", "mean", "min")}, "estimate": est,
+               "peak_rss_mb": None}
+        return self.annotate(doc)

@@ -1,0 +1,1 @@
+"""Built-in device profiles (YAML package data); see :mod:`edgedistill.devices.profile`."""

@@ -1,0 +1,186 @@
+"""Black-box collection: send prompts to any OpenAI-compatible endpoint and keep the replies as SFT targets.
+
+* bounded concurrency (a thread pool of ``concurrency`` workers);
+* retries with exponential backoff (``backoff_s · 2^attempt``, jittered) on timeouts, connection errors, 429, 5xx;
+* an append-only JSONL journal keyed by prompt id: one line per finished prompt, written with a single
+  ``write`` and fsynced. A re-run skips ids that already have an ``ok`` line and repairs a torn last line, so a
+  kill at any moment loses nothing and duplicates nothing;
+* empty or malformed replies are recorded as ``failed`` (with the reason), never as targets;
+* the API key is read from the environment variable the recipe names, and is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgedistill.toolchain.llm.recipe import EndpointConfig
+
+
+class MalformedReply(ValueError):
+    """The endpoint answered, but with nothing usable as a training target."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+
+
+@dataclass
+class CollectStats:
+    total: int
+    skipped: int = 0
+    ok: int = 0
+    failed: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class Journal:
+    """The append-only JSONL file: ``{"id", "status": "ok"|"failed", "output"|"error", "attempts", ...}``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair()
+        self._lock = threading.Lock()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _repair(self) -> None:
+        """Cut a torn last line (a kill during a write) so the file is whole lines only."""
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._lock:
+            os.write(self._fd, line)
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """Every whole, parseable line of a journal (a torn or garbled line is skipped)."""
+    if not Path(path).is_file():
+        return []
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and "id" in rec:
+            out.append(rec)
+    return out
+
+
+def targets(path: Path) -> dict[str, str]:
+    """Prompt id → collected output, from ``ok`` lines only (first one wins)."""
+    out: dict[str, str] = {}
+    for rec in read_journal(path):
+        if rec.get("status") == "ok" and rec["id"] not in out:
+            out[rec["id"]] = rec["output"]
+    return out
+
+
+def _client(cfg: EndpointConfig, base_url: str):  # type: ignore[no-untyped-def]
+    from openai import OpenAI
+
+    key = "not-needed"
+    if cfg.api_key_env:
+        key = os.environ.get(cfg.api_key_env, "")
+        if not key:
+            raise ValueError(f"blackbox.endpoint.api_key_env: environment variable {cfg.api_key_env} is not set")
+    return OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=cfg.timeout_s)
+
+
+def _ask(client, cfg: EndpointConfig, prompt: str) -> tuple[str, str | None]:  # type: ignore[no-untyped-def]
+    """One request; returns ``(text, finish_reason)`` or raises :class:`MalformedReply`."""
+    text_in = cfg.prompt_template.format(prompt=prompt)
+    if cfg.api == "chat":
+        resp = client.chat.completions.create(model=cfg.model, messages=[{"role": "user", "content": text_in}],
+                                              max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+    else:
+        resp = client.completions.create(model=cfg.model, prompt=text_in, max_tokens=cfg.max_tokens,
+                                         temperature=cfg.temperature)
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise MalformedReply(f"no choices in reply ({type(resp).__name__})")
+    c = choices[0]
+    text = c.message.content if cfg.api == "chat" and getattr(c, "message", None) else getattr(c, "text", None)
+    if not isinstance(text, str) or not text.strip():
+        raise MalformedReply("empty reply")
+    return text, getattr(c, "finish_reason", None)
+
+
+def _retryable(err: Exception) -> bool:
+    import openai
+
+    if isinstance(err, openai.APITimeoutError | openai.APIConnectionError | openai.RateLimitError):
+        return True
+    return isinstance(err, openai.APIStatusError) and err.status_code >= 500
+
+
+def _one(client, cfg: EndpointConfig, p: Prompt, journal: Journal, stats: CollectStats,  # type: ignore[no-untyped-def]
+         lock: threading.Lock) -> None:
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            text, finish = _ask(client, cfg, p.text)
+            rec: dict[str, Any] = {"id": p.id, "status": "ok", "output": text, "finish_reason": finish,
+                                   "attempts": attempt}
+            break
+        except Exception as err:  # noqa: BLE001 - classified below; every outcome is journalled
+            retry = not isinstance(err, MalformedReply) and _retryable(err)
+            if retry and attempt <= cfg.max_retries:
+                with lock:
+                    stats.retries += 1
+                time.sleep(cfg.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random() / 2))
+                continue
+            reason = type(err).__name__
+            rec = {"id": p.id, "status": "failed", "error": f"{reason}: {str(err)[:200]}", "attempts": attempt}
+            with lock:
+                stats.errors[reason] = stats.errors.get(reason, 0) + 1
+            break
+    journal.append(rec)
+    with lock:
+        setattr(stats, rec["status"], getattr(stats, rec["status"]) + 1)
+
+
+def collect(prompts: Iterable[Prompt], out: Path, cfg: EndpointConfig, base_url: str | None = None) -> CollectStats:
+    """Ask the endpoint for every prompt without an ``ok`` line in ``out`` yet; failed ones are asked again."""
+    url = base_url or cfg.base_url
+    if not url:
+        raise ValueError("blackbox.endpoint.base_url: not set (null means the pipeline serves the teacher itself)")
+    prompts = list(prompts)
+    if len({p.id for p in prompts}) != len(prompts):
+        raise ValueError("collect: prompt ids must be unique")
+    done = set(targets(out))
+    todo = [p for p in prompts if p.id not in done]
+    stats = CollectStats(total=len(prompts), skipped=len(prompts) - len(todo))
+    client, journal, lock, t0 = _client(cfg, url), Journal(out), threading.Lock(), time.perf_counter()
+    try:
+        with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
+            for f in [pool.submit(_one, client, cfg, p, journal, stats, lock) for p in todo]:
+                f.result()
+    finally:
+        journal.close()
+    stats.seconds = time.perf_counter() - t0
+    return stats

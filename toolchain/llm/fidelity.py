@@ -1,0 +1,69 @@
+"""Artifact fidelity as llama.cpp's ``perplexity --kl-divergence`` reports it: the artifact's perplexity, the
+mean KL divergence from the reference (PyTorch) distribution to the artifact's, and the same-top-token rate.
+
+All figures are over next-token positions of the same token sequences fed to both models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+#: quantised artifacts: least same-top-token rate vs the PyTorch model they came from (Q8_0 test threshold)
+Q8_MIN_SAME_TOP = 0.95
+#: F32 GGUF with an F32 KV cache: largest absolute logit difference vs PyTorch
+GGUF_F32_MAX_ABS_DIFF = 1e-4
+
+
+@dataclass
+class Fidelity:
+    perplexity: float
+    reference_perplexity: float
+    kld_mean: float
+    kld_p99: float
+    same_top_token: float
+    max_abs_diff: float
+    n_tokens: int
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def fidelity(ids: Sequence[Sequence[int]], ref_logits: Sequence[np.ndarray], logits: Sequence[np.ndarray]
+             ) -> Fidelity:
+    """Compare per-sequence logits ``(L_i, V)`` of an artifact against the reference on token ids ``ids``.
+
+    Position ``t`` predicts token ``t+1``; the last position of each sequence has no target and is left out.
+    """
+    nll, nll_ref, kld, same, maxdiff, n = [], [], [], 0, 0.0, 0
+    for seq, r, a in zip(ids, ref_logits, logits, strict=True):
+        v = min(r.shape[-1], a.shape[-1])
+        r, a = r[:len(seq) - 1, :v], a[:len(seq) - 1, :v]
+        lr, la = _log_softmax(r), _log_softmax(a)
+        tgt = np.asarray(seq[1:])
+        rows = np.arange(len(tgt))
+        nll.append(-la[rows, tgt])
+        nll_ref.append(-lr[rows, tgt])
+        kld.append((np.exp(lr) * (lr - la)).sum(-1))
+        same += int((r.argmax(-1) == a.argmax(-1)).sum())
+        maxdiff = max(maxdiff, float(np.abs(r.astype(np.float64) - a).max()))
+        n += len(tgt)
+    k = np.concatenate(kld)
+    return Fidelity(float(np.exp(np.concatenate(nll).mean())), float(np.exp(np.concatenate(nll_ref).mean())),
+                    float(k.mean()), float(np.percentile(k, 99)), same / n, maxdiff, n)
+
+
+@torch.no_grad()
+def torch_logits(model: torch.nn.Module, ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """Reference logits ``(L_i, V)`` per sequence from a HF causal LM, one sequence at a time (no padding)."""
+    model.eval()
+    return [model(torch.tensor([list(s)])).logits[0].float().numpy() for s in ids]
