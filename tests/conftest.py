@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["EDGEDISTILL_PROGRESS"] = "0"
+# One intra-op thread in the test process: with two, torch's OpenMP workers spin against any other load on a
+# 2-core machine and a training step went from 0.06 s to 5 s. Benchmarks and the CLI runs set their own threads.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +33,7 @@ def tiny_recipe(**overrides: object) -> dict:
                     "train": {"epochs": 1, "max_steps": 2}},
         "student": {"name": "mobilenetv3_small_050"},
         "distill": {"train": {"epochs": 1, "max_steps": 2}},
-        "export": {"onnx": {"variants": ["fp32", "int8_static_u8s8"], "calibration_samples": 16}},
+        "export": {"formats": ["onnx"], "onnx": {"variants": ["fp32", "int8_static_u8s8"], "calibration_samples": 16}},
         "bench": {"warmup": 1, "runs": 3, "threads": [1]},
     }
     for key, value in overrides.items():

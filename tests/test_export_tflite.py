@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from edgedistill.toolchain.export.parity import FP32_MAX_ABS_DIFF, TFLITE_INT8_M
 from edgedistill.toolchain.models.vision import create
 from edgedistill.toolchain.recipe import DataConfig, TrainConfig
 
+pytest.importorskip("litert_torch", reason="the TFLite tests need the tflite extra: pip install -e '.[tflite]'")
+
 STUDENT = "mobilenetv3_small_050"
 
 
@@ -38,6 +41,16 @@ class Trained:
 
     def logits(self, path: Path) -> np.ndarray:
         return open_session("litert", path, threads=2).run_all(self.data.test_x.numpy())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on this 2-core machine with anything else running, two OpenMP threads wait on each other
+    at every small op (measured: a MobileNetV3 training step 5.3 s with 2 threads under load vs 0.057 s with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +138,10 @@ def test_int8_io_uses_the_models_scale_and_zero_point(trained: Trained, int8_sta
     adapter = trained.logits(int8_static)
     np.testing.assert_allclose(adapter, by_hand, rtol=0, atol=1e-5)
     good, bad = compare(trained.ref, adapter, "int8", "t"), compare(trained.ref, ignored, "int8", "t")
-    print(f"\nscale/zp applied: agreement {good.top1_agreement:.3f}, max|Δ| {good.max_abs_diff:.2f}; ignored: "
-          f"{bad.top1_agreement:.3f}, {bad.max_abs_diff:.1f}")
+    print(f"\nscale/zp applied: agreement {good.top1_agreement:.3f}, mean|Δ| {good.mean_abs_diff:.3f}; ignored: "
+          f"{bad.top1_agreement:.3f}, {bad.mean_abs_diff:.1f}")
     assert good.top1_agreement >= TFLITE_INT8_MIN_TOP1_AGREEMENT and bad.top1_agreement < 0.5
-    assert good.max_abs_diff < bad.max_abs_diff / 10
+    assert good.mean_abs_diff < bad.mean_abs_diff / 10
 
 
 @pytest.mark.parametrize("variant", ["int8_dynamic", "int8_weight_only"])

@@ -62,10 +62,13 @@ def _guard(fn):  # type: ignore[no-untyped-def]
 
 def _context(recipe_ref: str | None, out: Path | None, force: bool):  # type: ignore[no-untyped-def]
     from edgedistill.toolchain.pipeline import Context
-    from edgedistill.toolchain.recipe import load_recipe
+    from edgedistill.toolchain.recipe import RecipeError, load_recipe
     from edgedistill.toolchain.rundir import RunDir
 
     recipe = load_recipe(recipe_ref or DEFAULT_RECIPE)
+    if getattr(recipe, "kind", "vision") != "vision":
+        raise RecipeError(f"{recipe_ref}: kind: llm recipes run end to end with `edgedistill run`; the single-stage "
+                          "commands are for vision recipes")
     run = RunDir(out or Path("runs") / recipe.name)
     return Context(recipe, run, err_console, force)
 
@@ -106,13 +109,42 @@ def run(
 
     def go() -> None:
         from edgedistill.toolchain.pipeline import run_stages, save_recipe
+        from edgedistill.toolchain.recipe import load_recipe
 
+        if getattr(load_recipe(recipe or DEFAULT_RECIPE), "kind", "vision") == "llm":
+            return _run_llm(recipe or DEFAULT_RECIPE, out, force)
         ctx = _context(recipe, out, force)
         err_console.print(f"recipe [bold]{ctx.recipe.name}[/bold] → run directory {ctx.run.root}")
         save_recipe(ctx.recipe, ctx.run)
         _print_table(run_stages(ctx))
 
     _guard(go)
+
+
+def _run_llm(ref: str, out: Path | None, force: bool) -> None:
+    """`run` for a `kind: llm` recipe: data → teacher → KD/SFT students → GGUF → bench → report."""
+    from edgedistill.toolchain.llm import report as llm_report
+    from edgedistill.toolchain.llm.stages import LLMContext, run_llm_stages, save_recipe
+    from edgedistill.toolchain.recipe import load_recipe
+    from edgedistill.toolchain.rundir import RunDir
+
+    r = load_recipe(ref)
+    ctx = LLMContext(r, RunDir(out or Path("runs") / r.name), err_console, force)
+    err_console.print(f"recipe [bold]{r.name}[/bold] (llm) → run directory {ctx.run.root}")
+    save_recipe(r, ctx.run)
+    report = run_llm_stages(ctx)
+    assert report is not None
+    header, body = llm_report.table(report)
+    t = Table(title=f"edgedistill — {report['recipe']}", show_lines=False)
+    for h in header:
+        t.add_column(h, overflow="fold")
+    for row in body:
+        t.add_row(*row)
+    out_console.print(t)
+    s = report["summary"]
+    out_console.print(f"best GGUF: [bold]{s['best_gguf']}[/bold] (retention {s['best_gguf_retention']}, "
+                      f"tg speed-up vs PyTorch teacher {s['best_gguf_tg_speedup']})")
+    out_console.print(f"report: {Path(report['run_dir']) / 'report.md'}")
 
 
 def _stage_command(stages: tuple[str, ...], out: Path, force: bool) -> None:

@@ -271,6 +271,7 @@ def _export_tflite(job: _Export, cfg: TfliteExport) -> None:
     """litert-torch variants; fp32 first when a post-conversion (ai-edge-quantizer) variant needs it."""
     from edgedistill.toolchain.export import tflite
 
+    tflite.require()
     calib = job.calibration(cfg.calibration_samples) if "int8_static" in cfg.variants else None
     fp32 = job.path(f"{job.prefix}-tflite-fp32.tflite")
     order = sorted(cfg.variants, key=lambda v: v != "fp32")

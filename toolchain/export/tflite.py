@@ -42,6 +42,16 @@ LAYOUTS = ("nchw", "nhwc")
 AEQ_RECIPES = {"int8_dynamic": "dynamic_wi8_afp32", "int8_weight_only": "weight_only_wi8_afp32"}
 
 
+def require() -> None:
+    """Fail early, with the fix, when the TFLite tool chain (the ``tflite`` extra) is not installed."""
+    try:
+        import ai_edge_quantizer  # noqa: F401
+        import litert_torch  # noqa: F401
+    except ImportError as err:
+        raise ValueError(f"TFLite export needs litert-torch and ai-edge-quantizer ({err}): pip install -e "
+                         "'.[tflite]', or leave tflite out of export.formats") from None
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence litert-torch's progress log, torch.export's warnings and graph dumps (stdout) for the duration."""
@@ -206,6 +216,7 @@ def convert(module: nn.Module, sample: torch.Tensor, model_name: str, quant_conf
 def export_fp32(model: nn.Module, sample: torch.Tensor, path: Path, layout: str = "nchw",
                 model_name: str = "model") -> Path:
     """Convert ``model`` (eval mode) for NCHW inputs shaped like ``sample`` ``(1, C, H, W)`` into ``path``."""
+    require()
     model.eval()
     edge = convert(with_layout(model, layout), to_layout(sample, layout), model_name, diagnose_as=(model, sample))
     with atomic_path(path) as tmp, _quiet():
@@ -240,6 +251,7 @@ def export_int8_static(model: nn.Module, sample: torch.Tensor, path: Path, calib
 
     if calibration is None or len(calibration) == 0:
         raise ValueError("int8_static: static quantisation needs calibration images")
+    require()
     model.eval()
     module = with_layout(model, layout)
     calib = to_layout(torch.as_tensor(np.asarray(calibration, dtype=np.float32)), layout)
@@ -257,6 +269,7 @@ def export_int8_static(model: nn.Module, sample: torch.Tensor, path: Path, calib
 
 def quantize(fp32_path: Path, variant: str, path: Path) -> Path:
     """``int8_dynamic`` / ``int8_weight_only``: apply the ai-edge-quantizer recipe to the fp32 ``.tflite``."""
+    require()
     from ai_edge_quantizer import quantizer, recipe
 
     if variant not in AEQ_RECIPES:

@@ -149,6 +149,7 @@ class EndpointConfig(_Section):
 class BlackBoxConfig(_Section):
     enabled: bool = True
     endpoint: EndpointConfig = EndpointConfig()
+    max_prompts: int | None = Field(None, ge=1, description="collect for at most this many training prompts")
     train: LMTrainConfig = LMTrainConfig(lr=2e-3)
 
 

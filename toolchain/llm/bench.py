@@ -1,0 +1,209 @@
+"""Measure one LLM artifact in a fresh process and print one JSON document (the LLM counterpart of
+:mod:`edgedistill.devices.agent`).
+
+An artifact is a GGUF file (llama.cpp) or a Hugging Face Llama folder (PyTorch). The agent
+
+1. times llama-bench-style prompt processing (``--pp`` tokens) and generation (``--tg`` tokens one by one), each
+   ``--reps`` times (mean ± sd tokens/s);
+2. generates greedy summaries for the first ``--eval-samples`` test examples and scores them: exact match of each
+   key field of the summary, the whole summary, and ROUGE-L (F1 over whitespace tokens); time to first token;
+3. reports peak RSS (VmHWM: interpreter and runtime included) and the file size.
+
+Usage: ``python -m edgedistill.toolchain.llm.bench --artifact m.gguf --tokenizer TOKDIR --test test.jsonl``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "edgedistill.llm-agent/1"
+
+
+def peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rouge_l(pred: str, ref: str) -> float:
+    """ROUGE-L F1 over whitespace tokens (longest common subsequence)."""
+    a, b = pred.split(), ref.split()
+    if not a or not b:
+        return 0.0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(a), lcs / len(b)
+    return 2 * p * r / (p + r)
+
+
+def score(preds: list[str], refs: list[str]) -> dict[str, Any]:
+    """Field accuracy (the task score), whole-summary exact match and ROUGE-L, averaged over examples."""
+    from edgedistill.toolchain.llm.data import FIELDS, key_fields
+
+    per_field = {f: 0.0 for f in FIELDS}
+    exact, rl = 0, 0.0
+    for p, r in zip(preds, refs, strict=True):
+        kp, kr = key_fields(p), key_fields(r)
+        for f in FIELDS:
+            per_field[f] += float(kp[f] == kr[f])
+        exact += int(p.strip() == r.strip())
+        rl += rouge_l(p, r)
+    n = max(1, len(refs))
+    return {"task_score": sum(per_field.values()) / (n * len(FIELDS)), "exact_match": exact / n,
+            "rouge_l": rl / n, "field_accuracy": {f: v / n for f, v in per_field.items()}, "n": len(refs)}
+
+
+class _Torch:
+    """A HF causal LM with the same three calls as the llama.cpp session (greedy, KV cache)."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import torch
+
+        from edgedistill.toolchain.llm.models import load_llama
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = load_llama(path).eval()
+        self.n_vocab = self.model.config.vocab_size
+
+    def _step(self, ids: list[int], past: Any) -> tuple[Any, Any]:
+        out = self.model(input_ids=self.torch.tensor([ids]), past_key_values=past, use_cache=True)
+        return out.logits[0, -1], out.past_key_values
+
+    def generate(self, ids: list[int], max_new_tokens: int, eos: int | None) -> tuple[list[int], float]:
+        with self.torch.inference_mode():
+            t0 = time.perf_counter()
+            logits, past = self._step(list(ids), None)
+            out: list[int] = []
+            ttft = 0.0
+            while True:
+                tok = int(logits.argmax())
+                if not out:
+                    ttft = time.perf_counter() - t0
+                if eos is not None and tok == eos:
+                    break
+                out.append(tok)
+                if len(out) >= max_new_tokens:
+                    break
+                logits, past = self._step([tok], past)
+        return out, ttft
+
+    def bench(self, pp: int, tg: int, reps: int) -> dict[str, Any]:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        ids = [int(t) for t in rng.integers(3, self.n_vocab, pp)]
+        pps, tgs = [], []
+        with self.torch.inference_mode():
+            for _ in range(reps):
+                t = time.perf_counter()
+                self._step(ids, None)
+                pps.append(pp / (time.perf_counter() - t))
+                _, past = self._step(ids[:1], None)
+                t = time.perf_counter()
+                for i in range(tg):
+                    _, past = self._step([ids[(i + 1) % pp]], past)
+                tgs.append(tg / (time.perf_counter() - t))
+        return {"pp_tokens": pp, "tg_tokens": tg, "reps": reps, "pp_tps": float(np.mean(pps)),
+                "pp_tps_sd": float(np.std(pps)), "tg_tps": float(np.mean(tgs)), "tg_tps_sd": float(np.std(tgs))}
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    return path.stat().st_size
+
+
+def measure(artifact: Path, tokenizer: Path, test: Path, threads: int, pp: int, tg: int, reps: int,
+            eval_samples: int, max_new_tokens: int, max_length: int) -> dict[str, Any]:
+    from edgedistill.toolchain.llm.data import read_jsonl
+
+    rss_before = peak_rss_mb()
+    t0 = time.perf_counter()
+    if artifact.suffix == ".gguf":  # llama.cpp tokenises like the HF tokenizer (tested): no torch/transformers here
+        from edgedistill.runtimes.llama_cpp import LlamaCppSession
+
+        sess: Any = LlamaCppSession(artifact, threads=threads, n_ctx=max(512, max_length + max_new_tokens))
+        runtime, llm = sess.describe(), sess._llm
+        eos = llm.token_eos()
+
+        def enc(prompt: str) -> list[int]:
+            return sess.tokenize(prompt, add_bos=True)[:max_length]
+
+        def dec(ids: list[int]) -> str:
+            return llm.detokenize(ids).decode("utf-8", errors="replace")
+    else:
+        import torch
+
+        from edgedistill.toolchain.llm.tokenizer import encode, load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+        sess = _Torch(artifact, threads)
+        runtime, eos = {"runtime": "pytorch", "version": torch.__version__, "threads": threads}, tok.eos_token_id
+
+        def enc(prompt: str) -> list[int]:
+            return encode(tok, prompt, None, max_length).input_ids
+
+        def dec(ids: list[int]) -> str:
+            return tok.decode(ids, skip_special_tokens=True)
+    load_s = time.perf_counter() - t0
+    speed = sess.bench(pp, tg, reps)
+    examples = read_jsonl(test)[:eval_samples]
+    preds, ttfts, n_new, gen_s = [], [], 0, 0.0
+    for e in examples:
+        t = time.perf_counter()
+        new, ttft = sess.generate(enc(e.prompt), max_new_tokens, eos)
+        gen_s += time.perf_counter() - t
+        n_new += len(new)
+        ttfts.append(ttft)
+        preds.append(dec(new).strip())
+    import numpy as np
+
+    return {"schema": SCHEMA, "artifact": str(artifact), "runtime": runtime, "load_seconds": load_s, **speed,
+            "ttft_ms": float(np.mean(ttfts) * 1000) if ttfts else None,
+            "ttft_ms_sd": float(np.std(ttfts) * 1000) if ttfts else None,
+            "eval_generated_tokens": n_new, "eval_seconds": gen_s, **score(preds, [e.output for e in examples]),
+            "samples": [{"id": e.id, "prediction": p, "reference": e.output}
+                        for e, p in list(zip(examples, preds, strict=True))[:5]],
+            "peak_rss_mb": peak_rss_mb(), "rss_before_load_mb": rss_before, "size_bytes": _size(artifact)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--artifact", type=Path, required=True)
+    ap.add_argument("--tokenizer", type=Path, required=True)
+    ap.add_argument("--test", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pp", type=int, default=64)
+    ap.add_argument("--tg", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--eval-samples", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--max-length", type=int, default=320)
+    a = ap.parse_args(argv)
+    doc = measure(a.artifact, a.tokenizer, a.test, a.threads, a.pp, a.tg, a.reps, a.eval_samples,
+                  a.max_new_tokens, a.max_length)
+    sys.stdout.write(json.dumps(doc) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
