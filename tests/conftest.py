@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
