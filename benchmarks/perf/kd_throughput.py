@@ -2,7 +2,7 @@
 
 Same student, same data, same batch size and step count, measured side by side in one process::
 
-    .venv/bin/python -m edgedistill.benchmarks.perf.kd_throughput --steps 60
+    .venv/bin/python -m edgedistill.benchmarks.perf.kd_throughput --steps 60 --threads 1
 
 Prints a Markdown table (samples/s and the ratio to CE-only); paste it into benchmarks/RESULTS.md.
 """
@@ -34,7 +34,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest on a shared host)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     os.environ.setdefault("EDGEDISTILL_PROGRESS", "0")
     recipe = load_recipe("vit-to-mobilenet")
     data = load_vision_data(DataConfig(labelled_per_class=20))
