@@ -142,8 +142,9 @@ def _run_llm(ref: str, out: Path | None, force: bool) -> None:
         t.add_row(*row)
     out_console.print(t)
     s = report["summary"]
-    out_console.print(f"best GGUF: [bold]{s['best_gguf']}[/bold] (retention {s['best_gguf_retention']}, "
-                      f"tg speed-up vs PyTorch teacher {s['best_gguf_tg_speedup']})")
+    ret, up = s["best_gguf_retention"], s["best_gguf_tg_speedup"]
+    out_console.print(f"best GGUF: [bold]{s['best_gguf']}[/bold] (retention {'–' if ret is None else f'{ret:.3f}'}, "
+                      f"generation {'–' if up is None else f'{up:.1f}'}× the PyTorch teacher's tokens/s)")
     out_console.print(f"report: {Path(report['run_dir']) / 'report.md'}")
 
 

@@ -88,7 +88,6 @@ def run_llm_stages(ctx: LLMContext, stages: tuple[str, ...] = STAGES) -> dict[st
     """Run ``stages`` in pipeline order; returns the report when the report stage ran."""
     funcs = {"data": stage_data, "teacher": stage_teacher, "distill": stage_distill, "blackbox": stage_blackbox,
              "export": stage_export, "bench": stage_bench, "report": stage_report}
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     report = None
     for name in STAGES:
         if name in stages:
