@@ -81,16 +81,19 @@ def _existing(out: Path, force: bool = False):  # type: ignore[no-untyped-def]
     return _context(str(RunDir(out).recipe_path), out, force)
 
 
-def _print_table(report: dict) -> None:
-    from edgedistill.benchmarks.report import table
-
-    header, body = table(report)
-    t = Table(title=f"edgedistill — {report['recipe']}", show_lines=False)
+def _print_rows(title: str, header: list[str], body: list[list[str]]) -> None:
+    t = Table(title=title, show_lines=False)
     for h in header:
         t.add_column(h, overflow="fold")
     for row in body:
         t.add_row(*row)
     out_console.print(t)
+
+
+def _print_table(report: dict) -> None:
+    from edgedistill.benchmarks.report import table
+
+    _print_rows(f"edgedistill — {report['recipe']}", *table(report))
     s = report["summary"]
     out_console.print(f"recommended: [bold]{s['recommended']}[/bold] ({s['recommended_reason']})")
     if s["kd_helped"] is False:
@@ -134,13 +137,7 @@ def _run_llm(ref: str, out: Path | None, force: bool) -> None:
     save_recipe(r, ctx.run)
     report = run_llm_stages(ctx)
     assert report is not None
-    header, body = llm_report.table(report)
-    t = Table(title=f"edgedistill — {report['recipe']}", show_lines=False)
-    for h in header:
-        t.add_column(h, overflow="fold")
-    for row in body:
-        t.add_row(*row)
-    out_console.print(t)
+    _print_rows(f"edgedistill — {report['recipe']}", *llm_report.table(report))
     s = report["summary"]
     ret, up = s["best_gguf_retention"], s["best_gguf_tg_speedup"]
     out_console.print(f"best GGUF: [bold]{s['best_gguf']}[/bold] (retention {'–' if ret is None else f'{ret:.3f}'}, "
