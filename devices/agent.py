@@ -34,10 +34,10 @@ def _rss_mb() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
-        return _peak_rss_mb()
+        return peak_rss_mb()
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     # Not ru_maxrss on Linux: it survives fork+exec, so a child of a 1 GB parent would report 1 GB.
     try:
         with open("/proc/self/status") as f:
@@ -94,7 +94,7 @@ def measure(args: argparse.Namespace) -> dict:
         if args.logits_out:
             np.save(args.logits_out, logits.astype(np.float32), allow_pickle=False)
     doc["rss_before_load_mb"] = rss_before
-    doc["peak_rss_mb"] = _peak_rss_mb()
+    doc["peak_rss_mb"] = peak_rss_mb()
     doc["rss_definition"] = RSS_DEFINITION
     return doc
 

@@ -16,24 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from edgedistill.devices.agent import peak_rss_mb  # one definition of peak RSS (VmHWM) for every agent
+
 SCHEMA = "edgedistill.llm-agent/1"
-
-
-def peak_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rouge_l(pred: str, ref: str) -> float:
