@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 from rich.console import Console
 
 from edgedistill.core.fileio import sha256_json, write_text
@@ -37,14 +38,19 @@ class Context:
         return load_vision_data(self.recipe.data)
 
     def skip(self, stage: str, config_hash: str) -> bool:
-        if not self.force and self.run.is_done(stage, config_hash):
-            self.console.print(f"[dim]{stage}: unchanged, skipped[/dim]")
-            return True
-        self.console.print(f"[bold cyan]{stage}[/bold cyan]")
-        return False
+        return skip_stage(self.run, self.console, self.force, stage, config_hash)
 
 
-def save_recipe(recipe: Recipe, run: RunDir) -> None:
+def skip_stage(run: RunDir, console: Console, force: bool, stage: str, config_hash: str) -> bool:
+    """True (and say so) when ``stage`` already ran with ``config_hash``; else announce it. Shared by pipelines."""
+    if not force and run.is_done(stage, config_hash):
+        console.print(f"[dim]{stage}: unchanged, skipped[/dim]")
+        return True
+    console.print(f"[bold cyan]{stage}[/bold cyan]")
+    return False
+
+
+def save_recipe(recipe: BaseModel, run: RunDir) -> None:
     """Keep the recipe with the run, so single stages can run on the directory later."""
     write_text(run.recipe_path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from rich.console import Console
 
-from edgedistill.core.fileio import read_json, sha256_file, sha256_json, write_json, write_text
+from edgedistill.core.fileio import read_json, sha256_file, sha256_json, write_json
 from edgedistill.toolchain.llm.data import Splits, load_splits
 from edgedistill.toolchain.llm.recipe import LLMRecipe
+from edgedistill.toolchain.pipeline import save_recipe, skip_stage  # noqa: F401  (save_recipe: used by the CLI)
 from edgedistill.toolchain.rundir import RunDir
 
 STAGES = ("data", "teacher", "distill", "blackbox", "export", "bench", "report")
@@ -73,15 +73,7 @@ class LLMContext:
         return p if p is not None else self.run.path(TEACHER_DIR)
 
     def skip(self, stage: str, config_hash: str) -> bool:
-        if not self.force and self.run.is_done(stage, config_hash):
-            self.console.print(f"[dim]{stage}: unchanged, skipped[/dim]")
-            return True
-        self.console.print(f"[bold cyan]{stage}[/bold cyan]")
-        return False
-
-
-def save_recipe(recipe: LLMRecipe, run: RunDir) -> None:
-    write_text(run.recipe_path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        return skip_stage(self.run, self.console, self.force, stage, config_hash)
 
 
 def run_llm_stages(ctx: LLMContext, stages: tuple[str, ...] = STAGES) -> dict[str, Any] | None:
