@@ -134,7 +134,7 @@ def _small_llm_recipe() -> dict:
                     "train": {"steps": 3, "batch_size": 8, "warmup_steps": 1}},
         "blackbox": {"endpoint": {"max_tokens": 12, "concurrency": 2}, "max_prompts": 8,
                      "train": {"steps": 2, "batch_size": 4, "warmup_steps": 1}},
-        "export": {"gguf": ["f32", "q8_0", "q4_k_m"], "fidelity_samples": 4},
+        "export": {"gguf": ["f32", "q8_0", "q4_k_m"], "onnx": ["fp32", "int8_dynamic"], "fidelity_samples": 4},
         "bench": {"pp_tokens": 16, "tg_tokens": 8, "repetitions": 1, "eval_samples": 3, "max_new_tokens": 12},
     }
 
@@ -149,7 +149,8 @@ def test_llm_recipe_runs_end_to_end(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     names = [m["name"] for m in report["models"]]
-    assert names == ["teacher", "kd-fkl-student", "sft-student", "student-f32", "student-q8_0", "student-q4_k_m"]
+    assert names == ["teacher", "kd-fkl-student", "sft-student", "student-f32", "student-q8_0", "student-q4_k_m",
+                     "student-onnx-fp32", "student-onnx-int8_dynamic"]
     for m in report["models"]:
         assert m["bench_error"] is None, m["bench_error"]
         assert 0 <= m["task_score"] <= 1 and 0 <= m["rouge_l"] <= 1 and 0 <= m["exact_match"] <= 1
@@ -158,6 +159,8 @@ def test_llm_recipe_runs_end_to_end(tmp_path: Path) -> None:
     for m in report["models"][3:]:
         assert m["kind"] == "artifact" and 0 <= m["same_top_token"] <= 1 and m["kld"] >= 0
     assert report["models"][3]["same_top_token"] == 1.0  # F32 GGUF: the PyTorch student's own top tokens
+    assert report["models"][6]["max_abs_diff"] < 1e-4 and report["models"][6]["runtime"]["runtime"] == "onnxruntime"
+    assert report["summary"]["best_gguf"].startswith("student-q") or report["summary"]["best_gguf"] == "student-f32"
     assert report["models"][5]["size_bytes"] < report["models"][4]["size_bytes"] < report["models"][3]["size_bytes"]
     assert report["summary"]["best_student"] in ("kd-fkl", "sft")
     assert report["blackbox"]["collected"] == 8  # served the teacher's GGUF on 127.0.0.1 and collected every prompt

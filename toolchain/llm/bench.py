@@ -1,12 +1,13 @@
 """Measure one LLM artifact in a fresh process and print one JSON document (the LLM counterpart of
 :mod:`edgedistill.devices.agent`).
 
-An artifact is a GGUF file (llama.cpp) or a Hugging Face Llama folder (PyTorch). The agent
+An artifact is a GGUF file (llama.cpp), an ONNX decoder with a KV cache (ONNX Runtime) or a Hugging Face Llama
+folder (PyTorch). The agent
 
 1. times llama-bench-style prompt processing (``--pp`` tokens) and generation (``--tg`` tokens one by one), each
    ``--reps`` times (mean ± sd tokens/s);
 2. generates greedy summaries for the first ``--eval-samples`` test examples and scores them: exact match of each
-   key field of the summary, the whole summary, and ROUGE-L (F1 over whitespace tokens); time to first token;
+   key field of the summary, the whole summary, and ROUGE-L (``rouge-score``); time to first token;
 3. reports peak RSS (VmHWM: interpreter and runtime included) and the file size.
 
 Usage: ``python -m edgedistill.toolchain.llm.bench --artifact m.gguf --tokenizer TOKDIR --test test.jsonl``
@@ -15,6 +16,7 @@ Usage: ``python -m edgedistill.toolchain.llm.bench --artifact m.gguf --tokenizer
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -22,26 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.devices.agent import peak_rss_mb  # one definition of peak RSS (VmHWM) for every agent
+from edgedistill.runtimes.llm import LLMSession
 
 SCHEMA = "edgedistill.llm-agent/1"
 
 
 def rouge_l(pred: str, ref: str) -> float:
-    """ROUGE-L F1 over whitespace tokens (longest common subsequence)."""
-    a, b = pred.split(), ref.split()
-    if not a or not b:
-        return 0.0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    p, r = lcs / len(a), lcs / len(b)
-    return 2 * p * r / (p + r)
+    """ROUGE-L F1 as the ``rouge-score`` package computes it (lower-cased alphanumeric tokens, no stemming)."""
+    return float(_rouge_scorer().score(ref, pred)["rougeL"].fmeasure)
+
+
+@functools.cache
+def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"])
 
 
 def score(preds: list[str], refs: list[str]) -> dict[str, Any]:
@@ -61,8 +58,8 @@ def score(preds: list[str], refs: list[str]) -> dict[str, Any]:
             "rouge_l": rl / n, "field_accuracy": {f: v / n for f, v in per_field.items()}, "n": len(refs)}
 
 
-class _Torch:
-    """A HF causal LM with the same three calls as the llama.cpp session (greedy, KV cache)."""
+class _Torch(LLMSession):
+    """A HF causal LM (PyTorch, KV cache) behind the same interface as the exported artifacts' runtimes."""
 
     def __init__(self, path: Path, threads: int) -> None:
         import torch
@@ -72,48 +69,27 @@ class _Torch:
         torch.set_num_threads(threads)
         self.torch = torch
         self.model = load_llama(path).eval()
-        self.n_vocab = self.model.config.vocab_size
+        self._past: Any = None
+        self._threads = threads
 
-    def _step(self, ids: list[int], past: Any) -> tuple[Any, Any]:
-        out = self.model(input_ids=self.torch.tensor([ids]), past_key_values=past, use_cache=True)
-        return out.logits[0, -1], out.past_key_values
+    @property
+    def n_vocab(self) -> int:
+        return int(self.model.config.vocab_size)
 
-    def generate(self, ids: list[int], max_new_tokens: int, eos: int | None) -> tuple[list[int], float]:
+    def _step(self, ids: list[int], past: Any) -> Any:
         with self.torch.inference_mode():
-            t0 = time.perf_counter()
-            logits, past = self._step(list(ids), None)
-            out: list[int] = []
-            ttft = 0.0
-            while True:
-                tok = int(logits.argmax())
-                if not out:
-                    ttft = time.perf_counter() - t0
-                if eos is not None and tok == eos:
-                    break
-                out.append(tok)
-                if len(out) >= max_new_tokens:
-                    break
-                logits, past = self._step([tok], past)
-        return out, ttft
+            out = self.model(input_ids=self.torch.tensor([ids]), past_key_values=past, use_cache=True)
+        self._past = out.past_key_values
+        return out.logits[0].float().numpy()
 
-    def bench(self, pp: int, tg: int, reps: int) -> dict[str, Any]:
-        import numpy as np
+    def prefill(self, ids: list[int]) -> Any:
+        return self._step(list(ids), None)
 
-        rng = np.random.default_rng(0)
-        ids = [int(t) for t in rng.integers(3, self.n_vocab, pp)]
-        pps, tgs = [], []
-        with self.torch.inference_mode():
-            for _ in range(reps):
-                t = time.perf_counter()
-                self._step(ids, None)
-                pps.append(pp / (time.perf_counter() - t))
-                _, past = self._step(ids[:1], None)
-                t = time.perf_counter()
-                for i in range(tg):
-                    _, past = self._step([ids[(i + 1) % pp]], past)
-                tgs.append(tg / (time.perf_counter() - t))
-        return {"pp_tokens": pp, "tg_tokens": tg, "reps": reps, "pp_tps": float(np.mean(pps)),
-                "pp_tps_sd": float(np.std(pps)), "tg_tps": float(np.mean(tgs)), "tg_tps_sd": float(np.std(tgs))}
+    def decode(self, tok: int) -> Any:
+        return self._step([tok], self._past)[-1]
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "pytorch", "version": self.torch.__version__, "threads": self._threads}
 
 
 def _size(path: Path) -> int:
@@ -131,30 +107,34 @@ def measure(artifact: Path, tokenizer: Path, test: Path, threads: int, pp: int, 
     if artifact.suffix == ".gguf":  # llama.cpp tokenises like the HF tokenizer (tested): no torch/transformers here
         from edgedistill.runtimes.llama_cpp import LlamaCppSession
 
-        sess: Any = LlamaCppSession(artifact, threads=threads, n_ctx=max(512, max_length + max_new_tokens))
-        runtime, llm = sess.describe(), sess._llm
+        cpp = LlamaCppSession(artifact, threads=threads, n_ctx=max(512, max_length + max_new_tokens))
+        sess: LLMSession = cpp
+        llm = cpp._llm
         eos = llm.token_eos()
 
         def enc(prompt: str) -> list[int]:
-            return sess.tokenize(prompt, add_bos=True)[:max_length]
+            return cpp.tokenize(prompt, add_bos=True)[:max_length]
 
         def dec(ids: list[int]) -> str:
             return llm.detokenize(ids).decode("utf-8", errors="replace")
     else:
-        import torch
-
         from edgedistill.toolchain.llm.tokenizer import encode, load_tokenizer
 
         tok = load_tokenizer(tokenizer)
-        sess = _Torch(artifact, threads)
-        runtime, eos = {"runtime": "pytorch", "version": torch.__version__, "threads": threads}, tok.eos_token_id
+        if artifact.suffix == ".onnx":
+            from edgedistill.runtimes.ort_llm import OrtLLMSession
+
+            sess = OrtLLMSession(artifact, threads)
+        else:
+            sess = _Torch(artifact, threads)
+        eos = tok.eos_token_id
 
         def enc(prompt: str) -> list[int]:
             return encode(tok, prompt, None, max_length).input_ids
 
         def dec(ids: list[int]) -> str:
             return tok.decode(ids, skip_special_tokens=True)
-    load_s = time.perf_counter() - t0
+    load_s, runtime = time.perf_counter() - t0, sess.describe()
     speed = sess.bench(pp, tg, reps)
     examples = read_jsonl(test)[:eval_samples]
     preds, ttfts, n_new, gen_s = [], [], 0, 0.0

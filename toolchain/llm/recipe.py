@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, model_validator
 from edgedistill.toolchain.recipe import Fraction, RecipeError, _one_line, _Section
 
 GGUFVariant = Literal["f32", "f16", "q8_0", "q4_0", "q4_k_m"]
+ONNXVariant = Literal["fp32", "int8_dynamic"]
 
 
 class LLMDataConfig(_Section):
@@ -155,7 +156,8 @@ class BlackBoxConfig(_Section):
 
 class LLMExportConfig(_Section):
     gguf: list[GGUFVariant] = ["f32", "f16", "q8_0", "q4_0", "q4_k_m"]
-    onnx: bool = Field(False, description="also export ONNX with KV cache through optimum (needs optimum-onnx)")
+    onnx: list[ONNXVariant] = Field(
+        default_factory=list, description="ONNX files with a KV cache, exported through optimum: fp32, int8_dynamic")
     fidelity_samples: int = Field(16, ge=1, description="test examples for perplexity / KLD / same-top-token")
 
 

@@ -1,4 +1,4 @@
-"""The LLM run report: one row per model (teacher, KD students, SFT student) and per GGUF artifact, with task
+"""The LLM run report: one row per model (teacher, KD students, SFT student) and per artifact (GGUF, ONNX), with task
 score and retention vs the teacher, fidelity vs the PyTorch student it came from, and the fresh-process bench."""
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ def build(recipe: str, run_dir: str, teacher: dict[str, Any], students: dict[str
         rows.append(r)
     for a in (export or {}).get("artifacts", []):
         f = a["fidelity"]
-        r = _row(a["name"], "artifact", f"gguf {a['variant']}", bench.get(a["name"]), tb)
+        r = _row(a["name"], "artifact", f"{a.get('format', 'gguf')} {a['variant']}", bench.get(a["name"]), tb)
         r.update(source=a["source"], perplexity=f["perplexity"], kld=f["kld_mean"], kld_p99=f["kld_p99"],
-                 same_top_token=f["same_top_token"], max_abs_diff=f["max_abs_diff"], tensor_types=a["tensor_types"])
+                 same_top_token=f["same_top_token"], max_abs_diff=f["max_abs_diff"], tensor_types=a.get("tensor_types"))
         r["size_bytes"] = r["size_bytes"] or a["size_bytes"]
         rows.append(r)
-    ggufs = [r for r in rows if r["kind"] == "artifact" and r["task_score"] is not None]
+    ggufs = [r for r in rows if r["format"].startswith("gguf ") and r["task_score"] is not None]
     best = max(ggufs, key=lambda r: (round(r["task_score"], 4), r["tg_tps"] or 0), default=None)
     summary: dict[str, Any] = {
         "teacher_task_score": rows[0]["task_score"], "best_student": (export or {}).get("best_student"),
@@ -104,8 +104,9 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"{_f(s['best_gguf_tg_speedup'], '.1f')}× the PyTorch teacher's tokens/s at {s['threads']} thread(s). "
              f"Bar: retention ≥ {bar['min_retention']} and ≥ {bar['min_tg_speedup_vs_pytorch_teacher']}× → "
              f"{'met' if s['meets_bar'] else ('not met' if s['meets_bar'] is False else 'n/a')}.", "",
-             "ppl: perplexity on the test sequences; KLD and same-top: each GGUF vs the PyTorch student it came "
-             "from (llama.cpp perplexity --kl-divergence); pp/tg: llama-bench style, fresh process per row.", "",
+             "ppl: perplexity on the test sequences; KLD and same-top: each artifact (GGUF or ONNX) vs the PyTorch "
+             "student it came from (as llama.cpp's perplexity --kl-divergence computes them);"
+             " pp/tg: llama-bench style, fresh process per row.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     errs = [(r["name"], r["bench_error"]) for r in report["models"] if r.get("bench_error")]

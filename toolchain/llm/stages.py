@@ -11,6 +11,7 @@ Run-directory layout (relative to the run root)::
     students/<name>/  students/<name>.json                  KD students (one per loss) and the SFT student
     blackbox/teacher-f32.gguf  blackbox/collected.jsonl      the served teacher and the collect journal
     export/student-<variant>.gguf  export/artifacts.json    GGUFs of the best student, with fidelity
+    export/student-onnx-<variant>/model.onnx                ONNX (KV cache, optimum) of the best student
     bench/<name>.json  bench/results.json                   one fresh-process measurement per model / artifact
 """
 
@@ -382,11 +383,46 @@ def stage_export(ctx: LLMContext) -> None:
                           f"same-top {fid.same_top_token:.4f}, {paths[v].stat().st_size / 1024:.0f} KB")
     if "f32" not in r.export.gguf:
         paths["f32"].unlink()
+    if r.export.onnx:
+        onnx_records, onnx_outputs, onnx_s = _export_onnx(ctx, sdir, best, ids, ref)
+        records += onnx_records
+        outputs += onnx_outputs
+        export_s += onnx_s
     listing = ctx.run.path("export", "artifacts.json")
     write_json(listing, {"best_student": best, "reference": f"PyTorch {best} student", "pytorch": pytorch,
                          "artifacts": records, "export_seconds": export_s})
     ctx.run.record("export", h, [*outputs, listing], {"best_student": best,
                                                       "artifacts": [a["name"] for a in records]})
+
+
+def _export_onnx(ctx: LLMContext, sdir: Path, best: str, ids: list[list[int]], ref: list[Any]
+                 ) -> tuple[list[dict[str, Any]], list[Path], float]:
+    """ONNX (KV cache) of the best student through optimum, then its int8 file; each with fidelity."""
+    from edgedistill.runtimes.ort_llm import OrtLLMSession
+    from edgedistill.toolchain.llm.fidelity import fidelity
+    from edgedistill.toolchain.llm.onnx_export import export_onnx, quantize_onnx
+
+    variants = ctx.recipe.export.onnx
+    t0 = time.perf_counter()
+    fp32_dir = ctx.run.path("export", "student-onnx-fp32")
+    files = {"fp32": export_onnx(sdir, fp32_dir)}
+    if "int8_dynamic" in variants:
+        files["int8_dynamic"] = quantize_onnx(files["fp32"], ctx.run.path("export", "student-onnx-int8_dynamic"))
+    seconds = time.perf_counter() - t0
+    records, outputs = [], []
+    for v in variants:
+        sess = OrtLLMSession(files[v], threads=2)
+        fid = fidelity(ids, ref, [sess.logits(s) for s in ids])
+        size = sum(f.stat().st_size for f in files[v].parent.iterdir() if f.is_file())
+        records.append({"name": f"student-onnx-{v}", "file": str(files[v].relative_to(ctx.run.root)),
+                        "format": "onnx", "variant": v, "source": best, "size_bytes": size,
+                        "fidelity": fid.to_dict()})
+        outputs += sorted(f for f in files[v].parent.iterdir() if f.is_file())
+        ctx.console.print(f"  student-onnx-{v}: ppl {fid.perplexity:.3f}, KLD {fid.kld_mean:.2e}, "
+                          f"same-top {fid.same_top_token:.4f}, max|Δ| {fid.max_abs_diff:.1e}, {size / 1024:.0f} KB")
+    if "fp32" not in variants:
+        shutil.rmtree(fp32_dir)
+    return records, outputs, seconds
 
 
 # -- bench: each model and artifact in a fresh process ---------------------------------------------------------
