@@ -142,14 +142,15 @@ def device_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
     return rows
 
 
-def _devices_markdown(rows: list[dict[str, Any]]) -> list[str]:
+def devices_markdown(rows: list[dict[str, Any]], latency: str = "p50 ms", accuracy: str = "accuracy") -> list[str]:
+    """The report's "Devices" section (nothing when only the host ran); column names for other kinds of model."""
     if not rows or all(r["device"] in ("host", "local") for r in rows):
         return []
     out = ["", "## Devices", "",
            "Each figure says how it was obtained: **measured** (real hardware), **constrained** (this host capped "
            "to the profile's cores and RAM), **emulated** (qemu: correct outputs, time not a latency), "
            "**estimated** (roofline from the profile). Never compare across labels as if alike.", "",
-           "| device | label | model | threads | p50 ms | peak RSS MB | accuracy | parity vs host | note |",
+           f"| device | label | model | threads | {latency} | peak RSS MB | {accuracy} | parity vs host | note |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("model") is None or r.get("threads") is None:
@@ -200,7 +201,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              "", f"Recommended artifact (★): **{s['recommended']}** — {s['recommended_reason']}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
-    lines += _devices_markdown(report.get("devices") or [])
+    lines += devices_markdown(report.get("devices") or [])
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
     errors = [f"- {r['name']}: {r['bench_error']}" for r in report["models"] if r.get("bench_error")]
     if errors:

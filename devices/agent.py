@@ -7,6 +7,12 @@ under emulation, over SSH on a board or over adb on a phone. It
 2. times ``--warmup`` untimed then ``--runs`` timed batch-1 inferences (cycling through the eval images),
 3. optionally scores the eval set shipped beside the artifact (``--eval test.npz`` with ``x``/``y``) and saves
    the logits (``--logits-out``) so the host can compute parity,
+
+   A language model (a GGUF, or an ONNX decoder with ``--runtime onnxruntime-llm``) is measured per token
+   instead: after a ``--pp``-token prompt, each of ``--runs`` greedy decode steps is one timed sample (so
+   ``latency_ms`` is milliseconds per generated token), plus llama-bench-style pp/tg tokens/s. Its eval file
+   holds token sequences (``ids`` ``(N, L)``, ``lengths`` ``(N,)``); the score is next-token top-1 accuracy and
+   the saved logits are every position's, concatenated.
 4. reports peak RSS: the process's high-water resident set (VmHWM; interpreter and runtime included),
    and the RSS just before the model was loaded, so the model's own share can be read off.
 
@@ -22,8 +28,11 @@ import platform
 import resource
 import sys
 import time
+from typing import Any
 
 SCHEMA = "edgedistill.agent/1"
+#: runtimes whose sessions are language models (measured per generated token)
+LLM_RUNTIMES = ("llama.cpp", "onnxruntime-llm")
 RSS_DEFINITION = ("peak resident set size of the agent process (Linux: VmHWM of /proc/self/status; elsewhere "
                   "getrusage ru_maxrss), Python interpreter and runtime library included")
 
@@ -50,6 +59,19 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
+def _machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+
+
+def _size(path: str) -> int:
+    """File size; an ONNX model with external data counts its data files too."""
+    size = os.path.getsize(path)
+    data = path + "_data"
+    return size + (os.path.getsize(data) if os.path.isfile(data) else 0)
+
+
 def _percentiles(ms: list[float]) -> dict[str, float]:
     import numpy as np
 
@@ -58,13 +80,55 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
             "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "min": float(a.min())}
 
 
+def _measure_llm(sess: Any, args: argparse.Namespace, ev: Any) -> dict:
+    """Per-token decode latency, pp/tg tokens/s and (``--score``) next-token accuracy of a language model."""
+    import numpy as np
+
+    ids = [int(t) for t in np.random.default_rng(0).integers(3, sess.n_vocab, args.pp)]
+    sess.prefill(ids)
+    times, n = [], len(ids)
+    for i in range(args.warmup + args.runs):
+        if n >= args.ctx - 1:  # context full: start again from the prompt (not timed)
+            sess.prefill(ids)
+            n = len(ids)
+        t = time.perf_counter()
+        sess.decode(ids[i % len(ids)])
+        n += 1
+        if i >= args.warmup:
+            times.append((time.perf_counter() - t) * 1e3)
+    doc: dict = {"unit": "ms per generated token", **sess.bench(args.pp, args.tg, 1)}
+    doc["latency_ms"] = _percentiles(times)
+    if args.score and ev is not None:
+        seqs = [list(map(int, row[:n])) for row, n in zip(ev["ids"], ev["lengths"], strict=True)]
+        logits = [sess.logits(s) for s in seqs]
+        hits = sum(int((lg[:-1].argmax(-1) == np.asarray(s[1:])).sum()) for lg, s in zip(logits, seqs, strict=True))
+        doc["n_eval"] = sum(len(s) - 1 for s in seqs)
+        doc["accuracy"] = hits / max(1, doc["n_eval"])
+        doc["accuracy_definition"] = "next-token top-1 accuracy over the eval sequences"
+        if args.logits_out:
+            np.save(args.logits_out, np.concatenate(logits).astype(np.float32), allow_pickle=False)
+    return doc
+
+
 def measure(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from edgedistill.runtimes import open_session, runtime_for
+    from edgedistill.runtimes.llm import LLMSession
 
     runtime = args.runtime or runtime_for(args.artifact)
     ev = np.load(args.eval, allow_pickle=False) if args.eval else None
+    if runtime in LLM_RUNTIMES:
+        rss_before = _rss_mb()
+        t0 = time.perf_counter()
+        sess = open_session(runtime, args.artifact, threads=args.threads)
+        load_ms = (time.perf_counter() - t0) * 1e3
+        assert isinstance(sess, LLMSession)
+        doc = {"schema": SCHEMA, "artifact": os.path.basename(args.artifact), "size_bytes": _size(args.artifact),
+               "session": sess.describe(), "threads": args.threads, "batch": 1, "warmup": args.warmup,
+               "runs": args.runs, "load_ms": load_ms, "machine": _machine(), **_measure_llm(sess, args, ev)}
+        sess.close()
+        return doc | {"rss_before_load_mb": rss_before, "peak_rss_mb": peak_rss_mb(), "rss_definition": RSS_DEFINITION}
     x = ev["x"].astype(np.float32) if ev is not None else np.zeros([1, *args.shape], dtype=np.float32)
     rss_before = _rss_mb()
     t0 = time.perf_counter()
@@ -82,11 +146,7 @@ def measure(args: argparse.Namespace) -> dict:
     doc: dict = {"schema": SCHEMA, "artifact": os.path.basename(args.artifact),
                  "size_bytes": os.path.getsize(args.artifact), "session": sess.describe(),
                  "threads": args.threads, "batch": 1, "warmup": args.warmup, "runs": args.runs,
-                 "latency_ms": _percentiles(times), "load_ms": load_ms,
-                 "machine": {"platform": platform.platform(), "machine": platform.machine(),
-                             "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                             "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                             else None}}
+                 "latency_ms": _percentiles(times), "load_ms": load_ms, "machine": _machine()}
     if args.score and ev is not None:
         logits = sess.run_all(x)
         doc["accuracy"] = float((logits.argmax(1) == ev["y"]).mean())
@@ -101,7 +161,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Measure one model artifact and print one JSON document.")
-    p.add_argument("--artifact", required=True, help="model file (.onnx, .tflite, .safetensors reference)")
+    p.add_argument("--artifact", required=True, help="model file (.onnx, .tflite, .gguf, .safetensors reference)")
     p.add_argument("--runtime", default=None, help="runtime name (default: chosen by file suffix)")
     p.add_argument("--eval", default=None, help=".npz with x (N,...) float32 and y (N,) labels")
     p.add_argument("--shape", type=int, nargs="*", default=[3, 32, 32], help="input shape without --eval")
@@ -110,6 +170,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--score", action="store_true", help="score the whole eval set")
     p.add_argument("--logits-out", default=None, help="save eval logits (.npy) for parity checks")
+    p.add_argument("--pp", type=int, default=64, help="language models: prompt tokens before timed decoding")
+    p.add_argument("--tg", type=int, default=32, help="language models: tokens generated for tg tokens/s")
+    p.add_argument("--ctx", type=int, default=512, help="language models: context length (restart when full)")
     return p.parse_args(argv)
 
 

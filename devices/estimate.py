@@ -130,6 +130,51 @@ def graph_cost(path: Path) -> GraphCost:
     return cost
 
 
+#: context length at which a GGUF's per-token decode cost is estimated (the agent's default ``--pp``)
+GGUF_ESTIMATE_CONTEXT = 64
+
+
+def gguf_cost(path: Path, context: int = GGUF_ESTIMATE_CONTEXT) -> GraphCost:
+    """What generating one token of a GGUF language model costs at ``context`` cached tokens (batch 1).
+
+    Each 2-D weight is one matrix-vector product: 2 FLOPs per element, its stored bytes read once (quantised
+    types count as int8 work, F32/F16 as fp32); the token embedding reads one row; attention reads the F16 KV
+    cache and does 4·heads·head_dim FLOPs per cached token and layer.
+    """
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(path))
+
+    def meta(key: str) -> int:
+        f = r.fields[key]
+        return int(f.parts[f.data[0]][0])
+
+    arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+    layers, dim = meta(f"{arch}.block_count"), meta(f"{arch}.embedding_length")
+    heads, kv_heads = meta(f"{arch}.attention.head_count"), meta(f"{arch}.attention.head_count_kv")
+    head_dim = dim // heads
+    names = {t.name for t in r.tensors}
+    cost = GraphCost()
+    for t in r.tensors:
+        quantised = t.tensor_type.name not in ("F32", "F16", "BF16")
+        if t.name == "token_embd.weight" and "output.weight" in names:  # a lookup, not a product
+            flops, nbytes = 0.0, float(t.n_bytes) / int(t.shape[-1])
+        elif len(t.shape) >= 2:
+            flops, nbytes = 2.0 * int(t.n_elements), float(t.n_bytes)
+        else:
+            flops, nbytes, quantised = 4.0 * int(t.n_elements), float(t.n_bytes), False
+        cost.per_node.append((0.0 if quantised else flops, flops if quantised else 0.0, nbytes))
+    for _ in range(layers):  # attention over the cache: scores and weighted sum, K and V read in F16
+        flops = 4.0 * heads * head_dim * context
+        cost.per_node.append((flops, 0.0, 2.0 * kv_heads * head_dim * context * 2))
+    for f32, i8, nbytes in cost.per_node:
+        cost.flops += f32 + i8
+        cost.int8_flops += i8
+        cost.bytes += nbytes
+    cost.nodes = len(cost.per_node)
+    return cost
+
+
 def estimate_ms(cost: GraphCost, profile: DeviceProfile, threads: int) -> dict[str, Any]:
     """Roofline time of ``cost`` on ``profile`` at ``threads`` threads, in ms, with its terms."""
     share = min(threads, profile.cores) / profile.cores
@@ -149,17 +194,26 @@ def estimate_ms(cost: GraphCost, profile: DeviceProfile, threads: int) -> dict[s
 
 @TRANSPORTS.register("estimated")
 class EstimateTransport(Transport):
-    """No device: a roofline estimate from the ONNX graph and the profile's peaks (``estimated``)."""
+    """No device: a roofline estimate from the ONNX graph (or the GGUF's tensors) and the profile's peaks."""
 
     label = Label.ESTIMATED
 
     def run(self, job: AgentJob, timeout_s: float = 600) -> dict[str, Any]:
-        if job.artifact.suffix != ".onnx":
-            raise AgentError(f"{job.artifact.name}: estimates need an ONNX graph (got {job.artifact.suffix})")
-        est = estimate_ms(graph_cost(job.artifact), self.device.profile, job.threads)
+        extra: dict[str, Any] = {}
+        if job.artifact.suffix == ".gguf":
+            cost = gguf_cost(job.artifact)
+            extra = {"unit": "ms per generated token", "context": GGUF_ESTIMATE_CONTEXT}
+        elif job.artifact.suffix == ".onnx" and job.runtime != "onnxruntime-llm":
+            cost = graph_cost(job.artifact)
+        else:
+            why = ("an ONNX decoder, whose shapes depend on the context" if job.runtime == "onnxruntime-llm"
+                   else f"a {job.artifact.suffix} file")
+            raise AgentError(f"{job.artifact.name}: estimates need an ONNX vision graph or a GGUF language model "
+                             f"(got {why})")
+        est = estimate_ms(cost, self.device.profile, job.threads)
         ms = est["ms"]
         doc = {"schema": "edgedistill.agent/1", "artifact": job.artifact.name,
                "size_bytes": job.artifact.stat().st_size, "threads": job.threads, "batch": 1,
                "latency_ms": {k: ms for k in ("p50", "p90", "p99", "mean", "min")}, "estimate": est,
-               "peak_rss_mb": None}
+               "peak_rss_mb": None, **extra}
         return self.annotate(doc)

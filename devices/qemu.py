@@ -49,7 +49,10 @@ class QemuError(AgentError):
 
 
 def cache_root() -> Path:
-    """``$EDGEDISTILL_CACHE/qemu-arm64``, default ``~/.cache/edgedistill/qemu-arm64``."""
+    """``$EDGEDISTILL_QEMU_DIR`` if set, else ``$EDGEDISTILL_CACHE/qemu-arm64``, default
+    ``~/.cache/edgedistill/qemu-arm64``."""
+    if own := os.environ.get("EDGEDISTILL_QEMU_DIR"):
+        return Path(own)
     base = os.environ.get("EDGEDISTILL_CACHE") or str(Path.home() / ".cache" / "edgedistill")
     return Path(base) / "qemu-arm64"
 

@@ -7,6 +7,7 @@ spec                        what runs                                           
 ==========================  ==========================================================  ===========
 ``host``                    the agent in a fresh local process                          measured
 ``rpi4-constrained``        the same, capped to the profile's cores and RAM             constrained
+``rpi4-constrained?cores=1`` any profile spec with its cores / ``ram_mb`` overridden       (as above)
 ``rpi4-estimated``          no run: a roofline from the ONNX graph and the profile      estimated
 ``qemu-arm64[:rpi4]``       the agent under aarch64 user-mode emulation                 emulated
 ``ssh://user@host[:port]``  the agent on a board over SSH (``?profile=rpi4&key=...``)   measured
@@ -120,14 +121,29 @@ def parse_device(spec: str, profile_paths: list[Path] | None = None) -> Device:
         else:
             raise ValueError(f"{spec}: unknown device scheme {u.scheme!r}; use ssh:// or adb://")
         return Device(s, u.scheme, prof, opts)
-    if s.startswith("qemu-arm64"):
-        name = s.partition(":")[2] or "rpi4"
-        return Device(s, "qemu-arm64", get_profile(name, profile_paths))
+    base, _, query = s.partition("?")
+    if base.startswith("qemu-arm64"):
+        name = base.partition(":")[2] or "rpi4"
+        return Device(s, "qemu-arm64", _override(get_profile(name, profile_paths), query, spec))
     for suffix in ("constrained", "estimated"):
-        if s.endswith(f"-{suffix}"):
-            return Device(s, suffix, get_profile(s.removesuffix(f"-{suffix}"), profile_paths))
+        if base.endswith(f"-{suffix}"):
+            prof = get_profile(base.removesuffix(f"-{suffix}"), profile_paths)
+            return Device(s, suffix, _override(prof, query, spec))
     raise ValueError(f"{spec}: not a device spec; use host, PROFILE-constrained, PROFILE-estimated, qemu-arm64, "
                      "ssh://user@host or adb (see `edgedistill devices`)")
+
+
+def _override(profile: DeviceProfile, query: str, spec: str) -> DeviceProfile:
+    """``?cores=1&ram_mb=512`` after a profile spec: the same profile with those caps (e.g. a 1-core budget)."""
+    if not query:
+        return profile
+    upd: dict[str, int] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in ("cores", "ram_mb") or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{spec}: '{key}={value}' is not an override; use cores=N and/or ram_mb=N (N ≥ 1)")
+        upd[key] = int(value)
+    suffix = ",".join(f"{k}={v}" for k, v in upd.items())
+    return profile.model_copy(update={**upd, "name": f"{profile.name}[{suffix}]"})
 
 
 def open_transport(device: Device) -> Transport:

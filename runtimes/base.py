@@ -39,7 +39,8 @@ RUNTIMES: Registry[type[Session]] = Registry("runtime")
 
 # name -> module that registers it (imported on first use so that only the needed runtime package is loaded)
 _MODULES = {"onnxruntime": "edgedistill.runtimes.ort", "torch": "edgedistill.runtimes.torch_ref",
-            "litert": "edgedistill.runtimes.litert", "llama.cpp": "edgedistill.runtimes.llama_cpp"}
+            "litert": "edgedistill.runtimes.litert", "llama.cpp": "edgedistill.runtimes.llama_cpp",
+            "onnxruntime-llm": "edgedistill.runtimes.ort_llm"}
 _SUFFIXES = {".onnx": "onnxruntime", ".safetensors": "torch", ".tflite": "litert", ".gguf": "llama.cpp"}
 
 
@@ -54,7 +55,10 @@ def runtime_for(path: str | Path) -> str:
 def open_session(runtime: str, path: str | Path, threads: int = 1) -> Session:
     """Load ``path`` with the named runtime using ``threads`` intra-op threads."""
     if runtime in _MODULES and runtime not in RUNTIMES:
-        importlib.import_module(_MODULES[runtime])
+        try:
+            importlib.import_module(_MODULES[runtime])
+        except ImportError as err:  # e.g. llama-cpp-python has no wheel for this device
+            raise RuntimeError_(f"{path}: the {runtime} runtime is not installed here ({err})") from None
     cls = RUNTIMES.get(runtime)
     path = Path(path)
     if not path.is_file():

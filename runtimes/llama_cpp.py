@@ -44,7 +44,11 @@ class LlamaCppSession(LLMSession):
     """A GGUF model loaded by llama.cpp with ``threads`` threads; ``kv_f32`` keeps the KV cache in F32."""
 
     def __init__(self, path: Path, threads: int = 1, n_ctx: int = 512, kv_f32: bool = False) -> None:
-        import llama_cpp
+        try:
+            import llama_cpp
+        except ImportError:
+            raise RuntimeError_(f"{Path(path).name}: llama-cpp-python is not installed here (PyPI has only its "
+                                "source, built per machine; install it on the device to run GGUF files)") from None
 
         kv = KV_F32 if kv_f32 else KV_F16
         try:

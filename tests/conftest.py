@@ -10,6 +10,8 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["EDGEDISTILL_PROGRESS"] = "0"
+# The arm64 rootfs is machine-wide (built once by `make test`'s set-up), unlike the per-session teacher cache.
+os.environ.setdefault("EDGEDISTILL_QEMU_DIR", str(Path.home() / ".cache" / "edgedistill" / "qemu-arm64"))
 # One intra-op thread in the test process: with two, torch's OpenMP workers spin against any other load on a
 # 2-core machine and a training step went from 0.06 s to 5 s. Benchmarks and the CLI runs set their own threads.
 torch.set_num_threads(1)
@@ -38,3 +40,19 @@ def tiny_recipe(**overrides: object) -> dict:
     for key, value in overrides.items():
         r[key] = value
     return r
+
+
+@pytest.fixture(scope="session")
+def qemu_rootfs() -> Path:
+    """The cached arm64 rootfs (built here if absent); skips, saying why, only where emulation is impossible."""
+    from edgedistill.devices import qemu
+
+    if missing := qemu.missing_tools():
+        pytest.skip(f"aarch64 emulation impossible here: missing {', '.join(missing)}")
+    try:
+        qemu.setup(log=print)
+    except qemu.QemuError as err:
+        if "needs root" in str(err):
+            pytest.skip(str(err))
+        raise
+    return qemu.rootfs_dir()

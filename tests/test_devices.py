@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from edgedistill.benchmarks.harness import BenchItem, measure_devices
-from edgedistill.benchmarks.report import _devices_markdown, device_rows
+from edgedistill.benchmarks.report import device_rows, devices_markdown
 from edgedistill.devices.bundle import build_bundle
 from edgedistill.devices.estimate import EstimateTransport, estimate_ms, graph_cost
 from edgedistill.devices.local import AgentError, AgentJob
@@ -117,7 +117,7 @@ def test_roofline_counts_conv_and_gemm_flops(model: tuple[Path, Path]) -> None:
     assert one == pytest.approx(4 * four)
     doc = EstimateTransport(parse_device("rpi4-estimated")).run(AgentJob(model[0], 4))
     assert doc["device"]["label"] == Label.ESTIMATED and doc["latency_ms"]["p50"] > 0
-    with pytest.raises(AgentError, match="need an ONNX graph"):
+    with pytest.raises(AgentError, match="estimates need an ONNX vision graph or a GGUF"):
         EstimateTransport(parse_device("rpi4-estimated")).run(AgentJob(model[0].with_suffix(".safetensors"), 1))
 
 
@@ -135,8 +135,17 @@ def test_matrix_labels_every_figure_and_survives_a_failed_device(model: tuple[Pa
     assert par["max_abs_diff"] < 1e-5 and par["top1_agreement"] == 1.0
     rows = device_rows({"devices": res})
     assert {r["label"] for r in rows if r["model"]} == {"measured", "constrained", "estimated"}
-    md = "\n".join(_devices_markdown(rows))
+    md = "\n".join(devices_markdown(rows))
     assert "| rpi4-estimated | estimated | m | 1 |" in md and "FAILED" in md
     # a second run is served from the per-device caches
     again = measure_devices([BenchItem("m", model[0])], ["rpi4-constrained"], [1], model[1], tmp_path, 1, 5)
     assert again["rpi4-constrained"]["results"]["m"]["runs"][1] == res["rpi4-constrained"]["results"]["m"]["runs"][1]
+
+
+def test_profile_overrides_in_a_device_spec() -> None:
+    d = parse_device("rpi4-constrained?cores=1&ram_mb=768")
+    assert (d.transport, d.profile.cores, d.profile.ram_mb) == ("constrained", 1, 768)
+    assert d.profile.name == "rpi4[cores=1,ram_mb=768]" and "?" not in d.slug
+    assert parse_device("qemu-arm64:rpi5?cores=2").profile.cores == 2
+    with pytest.raises(ValueError, match="'gpu=1' is not an override"):
+        parse_device("rpi4-estimated?gpu=1")

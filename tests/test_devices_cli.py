@@ -30,22 +30,43 @@ def test_devices_lists_builtin_and_user_profiles(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "only qemu-arm64" in bad.stderr
 
 
+#: fp32 artifacts on a constrained or emulated device vs the host run, largest absolute logit difference
+FP32_DEVICE_PARITY = 1e-4
+
+
 @pytest.mark.slow
-def test_bench_devices_matrix_report(tmp_path: Path) -> None:
+def test_bench_devices_matrix_report(tmp_path: Path, qemu_rootfs: Path) -> None:
+    """The trained student's ONNX and TFLite files on host, a 1-core memory-capped host, qemu-arm64 (real aarch64
+    wheels) and a roofline estimate, in one report; an unknown device fails alone."""
     recipe = tmp_path / "tiny.yaml"
     r = tiny_recipe(bench={"warmup": 1, "runs": 3, "threads": [1], "include_pytorch": False})
-    r["export"] = {**r["export"], "formats": ["onnx"]}  # ONNX is enough for every device kind here
+    r["export"] = {**r["export"], "formats": ["onnx", "tflite"], "tflite": {"variants": ["fp32"]}}
     recipe.write_text(yaml.safe_dump(r))
     run = tmp_path / "run"
     res = cli("run", str(recipe), "--out", str(run))
     assert res.returncode == 0, res.stderr[-2000:]
-    res = cli("bench", "--out", str(run), "--devices", "host,rpi4-constrained,rpi4-estimated,nosuch-estimated")
+    constrained = "rpi4-constrained?cores=1&ram_mb=2048"
+    res = cli("bench", "--out", str(run), "--devices",
+              f"host,{constrained},rpi4-estimated,qemu-arm64,nosuch-estimated")
     assert res.returncode == 0, res.stderr[-2000:]
     rep = json.loads((run / "report.json").read_text())
+    rows = {(d["device"], d["model"]): d for d in rep["devices"]}
     labels = {(d["device"], d["label"]) for d in rep["devices"]}
-    assert {("host", "measured"), ("rpi4-constrained", "constrained"), ("rpi4-estimated", "estimated")} <= labels
+    assert {("host", "measured"), (constrained, "constrained"), ("rpi4-estimated", "estimated"),
+            ("qemu-arm64", "emulated")} <= labels
+    for model in ("student-fp32", "student-tflite-fp32"):
+        for device in (constrained, "qemu-arm64"):
+            row = rows[(device, model)]
+            assert row["error"] is None, row["error"]
+            assert row["parity_vs_host"]["max_abs_diff"] <= FP32_DEVICE_PARITY, (device, model, row["parity_vs_host"])
+            assert row["accuracy"] == rows[("host", model)]["accuracy"]
+    int8 = rows[("qemu-arm64", "student-int8_static_u8s8")]
+    assert int8["error"] is None and int8["parity_vs_host"]["top1_agreement"] >= 0.95
+    applied = rows[(constrained, "student-fp32")]["applied"]
+    assert applied["cores_applied"] == 1 and applied["memory"]["limit_mb"] == 2048
+    assert rows[("rpi4-estimated", "student-fp32")]["p50_ms"] > 0
     failed = [d for d in rep["devices"] if d["device"] == "nosuch-estimated"]
     assert failed and "unknown device profile 'nosuch'" in failed[0]["error"]
     assert all(m["latency_ms"] for m in rep["models"] if m["role"] == "artifact")  # the host table still filled
     md = (run / "report.md").read_text()
-    assert "## Devices" in md and "| rpi4-estimated | estimated |" in md and "FAILED" in md
+    assert "## Devices" in md and "| rpi4-estimated | estimated |" in md and "(emulated)" in md and "FAILED" in md

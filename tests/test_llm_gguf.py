@@ -62,3 +62,46 @@ def test_quantised_ggufs(tiny_lm: TinyLM, ggufs: dict[str, Path]) -> None:  # no
     assert res["f16"].kld_mean < res["q8_0"].kld_mean * 2 + 1e-4 < res["q4_k_m"].kld_mean * 2 + 1e-3
     assert ggufs["q4_k_m"].stat().st_size < ggufs["q8_0"].stat().st_size < ggufs["f16"].stat().st_size
     print({k: v.to_dict() for k, v in res.items()})
+
+
+def test_gguf_roofline_by_hand(tiny_lm: TinyLM, ggufs: dict[str, Path]) -> None:  # noqa: F811
+    """Per-token decode cost of a GGUF: 2 FLOPs per weight of every matrix (not the embedding lookup), attention
+    over the cached context; quantised matrices count as int8 work; F32 bytes are the weights' bytes."""
+    from edgedistill.devices.estimate import GGUF_ESTIMATE_CONTEXT, estimate_ms, gguf_cost
+    from edgedistill.devices.profile import get_profile
+
+    cfg = tiny_lm.model.config
+    h, inter, layers, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
+    matrix = layers * (h * h * 2 + h * kv * 2 + 3 * h * inter) + vocab * h  # q,o + k,v + gate/up/down + head
+    norms = (2 * layers + 1) * h
+    attention = layers * 4 * h * GGUF_ESTIMATE_CONTEXT
+    f32 = gguf_cost(ggufs["f32"])
+    assert f32.flops == pytest.approx(2 * matrix + 4 * norms + attention) and f32.int8_flops == 0
+    kv_bytes = layers * 2 * kv * GGUF_ESTIMATE_CONTEXT * 2
+    assert f32.bytes == pytest.approx(4 * (matrix + norms + h) + kv_bytes)  # + one F32 embedding row
+    q4 = gguf_cost(ggufs["q4_k_m"])
+    assert q4.int8_flops == pytest.approx(2 * matrix) and q4.bytes < f32.bytes / 4
+    rpi4 = get_profile("rpi4")
+    assert estimate_ms(q4, rpi4, 1)["ms"] < estimate_ms(f32, rpi4, 1)["ms"]
+
+
+def test_agent_measures_a_gguf_per_token(tiny_lm: TinyLM, ggufs: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    """The device agent's language-model mode: ms per generated token, pp/tg, next-token accuracy and the
+    logits of every eval position (for parity against the host)."""
+    from edgedistill.devices.local import AgentJob, run_local
+
+    seqs = _ids(tiny_lm, 3)
+    ids = np.zeros((3, max(map(len, seqs))), dtype=np.int32)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = s
+    np.savez(tmp_path / "eval.npz", ids=ids, lengths=np.array([len(s) for s in seqs]))
+    doc = run_local(AgentJob(ggufs["f32"], 1, tmp_path / "eval.npz", None, 2, 10, True, tmp_path / "l.npy"))
+    assert doc["unit"] == "ms per generated token" and doc["latency_ms"]["p50"] > 0 and doc["tg_tps"] > 0
+    assert doc["n_eval"] == sum(len(s) - 1 for s in seqs) and 0 <= doc["accuracy"] <= 1
+    logits = np.load(tmp_path / "l.npy")
+    ref = np.concatenate(torch_logits(tiny_lm.model, seqs))
+    assert logits.shape == ref.shape and np.abs(logits - ref).max() < 1e-2  # F16 KV cache in the agent
+    hits = sum(int((r[:-1].argmax(-1) == np.asarray(s[1:])).sum()) for r, s in zip(
+        torch_logits(tiny_lm.model, seqs), seqs, strict=True))
+    assert doc["accuracy"] == pytest.approx(hits / doc["n_eval"], abs=2 / doc["n_eval"])

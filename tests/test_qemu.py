@@ -1,7 +1,8 @@
 """qemu-arm64: the agent on aarch64 wheels under user-mode emulation, parity against the host run.
 
 The rootfs is built once per machine (``edgedistill devices setup qemu-arm64``, ~1-2 min) into
-``~/.cache/edgedistill/qemu-arm64``; this test uses that machine-wide cache (and builds it if absent).
+``~/.cache/edgedistill/qemu-arm64``; the tests use that machine-wide cache (conftest's ``qemu_rootfs`` builds it
+if absent).
 It skips only where emulation is impossible (no qemu-aarch64-static/debootstrap, or not root for the first build).
 """
 
@@ -10,34 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
-from edgedistill.devices import qemu
 from edgedistill.devices.local import AgentJob, run_local
 from edgedistill.devices.transport import open_transport, parse_device
 from edgedistill.toolchain.export.onnx import export_fp32
 
-MACHINE_CACHE = Path.home() / ".cache" / "edgedistill"
 
-
-@pytest.fixture(scope="module")
-def rootfs() -> Path:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGEDISTILL_CACHE", str(MACHINE_CACHE))
-        if missing := qemu.missing_tools():
-            pytest.skip(f"aarch64 emulation impossible here: missing {', '.join(missing)}")
-        try:
-            qemu.setup(log=print)
-        except qemu.QemuError as err:
-            if "needs root" in str(err):
-                pytest.skip(str(err))
-            raise
-        return qemu.rootfs_dir()
-
-
-def test_emulated_run_matches_the_host(rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EDGEDISTILL_CACHE", str(MACHINE_CACHE))
+def test_emulated_run_matches_the_host(qemu_rootfs: Path, tmp_path: Path) -> None:
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
                               torch.nn.Flatten(), torch.nn.Linear(32, 5))
     export_fp32(net, torch.zeros(1, 3, 16, 16), tmp_path / "m.onnx")

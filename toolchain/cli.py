@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgedistill.core.quiet import quiet_libraries
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub: everything is local
 
 app = typer.Typer(
@@ -126,7 +128,6 @@ def run(
 
 def _run_llm(ref: str, out: Path | None, force: bool) -> None:
     """`run` for a `kind: llm` recipe: data → teacher → KD/SFT students → GGUF → bench → report."""
-    from edgedistill.toolchain.llm import report as llm_report
     from edgedistill.toolchain.llm.stages import LLMContext, run_llm_stages, save_recipe
     from edgedistill.toolchain.recipe import load_recipe
     from edgedistill.toolchain.rundir import RunDir
@@ -137,7 +138,31 @@ def _run_llm(ref: str, out: Path | None, force: bool) -> None:
     save_recipe(r, ctx.run)
     report = run_llm_stages(ctx)
     assert report is not None
+    _print_llm_report(report)
+
+
+def _llm_existing(out: Path, force: bool):  # type: ignore[no-untyped-def]
+    """The LLM context of an existing run directory; None when the run is a vision run."""
+    from edgedistill.toolchain.llm.stages import LLMContext
+    from edgedistill.toolchain.recipe import load_recipe
+    from edgedistill.toolchain.rundir import RunDir
+
+    run = RunDir(out)
+    if not run.recipe_path.is_file():
+        raise FileNotFoundError(f"{out}: not a run directory (no recipe.yaml); create one with `edgedistill run`")
+    r = load_recipe(str(run.recipe_path))
+    return LLMContext(r, run, err_console, force) if getattr(r, "kind", "vision") == "llm" else None
+
+
+def _print_llm_report(report: dict) -> None:
+    from edgedistill.toolchain.llm import report as llm_report
+
     _print_rows(f"edgedistill — {report['recipe']}", *llm_report.table(report))
+    if report.get("devices"):
+        from edgedistill.benchmarks.report import devices_markdown
+
+        out_console.print("\n".join(devices_markdown(report["devices"], "p50 ms/token", "next-token acc.")),
+                          highlight=False, markup=False)
     s = report["summary"]
     ret, up = s["best_gguf_retention"], s["best_gguf_tg_speedup"]
     out_console.print(f"best GGUF: [bold]{s['best_gguf']}[/bold] (retention {'–' if ret is None else f'{ret:.3f}'}, "
@@ -276,19 +301,22 @@ ProfileOpt = Annotated[list[Path] | None, typer.Option(
 
 @app.command()
 def bench(out: RunDirOpt, force: ForceOpt = False, devices: DevicesOpt = None, profile: ProfileOpt = None) -> None:
-    """Measure every model and artifact in fresh processes (latency, peak RSS, size, accuracy)."""
-    if devices is None and not profile:
-        _stage_command(("bench",), out, force)
-        return
+    """Measure every model and artifact in fresh processes (latency, peak RSS, size, accuracy); with --devices,
+    every artifact on every device too (LLM runs: their exported GGUF/ONNX files, per generated token)."""
 
     def go() -> None:
+        from edgedistill.toolchain.llm.stages import run_llm_stages
         from edgedistill.toolchain.pipeline import run_stages
 
-        ctx = _existing(out, force)
+        llm = _llm_existing(out, force)
+        ctx = llm if llm is not None else _existing(out, force)
         update: dict = {"profiles": [*ctx.recipe.bench.profiles, *(profile or [])]}
         if devices is not None:
             update["devices"] = [d.strip() for d in devices.split(",") if d.strip()]
         ctx.recipe = ctx.recipe.model_copy(update={"bench": ctx.recipe.bench.model_copy(update=update)})
+        if llm is not None:
+            _print_llm_report(run_llm_stages(llm, ("bench", "report")))
+            return
         report = run_stages(ctx, ("bench", "report"))
         if report is not None:
             _print_table(report)
@@ -458,6 +486,7 @@ def collect(
 
 
 def main() -> None:
+    quiet_libraries()
     try:
         app()
     except KeyboardInterrupt:

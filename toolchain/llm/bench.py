@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgedistill.core.quiet import quiet_libraries
 from edgedistill.devices.agent import peak_rss_mb  # one definition of peak RSS (VmHWM) for every agent
 from edgedistill.runtimes.llm import LLMSession
 
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--max-length", type=int, default=320)
     a = ap.parse_args(argv)
+    quiet_libraries()
     doc = measure(a.artifact, a.tokenizer, a.test, a.threads, a.pp, a.tg, a.reps, a.eval_samples,
                   a.max_new_tokens, a.max_length)
     sys.stdout.write(json.dumps(doc) + "\n")

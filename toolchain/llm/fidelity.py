@@ -1,5 +1,6 @@
 """Artifact fidelity as llama.cpp's ``perplexity --kl-divergence`` reports it: the artifact's perplexity, the
 mean KL divergence from the reference (PyTorch) distribution to the artifact's, and the same-top-token rate.
+(llama.cpp scores the second half of fixed-size text chunks; here the scored tokens are the test completions.)
 
 All figures are over next-token positions of the same token sequences fed to both models.
 """
@@ -38,21 +39,25 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
-def fidelity(ids: Sequence[Sequence[int]], ref_logits: Sequence[np.ndarray], logits: Sequence[np.ndarray]
-             ) -> Fidelity:
+def fidelity(ids: Sequence[Sequence[int]], ref_logits: Sequence[np.ndarray], logits: Sequence[np.ndarray],
+             ppl_from: Sequence[int] | None = None) -> Fidelity:
     """Compare per-sequence logits ``(L_i, V)`` of an artifact against the reference on token ids ``ids``.
 
     Position ``t`` predicts token ``t+1``; the last position of each sequence has no target and is left out.
+    KLD and same-top cover every position. Perplexity covers the tokens from index ``ppl_from[i]`` on (the
+    completion, for prompt/completion data whose models never learned to predict prompts), else every token.
     """
     nll, nll_ref, kld, same, maxdiff, n = [], [], [], 0, 0.0, 0
-    for seq, r, a in zip(ids, ref_logits, logits, strict=True):
+    starts = ppl_from if ppl_from is not None else [1] * len(ids)
+    for seq, r, a, start in zip(ids, ref_logits, logits, starts, strict=True):
         v = min(r.shape[-1], a.shape[-1])
         r, a = r[:len(seq) - 1, :v], a[:len(seq) - 1, :v]
         lr, la = _log_softmax(r), _log_softmax(a)
         tgt = np.asarray(seq[1:])
         rows = np.arange(len(tgt))
-        nll.append(-la[rows, tgt])
-        nll_ref.append(-lr[rows, tgt])
+        scored = rows[rows + 1 >= max(1, start)]
+        nll.append(-la[scored, tgt[scored]])
+        nll_ref.append(-lr[scored, tgt[scored]])
         kld.append((np.exp(lr) * (lr - la)).sum(-1))
         same += int((r.argmax(-1) == a.argmax(-1)).sum())
         maxdiff = max(maxdiff, float(np.abs(r.astype(np.float64) - a).max()))

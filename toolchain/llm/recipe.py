@@ -168,6 +168,13 @@ class LLMBenchConfig(_Section):
     threads: int = Field(1, ge=1)
     eval_samples: int = Field(32, ge=1, description="test examples scored (exact match of key fields + ROUGE-L)")
     max_new_tokens: int = Field(96, ge=1)
+    devices: list[str] = Field(
+        default_factory=list, description="also run every exported artifact on these device specs (host, "
+        "PROFILE-constrained, PROFILE-estimated, qemu-arm64, ssh://...; `edgedistill devices` lists them)")
+    device_warmup: int = Field(8, ge=0, description="device matrix: untimed decode steps")
+    device_runs: int = Field(64, ge=1, description="device matrix: timed decode steps (one sample per token)")
+    profiles: list[Path] = Field(
+        default_factory=list, description="extra device profile YAML files or folders (beside the built-ins)")
 
 
 class PlanConfig(_Section):
@@ -217,5 +224,6 @@ def resolve_llm_paths(recipe: LLMRecipe, base: Path) -> LLMRecipe:
         "teacher": recipe.teacher.model_copy(update={"path": fix(recipe.teacher.path)}),
         "student": recipe.student.model_copy(update={"path": fix(recipe.student.path)}),
         "distill": recipe.distill.model_copy(update={"cache_dir": fix(recipe.distill.cache_dir)}),
+        "bench": recipe.bench.model_copy(update={"profiles": [fix(x) for x in recipe.bench.profiles]}),
     }
     return recipe.model_copy(update=upd)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgedistill.benchmarks.report import device_rows, devices_markdown
 from edgedistill.core.fileio import write_json, write_text
 
 SCHEMA = "edgedistill.llm-report/1"
@@ -33,7 +34,7 @@ def _row(name: str, kind: str, fmt: str, b: dict[str, Any] | None, teacher_b: di
 
 def build(recipe: str, run_dir: str, teacher: dict[str, Any], students: dict[str, dict[str, Any]],
           export: dict[str, Any] | None, bench: dict[str, dict[str, Any]], manifest: dict[str, Any],
-          threads: int) -> dict[str, Any]:
+          threads: int, devices: dict[str, Any] | None = None) -> dict[str, Any]:
     tb = bench.get("teacher")
     pt = (export or {}).get("pytorch", {})
     rows = [_row("teacher", "teacher", "pytorch", tb, tb) | {"params": teacher.get("params"),
@@ -69,6 +70,7 @@ def build(recipe: str, run_dir: str, teacher: dict[str, Any], students: dict[str
     files = {o["path"]: o for s in manifest.get("stages", {}).values() for o in s.get("outputs", [])}
     stages = manifest.get("stages", {})
     return {"schema": SCHEMA, "recipe": recipe, "run_dir": run_dir, "models": rows, "summary": summary,
+            "devices": device_rows({"devices": devices}) if devices else [],
             "distill": stages.get("distill", {}).get("info"), "blackbox": stages.get("blackbox", {}).get("info"),
             "bar": {"min_retention": MIN_RETENTION, "min_tg_speedup_vs_pytorch_teacher": MIN_TG_SPEEDUP},
             "files": files}
@@ -112,6 +114,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     errs = [(r["name"], r["bench_error"]) for r in report["models"] if r.get("bench_error")]
     if errs:
         lines += ["", "Bench failures:", *[f"- {n}: {e}" for n, e in errs]]
+    lines += devices_markdown(report.get("devices") or [], latency="p50 ms/token", accuracy="next-token acc.")
     return "\n".join(lines) + "\n"
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from edgedistill.core.fileio import read_json, sha256_file, sha256_json, write_json
+from edgedistill.core.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
 from edgedistill.toolchain.llm.data import Splits, load_splits
 from edgedistill.toolchain.llm.recipe import LLMRecipe
 from edgedistill.toolchain.pipeline import save_recipe, skip_stage  # noqa: F401  (save_recipe: used by the CLI)
@@ -352,13 +352,14 @@ def stage_export(ctx: LLMContext) -> None:
     from edgedistill.toolchain.llm.gguf_export import quantize, tensor_types, write_gguf
     from edgedistill.toolchain.llm.models import load_llama
 
-    ids = [e.input_ids for e in ctx.encoded("test")[:r.export.fidelity_samples]]
+    test = ctx.encoded("test")[:r.export.fidelity_samples]
+    ids, starts = [e.input_ids for e in test], [e.n_prompt for e in test]
     ref = torch_logits(load_llama(sdir), ids)
     # perplexity of every PyTorch model on the same sequences (reported beside the artifacts')
     pt = {"teacher": ctx.teacher_dir, **{n: ctx.run.path("students", n) for n in student_names(ctx)}}
     pytorch = {}
     for name, folder in pt.items():
-        f = fidelity(ids, ref, ref if folder == sdir else torch_logits(load_llama(folder), ids))
+        f = fidelity(ids, ref, ref if folder == sdir else torch_logits(load_llama(folder), ids), starts)
         pytorch[name] = {"perplexity": f.perplexity, "kld_vs_best_student": f.kld_mean}
     tdir, records, outputs = ctx.run.path(TOKENIZER_DIR), [], []
     order = [v for v in ("f32", "f16") if v in r.export.gguf or v == "f32"] + \
@@ -372,7 +373,7 @@ def stage_export(ctx: LLMContext) -> None:
     export_s = time.perf_counter() - t0
     for v in r.export.gguf:
         sess = LlamaCppSession(paths[v], threads=2, n_ctx=max(512, r.data.max_length))
-        fid = fidelity(ids, ref, [sess.logits(s) for s in ids])
+        fid = fidelity(ids, ref, [sess.logits(s) for s in ids], starts)
         sess.close()
         types = sorted(set(tensor_types(paths[v]).values()))
         records.append({"name": f"student-{v}", "file": str(paths[v].relative_to(ctx.run.root)), "format": "gguf",
@@ -384,7 +385,7 @@ def stage_export(ctx: LLMContext) -> None:
     if "f32" not in r.export.gguf:
         paths["f32"].unlink()
     if r.export.onnx:
-        onnx_records, onnx_outputs, onnx_s = _export_onnx(ctx, sdir, best, ids, ref)
+        onnx_records, onnx_outputs, onnx_s = _export_onnx(ctx, sdir, best, ids, ref, starts)
         records += onnx_records
         outputs += onnx_outputs
         export_s += onnx_s
@@ -395,7 +396,7 @@ def stage_export(ctx: LLMContext) -> None:
                                                       "artifacts": [a["name"] for a in records]})
 
 
-def _export_onnx(ctx: LLMContext, sdir: Path, best: str, ids: list[list[int]], ref: list[Any]
+def _export_onnx(ctx: LLMContext, sdir: Path, best: str, ids: list[list[int]], ref: list[Any], starts: list[int]
                  ) -> tuple[list[dict[str, Any]], list[Path], float]:
     """ONNX (KV cache) of the best student through optimum, then its int8 file; each with fidelity."""
     from edgedistill.runtimes.ort_llm import OrtLLMSession
@@ -412,7 +413,7 @@ def _export_onnx(ctx: LLMContext, sdir: Path, best: str, ids: list[list[int]], r
     records, outputs = [], []
     for v in variants:
         sess = OrtLLMSession(files[v], threads=2)
-        fid = fidelity(ids, ref, [sess.logits(s) for s in ids])
+        fid = fidelity(ids, ref, [sess.logits(s) for s in ids], starts)
         size = sum(f.stat().st_size for f in files[v].parent.iterdir() if f.is_file())
         records.append({"name": f"student-onnx-{v}", "file": str(files[v].relative_to(ctx.run.root)),
                         "format": "onnx", "variant": v, "source": best, "size_bytes": size,
@@ -467,8 +468,10 @@ def stage_bench(ctx: LLMContext) -> None:
     from edgedistill.toolchain.progress import progress_bar
 
     results, outputs = {}, []
+    device_keys = ("devices", "device_warmup", "device_runs", "profiles")  # the matrix resumes on its own
+    own = {k: v for k, v in ctx.recipe.section("bench").items() if k not in device_keys}
     for name, path in progress_bar(items, "benchmarking (fresh process each)"):
-        ih = sha256_json({"stage": h, "item": name})
+        ih = sha256_json({"item": name, "sha": _item_sha(path), "bench": own, "data": _data_hash(ctx)})
         out = ctx.run.path("bench", f"{name}.json")
         if out.is_file() and read_json(out).get("config_hash") == ih and not ctx.force:
             doc = read_json(out)
@@ -482,9 +485,47 @@ def stage_bench(ctx: LLMContext) -> None:
         else:
             ctx.console.print(f"  {name}: task {doc['task_score']:.3f}, ROUGE-L {doc['rouge_l']:.3f}, "
                               f"tg {doc['tg_tps']:.0f} tok/s, pp {doc['pp_tps']:.0f} tok/s")
+    devices = _device_matrix(ctx) if ctx.recipe.bench.devices else None
     agg = ctx.run.path("bench", "results.json")
-    write_json(agg, {"threads": ctx.recipe.bench.threads, "results": results})
-    ctx.run.record("bench", h, [*outputs, agg], {"failed": [n for n, d in results.items() if d["error"]]})
+    write_json(agg, {"threads": ctx.recipe.bench.threads, "results": results, "devices": devices})
+    failed_devices = {d: e["error"] for d, e in (devices or {}).items() if e["error"]}
+    ctx.run.record("bench", h, [*outputs, agg], {"failed": [n for n, d in results.items() if d["error"]],
+                                                  "devices": list(devices or {}), "failed_devices": failed_devices})
+
+
+def _device_matrix(ctx: LLMContext) -> dict[str, Any]:
+    """Every exported artifact on every device of ``bench.devices`` through the shared device harness: per-token
+    decode latency, pp/tg tokens/s, peak RSS, next-token accuracy, and logit parity against the host run."""
+    import numpy as np
+
+    from edgedistill.benchmarks.harness import BenchItem, measure_devices, plan_devices
+    from edgedistill.toolchain.progress import make_progress
+
+    b, listing = ctx.recipe.bench, ctx.run.path("export", "artifacts.json")
+    if not listing.is_file():
+        raise FileNotFoundError(f"{listing}: the device matrix measures exported artifacts; run the export stage")
+    items = [BenchItem(a["name"], ctx.run.root / a["file"], "onnxruntime-llm" if a["format"] == "onnx" else None)
+             for a in read_json(listing)["artifacts"]]
+    seqs = [e.input_ids for e in ctx.encoded("test")[:ctx.recipe.export.fidelity_samples]]
+    ids = np.zeros((len(seqs), max(map(len, seqs))), dtype=np.int32)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = s
+    eval_npz = ctx.run.path("bench", "eval-tokens.npz")
+    with atomic_path(eval_npz) as tmp, open(tmp, "wb") as f:
+        np.savez(f, ids=ids, lengths=np.array([len(s) for s in seqs], dtype=np.int32))
+    devices = ["host", *b.devices] if not {"host", "local"} & set(b.devices) else list(b.devices)
+    plan = plan_devices(devices, [b.threads], b.profiles)
+    with make_progress() as prog:
+        task = prog.add_task("device matrix", total=len(items) * max(1, sum(map(len, plan.values()))), status="")
+        matrix = measure_devices(items, devices, [b.threads], eval_npz, ctx.run.path("bench", "devices"),
+                                 b.device_warmup, b.device_runs, b.profiles, progress=lambda: prog.advance(task))
+    for d, e in matrix.items():
+        if e["error"]:
+            ctx.console.print(f"  [yellow]device {d} failed:[/yellow] {e['error']}")
+        for name, res in e["results"].items():
+            if res["error"]:
+                ctx.console.print(f"  [yellow]{d} / {name}:[/yellow] {res['error']}")
+    return matrix
 
 
 def stage_report(ctx: LLMContext) -> dict[str, Any]:
@@ -502,6 +543,7 @@ def stage_report(ctx: LLMContext) -> dict[str, Any]:
         students={n: read_json(run.path("students", f"{n}.json")) for n in student_names(ctx)},
         export=opt("export", "artifacts.json") if run.stage("export") else None,
         bench=(opt("bench", "results.json") or {}).get("results", {}) if run.stage("bench") else {},
-        manifest=run.manifest(), threads=ctx.recipe.bench.threads)
+        manifest=run.manifest(), threads=ctx.recipe.bench.threads,
+        devices=(opt("bench", "results.json") or {}).get("devices") if run.stage("bench") else None)
     report_mod.write(rep, run.path("report.json"), run.path("report.md"))
     return rep

@@ -1,0 +1,103 @@
+"""`edgedistill run` on a shrunken tiny-llama recipe end to end, and its artifacts through the device matrix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_cli import cli
+
+#: fp32 artifacts (F32 GGUF, fp32 ONNX) on another device vs the host run, largest absolute logit difference
+FP32_DEVICE_PARITY = 1e-4
+
+
+def _small_llm_recipe() -> dict:
+    """tiny-llama shrunk to a couple of minutes on 2 cores (models barely trained: the plumbing is under test)."""
+    arch = {"hidden_size": 256, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 256}
+    return {
+        "kind": "llm", "name": "tiny-llama-small",
+        "data": {"kind": "legal-briefs", "n_examples": 200, "val_fraction": 0.1, "test_fraction": 0.1,
+                 "max_length": 160},
+        "tokenizer": {"kind": "train-bpe", "vocab_size": 512},
+        "teacher": {"arch": {**arch, "num_hidden_layers": 2},
+                    "train": {"steps": 10, "batch_size": 8, "lr": 0.003, "warmup_steps": 2}},
+        "student": {"arch": {**arch, "num_hidden_layers": 1}},
+        "distill": {"top_k": 8, "losses": [{"name": "kd-fkl", "divergence": "forward_kl"}],
+                    "train": {"steps": 3, "batch_size": 8, "warmup_steps": 1}},
+        "blackbox": {"endpoint": {"max_tokens": 12, "concurrency": 2}, "max_prompts": 8,
+                     "train": {"steps": 2, "batch_size": 4, "warmup_steps": 1}},
+        "export": {"gguf": ["f32", "q8_0", "q4_k_m"], "onnx": ["fp32", "int8_dynamic"], "fidelity_samples": 3},
+        "bench": {"pp_tokens": 16, "tg_tokens": 8, "repetitions": 1, "eval_samples": 3, "max_new_tokens": 12,
+                  "device_warmup": 2, "device_runs": 6},
+    }
+
+
+@pytest.fixture(scope="module")
+def llm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("llm")
+    recipe, out = d / "llm.yaml", d / "run"
+    recipe.write_text(yaml.safe_dump(_small_llm_recipe()))
+    res = cli("run", str(recipe), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_llm_recipe_runs_end_to_end(llm_run: Path) -> None:
+    """Teacher, KD + SFT students, GGUFs and ONNX files with fidelity, fresh-process bench, report; a re-run
+    skips every stage."""
+    report = json.loads((llm_run / "report.json").read_text())
+    names = [m["name"] for m in report["models"]]
+    assert names == ["teacher", "kd-fkl-student", "sft-student", "student-f32", "student-q8_0", "student-q4_k_m",
+                     "student-onnx-fp32", "student-onnx-int8_dynamic"]
+    for m in report["models"]:
+        assert m["bench_error"] is None, m["bench_error"]
+        assert 0 <= m["task_score"] <= 1 and 0 <= m["rouge_l"] <= 1 and 0 <= m["exact_match"] <= 1
+        assert m["pp_tps"] > 0 and m["tg_tps"] > 0 and m["ttft_ms"] > 0 and m["peak_rss_mb"] > 0
+        assert m["size_bytes"] > 0 and m["perplexity"] > 1
+    for m in report["models"][3:]:
+        assert m["kind"] == "artifact" and 0 <= m["same_top_token"] <= 1 and m["kld"] >= 0
+    assert report["models"][3]["same_top_token"] == 1.0  # F32 GGUF: the PyTorch student's own top tokens
+    assert report["models"][6]["max_abs_diff"] < 1e-4 and report["models"][6]["runtime"]["runtime"] == "onnxruntime"
+    assert report["summary"]["best_gguf"] in ("student-f32", "student-q8_0", "student-q4_k_m")
+    assert report["models"][5]["size_bytes"] < report["models"][4]["size_bytes"] < report["models"][3]["size_bytes"]
+    assert report["summary"]["best_student"] in ("kd-fkl", "sft")
+    assert report["blackbox"]["collected"] == 8  # served the teacher's GGUF on 127.0.0.1 and collected every prompt
+    assert report["distill"]["cache"]["bytes_per_token"] < 300
+    assert "| teacher |" in (llm_run / "report.md").read_text()
+    again = cli("run", str(llm_run / "recipe.yaml"), "--out", str(llm_run))
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("data", "teacher", "distill", "blackbox", "export", "bench"):
+        assert f"{stage}: unchanged, skipped" in again.stderr
+
+
+@pytest.mark.slow
+def test_llm_artifacts_on_the_device_matrix(llm_run: Path, qemu_rootfs: Path) -> None:
+    """GGUF and ONNX files on a 1-core capped host, under qemu-arm64 and as roofline estimates: per-token figures
+    labelled, logits compared with the host; the GGUF fails alone under qemu (no llama-cpp-python for arm64)."""
+    constrained = "rpi4-constrained?cores=1&ram_mb=2048"
+    teacher_bench = (llm_run / "bench" / "teacher.json").stat().st_mtime_ns
+    res = cli("bench", "--out", str(llm_run), "--devices", f"{constrained},rpi4-estimated,qemu-arm64")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads((llm_run / "report.json").read_text())
+    rows = {(d["device"], d["model"]): d for d in rep["devices"]}
+    for model in ("student-f32", "student-q8_0", "student-onnx-fp32", "student-onnx-int8_dynamic"):
+        row = rows[(constrained, model)]
+        assert row["error"] is None and row["p50_ms"] > 0 and row["applied"]["cores_applied"] == 1
+        assert row["accuracy"] == rows[("host", model)]["accuracy"]
+    for model in ("student-f32", "student-onnx-fp32"):
+        assert rows[(constrained, model)]["parity_vs_host"]["max_abs_diff"] <= FP32_DEVICE_PARITY
+    emu = rows[("qemu-arm64", "student-onnx-fp32")]
+    assert emu["error"] is None and emu["label"] == "emulated"
+    assert emu["parity_vs_host"]["max_abs_diff"] <= FP32_DEVICE_PARITY and emu["parity_vs_host"]["n"] > 100
+    assert "llama-cpp-python is not installed" in rows[("qemu-arm64", "student-f32")]["error"]
+    assert rows[("rpi4-estimated", "student-q4_k_m")]["p50_ms"] > 0
+    assert "estimates need" in rows[("rpi4-estimated", "student-onnx-fp32")]["error"]
+    md = (llm_run / "report.md").read_text()
+    assert "## Devices" in md and "p50 ms/token" in md and "| qemu-arm64 | emulated | student-onnx-fp32 |" in md
+    # adding devices re-measured nothing the run had already measured in fresh processes
+    assert (llm_run / "bench" / "teacher.json").stat().st_mtime_ns == teacher_bench
