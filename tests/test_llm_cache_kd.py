@@ -56,3 +56,37 @@ def test_kd_offline_and_online_train(tiny_lm: TinyLM, tmp_path: Path) -> None:  
         res = train_kd(student, data, cfg, train, 0, tok.pad_token_id, chunk=64,
                        cache=cache if mode == "offline" else None, teacher=tiny_lm.model if mode == "online" else None)
         assert res.steps == 6 and all(h == h for h in res.history), res.history  # finite
+
+
+def test_padded_teacher_vocab_is_aligned(tiny_lm: TinyLM, tmp_path: Path) -> None:  # noqa: F811
+    """A teacher whose embedding has padding rows beyond the shared tokenizer (as Qwen2.5-7B vs 3B): KD compares
+    only the tokenizer's rows, online and from the cache, even when the padding rows carry the largest logits."""
+    import pytest
+
+    from edgedistill.toolchain.llm.distill import kd_step
+    from edgedistill.toolchain.llm.models import ModelError, align_vocab
+
+    tok, v = tiny_lm.tok, len(tiny_lm.tok)
+    cfg = tiny_lm.model.config.to_dict() | {"vocab_size": v + 64}
+    padded = type(tiny_lm.model)(type(tiny_lm.model.config).from_dict(cfg)).eval()
+    with torch.no_grad():
+        for (_, p), (_, q) in zip(padded.named_parameters(), tiny_lm.model.named_parameters(), strict=True):
+            p.copy_(q) if p.shape == q.shape else (p[:v].copy_(q), p[v:].fill_(0.0))
+        padded.lm_head.weight[v:] = tiny_lm.model.lm_head.weight[:64] * 50  # huge logits on padding rows
+    assert align_vocab(v + 64, v, v) == v
+    with pytest.raises(ModelError, match="must share one tokenizer"):
+        align_vocab(v + 64, v - 1, v)
+    data, loss = tiny_lm.train[:8], KDLossConfig(divergence="forward_kl", alpha=1.0)
+    idx = list(range(8))
+    from edgedistill.toolchain.llm.train import collate
+
+    batch = collate(data, tok.pad_token_id)
+    student = tiny_lm.model
+    want = kd_step(student, data, loss, 64, teacher=tiny_lm.model)(idx, batch)
+    got = kd_step(student, data, loss, 64, teacher=padded, vocab=v)(idx, batch)
+    assert torch.allclose(got, want, atol=1e-5) and float(want.detach()) < 1e-6  # same model: KL 0 once aligned
+    key = cache_key("padded", data, 8, 1.0)
+    cache, _ = build_cache(key, tmp_path, data, tok.pad_token_id, v, 8, 1.0, lambda: padded, 10_000)
+    assert int(cache.idx.max()) < v
+    offline = kd_step(student, data, loss, 64, cache=cache, vocab=v)(idx, batch)
+    assert float(offline.detach()) < 0.05  # top-8 of the model's own distribution: only the remainder bin differs

@@ -46,18 +46,20 @@ def cache_key(teacher_sha256: str, data: list[Encoded], k: int, temperature: flo
 
 
 @torch.no_grad()
-def teacher_topk(teacher: torch.nn.Module, items: list[Encoded], pad_id: int, k: int, temperature: float
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k log-probs ``(T, k)`` and ids ``(T, k)`` at every trained position of ``items``, example by example."""
-    batch = collate(items, pad_id)
+def teacher_topk(teacher: torch.nn.Module, items: list[Encoded], pad_id: int, k: int, temperature: float,
+                 vocab: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k log-probs ``(T, k)`` and ids ``(T, k)`` at every trained position of ``items``, example by example,
+    over the first ``vocab`` logits (the vocabulary shared with the student; padding rows beyond it are cut)."""
+    dev = next(teacher.parameters()).device
+    batch = {k: v.to(dev) for k, v in collate(items, pad_id).items()}
     hidden = teacher.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     vals, idx = [], []
     for i, e in enumerate(items):
-        pos = torch.tensor(positions(e), dtype=torch.long)
-        logp = F.log_softmax(teacher.lm_head(hidden[i, pos]).float() / temperature, dim=-1)
+        pos = torch.tensor(positions(e), dtype=torch.long, device=dev)
+        logp = F.log_softmax(teacher.lm_head(hidden[i, pos])[..., :vocab].float() / temperature, dim=-1)
         v, j = logp.topk(k, dim=-1)
-        vals.append(v)
-        idx.append(j)
+        vals.append(v.cpu())
+        idx.append(j.cpu())
     return torch.cat(vals), torch.cat(idx)
 
 
@@ -119,7 +121,7 @@ def build_cache(key: str, cache_dir: Path, data: list[Encoded], pad_id: int, voc
         buf_v, buf_i, counts, first = [], [], [0], last
 
     for s in progress_bar(range(0, len(data), batch_size), "caching teacher top-k"):
-        v, i = teacher_topk(teacher, data[s:s + batch_size], pad_id, k, temperature)
+        v, i = teacher_topk(teacher, data[s:s + batch_size], pad_id, k, temperature, vocab)
         n_per = [len(positions(e)) for e in data[s:s + batch_size]]
         buf_v.append(v)
         buf_i.append(i)

@@ -18,14 +18,15 @@ def _gather(hidden: torch.Tensor, ids: torch.Tensor, pos: list[list[int]]) -> tu
     """Hidden rows ``(N, H)`` at the trained positions and the next-token labels ``(N,)``, example by example."""
     rows, labels = [], []
     for i, p in enumerate(pos):
-        t = torch.tensor(p, dtype=torch.long)
+        t = torch.tensor(p, dtype=torch.long, device=hidden.device)
         rows.append(hidden[i, t])
         labels.append(ids[i, t + 1])
     return torch.cat(rows), torch.cat(labels)
 
 
 def kd_step(student: torch.nn.Module, data: list[Encoded], cfg: KDLossConfig, chunk: int,
-            cache: TopKCache | None = None, teacher: torch.nn.Module | None = None):  # type: ignore[no-untyped-def]
+            cache: TopKCache | None = None, teacher: torch.nn.Module | None = None,
+            vocab: int | None = None):  # type: ignore[no-untyped-def]
     """The loss function ``(example indices, batch) → loss`` for :func:`train_loop`.
 
     Under data parallelism the batch carries ``global_targets`` (positions in the global batch / world size), so
@@ -39,7 +40,7 @@ def kd_step(student: torch.nn.Module, data: list[Encoded], cfg: KDLossConfig, ch
                       output_hidden_states=True, logits_to_keep=1)
         h, labels = _gather(out.hidden_states[-1], batch["input_ids"], pos)
         if cache is not None:
-            logp, tidx = cache.rows(idx)
+            logp, tidx = (t.to(h.device) for t in cache.rows(idx))
 
             def tslice(s: int, e: int) -> TeacherSlice:
                 return TeacherSlice(None, logp[s:e], tidx[s:e])
@@ -54,19 +55,20 @@ def kd_step(student: torch.nn.Module, data: list[Encoded], cfg: KDLossConfig, ch
                     return TeacherSlice(logits=teacher.lm_head(t_h[s:e]))
         norm = float(batch["global_targets"]) if "global_targets" in batch else None
         return chunked_kd_loss(h, core.lm_head, labels, tslice, cfg.divergence, cfg.beta, cfg.temperature,
-                               cfg.alpha, chunk, norm)
+                               cfg.alpha, chunk, norm, vocab)
 
     return loss_fn
 
 
 def train_kd(student: torch.nn.Module, data: list[Encoded], cfg: KDLossConfig, train: LMTrainConfig, seed: int,
              pad_id: int, chunk: int, cache: TopKCache | None = None, teacher: torch.nn.Module | None = None,
-             accelerator: Any = None) -> TrainResult:
-    """Train ``student`` for ``train.steps`` steps on ``alpha·T²·D + (1-alpha)·CE`` (see :mod:`.losses`)."""
+             accelerator: Any = None, vocab: int | None = None) -> TrainResult:
+    """Train ``student`` for ``train.steps`` steps on ``alpha·T²·D + (1-alpha)·CE`` (see :mod:`.losses`) over the
+    first ``vocab`` logits (see :func:`~edgedistill.toolchain.llm.models.align_vocab`)."""
     if (cache is None) == (teacher is None):
         raise ValueError("train_kd: give exactly one of cache (offline) or teacher (online)")
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-    fn = kd_step(student, data, cfg, chunk, cache, teacher)
+    fn = kd_step(student, data, cfg, chunk, cache, teacher, vocab)
     return train_loop(student, data, train, seed, pad_id, fn, f"distilling ({cfg.name})", accelerator)
 

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = teacher.config.to_dict() | {"num_hidden_layers": a.student_layers}
     student = type(teacher)(type(teacher.config).from_dict(cfg))
     init_from_teacher(student, teacher)
+    teacher.to(acc.device)  # the student moves in acc.prepare
     data = [encode(tok, e.prompt, e.completion, 192) for e in generate_legal_briefs(a.examples, 0)]
     train = LMTrainConfig(steps=a.steps, batch_size=a.batch_size, lr=1e-3, warmup_steps=1)
     opt, sched = optimizer_and_schedule(student, train)
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     history = []
     for _ in range(a.steps):
         idx, batch = next(it)
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
         loss = loss_fn(idx, batch)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)

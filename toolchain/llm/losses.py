@@ -96,22 +96,27 @@ def kd_token_loss(s_logits: torch.Tensor, teacher: TeacherSlice, labels: torch.T
 
 def chunked_kd_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor,
                     teacher: Callable[[int, int], TeacherSlice], kind: str, beta: float, temperature: float,
-                    alpha: float, chunk: int, normalizer: float | None = None) -> torch.Tensor:
+                    alpha: float, chunk: int, normalizer: float | None = None, vocab: int | None = None
+                    ) -> torch.Tensor:
     """Mean per-position loss, with student logits made ``chunk`` positions at a time and recomputed in backward
     (activation checkpointing), so at most ``chunk × V`` logits are alive at once.
 
     Args:
         hidden: ``(N, H)`` student final hidden states at the positions that are trained.
         normalizer: divide the sum by this (default ``N``); data-parallel ranks pass the global count.
+        vocab: compare only the first ``vocab`` logits of both models (their shared tokenizer; padding rows of
+            either embedding are cut).
         labels: ``(N,)`` the next token at each position. teacher: ``(start, end) → TeacherSlice``.
     """
     total = hidden.new_zeros(())
     for s in range(0, len(hidden), chunk):
         e = min(s + chunk, len(hidden))
         t = teacher(s, e)
+        if t.logits is not None and vocab is not None:
+            t = TeacherSlice(logits=t.logits[..., :vocab])
 
         def part(h: torch.Tensor, t: TeacherSlice = t, s: int = s, e: int = e) -> torch.Tensor:
-            return kd_token_loss(lm_head(h), t, labels[s:e], kind, beta, temperature, alpha)
+            return kd_token_loss(lm_head(h)[..., :vocab], t, labels[s:e], kind, beta, temperature, alpha)
 
         total = total + (checkpoint(part, hidden[s:e], use_reentrant=False) if hidden.requires_grad
                          else part(hidden[s:e]))

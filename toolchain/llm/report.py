@@ -42,7 +42,9 @@ def build(recipe: str, run_dir: str, teacher: dict[str, Any], students: dict[str
     rows[0]["perplexity"] = pt.get("teacher", {}).get("perplexity")
     for n, s in students.items():
         r = _row(f"{n}-student", s.get("role", "kd"), "pytorch", bench.get(f"{n}-student"), tb)
-        r.update(params=s.get("params"), val_nll=s.get("val_nll"), perplexity=pt.get(n, {}).get("perplexity"),
+        f = pt.get(n, {})
+        r.update(params=s.get("params"), val_nll=s.get("val_nll"), perplexity=f.get("perplexity"),
+                 kld=f.get("kld_vs_teacher"), same_top_token=f.get("same_top_vs_teacher"),
                  train_seconds=s.get("train_seconds"))
         if s.get("role") == "kd":
             r["loss"] = s.get("loss")
@@ -106,8 +108,9 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"{_f(s['best_gguf_tg_speedup'], '.1f')}× the PyTorch teacher's tokens/s at {s['threads']} thread(s). "
              f"Bar: retention ≥ {bar['min_retention']} and ≥ {bar['min_tg_speedup_vs_pytorch_teacher']}× → "
              f"{'met' if s['meets_bar'] else ('not met' if s['meets_bar'] is False else 'n/a')}.", "",
-             "ppl: perplexity on the test sequences; KLD and same-top: each artifact (GGUF or ONNX) vs the PyTorch "
-             "student it came from (as llama.cpp's perplexity --kl-divergence computes them);"
+             "ppl: perplexity on the test summaries; KLD and same-top (as llama.cpp's perplexity --kl-divergence "
+             "computes them, over every position): each student vs the teacher, each artifact (GGUF or ONNX) vs "
+             "the PyTorch student it came from;"
              " pp/tg: llama-bench style, fresh process per row.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]

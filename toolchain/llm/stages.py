@@ -182,8 +182,9 @@ def _teacher_sha(ctx: LLMContext) -> str:
     return _dir_sha(ctx.teacher_dir)
 
 
-def _new_student(ctx: LLMContext, teacher: torch.nn.Module) -> tuple[torch.nn.Module, list[int] | None]:
-    """The student before training: a local checkpoint, or a fresh LlamaConfig initialised from the teacher."""
+def _new_student(ctx: LLMContext, teacher: torch.nn.Module) -> tuple[torch.nn.Module, list[int] | None, int]:
+    """The student before training (a local checkpoint, or a fresh LlamaConfig initialised from the teacher), the
+    teacher layers it copied, and the vocabulary size both share (embedding rows beyond it are padding)."""
     from edgedistill.toolchain.llm.models import align_vocab, build_llama, init_from_teacher, load_llama
 
     r, tok = ctx.recipe, ctx.tok
@@ -193,8 +194,8 @@ def _new_student(ctx: LLMContext, teacher: torch.nn.Module) -> tuple[torch.nn.Mo
         student = build_llama(r.student.arch, teacher.config.vocab_size, tok.bos_token_id, tok.eos_token_id,
                               tok.pad_token_id, r.seed)
         layers = init_from_teacher(student, teacher) if r.student.init == "teacher-layers" else None
-    align_vocab(teacher.config.vocab_size, student.config.vocab_size, len(tok))
-    return student, layers
+    vocab = align_vocab(teacher.config.vocab_size, student.config.vocab_size, len(tok))
+    return student, layers, vocab
 
 
 def _save_student(ctx: LLMContext, name: str, model: torch.nn.Module, info: dict[str, Any]) -> list[Path]:
@@ -246,9 +247,9 @@ def stage_distill(ctx: LLMContext) -> None:
                                  "k": cfg.top_k}
                 ctx.console.print(f"  teacher top-{cfg.top_k} cache {'hit' if hit else 'written'}: "
                                   f"{cache.bytes_per_token:.1f} B/token")
-            student, layers = _new_student(ctx, teacher)
+            student, layers, vocab = _new_student(ctx, teacher)
             res = train_kd(student, data, loss, cfg.train, ctx.recipe.seed, tok.pad_token_id, cfg.chunk_tokens,
-                           cache=cache, teacher=None if cache is not None else teacher)
+                           cache=cache, teacher=None if cache is not None else teacher, vocab=vocab)
             meta = {"config_hash": sh, "role": "kd", "loss": loss.model_dump(mode="json"), "init_layers": layers,
                     "steps": res.steps, "train_seconds": res.seconds, "tokens_per_second": res.tokens_per_second,
                     "history": res.history, "params": sum(p.numel() for p in student.parameters())}
@@ -303,7 +304,7 @@ def stage_blackbox(ctx: LLMContext) -> None:
     ctx.console.print(f"  collected {len(pairs)}/{len(prompts)} teacher replies from {served} in {collect_s:.0f} s "
                       f"({stats.failed} failed)")
     teacher = load_llama(ctx.teacher_dir).eval()
-    student, layers = _new_student(ctx, teacher)
+    student, layers, _ = _new_student(ctx, teacher)
     del teacher
     work = ctx.run.path("blackbox", "sft-work")
     res = train_sft(student, ctx.tok, pairs, cfg.train, work, ctx.recipe.seed, ctx.recipe.data.max_length)
@@ -355,12 +356,14 @@ def stage_export(ctx: LLMContext) -> None:
     test = ctx.encoded("test")[:r.export.fidelity_samples]
     ids, starts = [e.input_ids for e in test], [e.n_prompt for e in test]
     ref = torch_logits(load_llama(sdir), ids)
-    # perplexity of every PyTorch model on the same sequences (reported beside the artifacts')
-    pt = {"teacher": ctx.teacher_dir, **{n: ctx.run.path("students", n) for n in student_names(ctx)}}
-    pytorch = {}
-    for name, folder in pt.items():
-        f = fidelity(ids, ref, ref if folder == sdir else torch_logits(load_llama(folder), ids), starts)
-        pytorch[name] = {"perplexity": f.perplexity, "kld_vs_best_student": f.kld_mean}
+    # every PyTorch model on the same sequences: perplexity, and each student's KLD / same-top vs the teacher
+    teacher = torch_logits(load_llama(ctx.teacher_dir), ids)
+    pytorch = {"teacher": {"perplexity": fidelity(ids, teacher, teacher, starts).perplexity}}
+    for name in student_names(ctx):
+        folder = ctx.run.path("students", name)
+        f = fidelity(ids, teacher, ref if folder == sdir else torch_logits(load_llama(folder), ids), starts)
+        pytorch[name] = {"perplexity": f.perplexity, "kld_vs_teacher": f.kld_mean,
+                         "same_top_vs_teacher": f.same_top_token}
     tdir, records, outputs = ctx.run.path(TOKENIZER_DIR), [], []
     order = [v for v in ("f32", "f16") if v in r.export.gguf or v == "f32"] + \
         [v for v in r.export.gguf if v not in ("f32", "f16")]

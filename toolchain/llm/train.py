@@ -88,8 +88,10 @@ def train_loop(model: torch.nn.Module, data: list[Encoded], cfg: LMTrainConfig, 
         model, opt = accelerator.prepare(model, opt)
     it = batches(data, cfg.batch_size, seed, pad_id, rank, world)
     history, tokens, t0 = [], 0, time.perf_counter()
+    dev = accelerator.device if accelerator is not None else next(model.parameters()).device
     for step in progress_bar(range(cfg.steps), desc):
         idx, batch = next(it)
+        batch = {k: v.to(dev) for k, v in batch.items()}  # a no-op on CPU; GPUs train on their own copies
         loss = loss_fn(idx, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward() if accelerator is None else accelerator.backward(loss)
