@@ -40,7 +40,7 @@ RUNTIMES: Registry[type[Session]] = Registry("runtime")
 # name -> module that registers it (imported on first use so that only the needed runtime package is loaded)
 _MODULES = {"onnxruntime": "edgedistill.runtimes.ort", "torch": "edgedistill.runtimes.torch_ref",
             "litert": "edgedistill.runtimes.litert", "llama.cpp": "edgedistill.runtimes.llama_cpp",
-            "onnxruntime-llm": "edgedistill.runtimes.ort_llm"}
+            "onnxruntime-llm": "edgedistill.runtimes.ort_llm", "pytorch-llm": "edgedistill.runtimes.torch_lm"}
 _SUFFIXES = {".onnx": "onnxruntime", ".safetensors": "torch", ".tflite": "litert", ".gguf": "llama.cpp"}
 
 

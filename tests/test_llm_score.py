@@ -27,7 +27,7 @@ def test_score_counts_key_fields() -> None:
 
 
 def test_fidelity_by_hand() -> None:
-    """Perplexity from ``ppl_from`` on (the completion); KLD and same-top over every position."""
+    """Every figure over the positions predicting tokens from ``score_from`` on (the completion)."""
     import numpy as np
 
     from edgedistill.toolchain.llm.fidelity import fidelity
@@ -35,14 +35,14 @@ def test_fidelity_by_hand() -> None:
     ids = [[0, 1, 2]]
     ref = [np.zeros((3, 3), dtype=np.float32)]  # uniform
     art = [np.array([[0, 1, 0], [0, 0, 2], [5, 5, 5]], dtype=np.float32)]
-    f = fidelity(ids, ref, art, ppl_from=[2])  # only token 2 (predicted at position 1) is scored
-    p12 = np.exp(2) / (2 + np.exp(2))
+    p01 = np.e / (2 + np.e)  # position 0 → token 1
+    p12 = np.exp(2) / (2 + np.exp(2))  # position 1 → token 2
+    kl1 = np.log(1 / 3) - np.mean(np.log([(1 - p12) / 2, (1 - p12) / 2, p12]))
+    f = fidelity(ids, ref, art, score_from=[2])  # only token 2 (predicted at position 1) is scored
     assert f.perplexity == pytest.approx(1 / p12) and f.reference_perplexity == pytest.approx(3.0)
-    everything = fidelity(ids, ref, art)
-    p01 = np.e / (2 + np.e)
-    assert everything.perplexity == pytest.approx(np.exp(-(np.log(p01) + np.log(p12)) / 2))
-    # KL(uniform || softmax(a)) averaged over positions 0 and 1; same-top: argmax(ref)=0 vs 1 and 2 → 0
-    kl = [np.log(1 / 3) * 1 - np.mean(np.log([(1 - p01) / 2, p01, (1 - p01) / 2])),
-          np.log(1 / 3) - np.mean(np.log([(1 - p12) / 2, (1 - p12) / 2, p12]))]
-    assert f.kld_mean == pytest.approx(np.mean(kl)) and f.same_top_token == 0.0 and f.n_tokens == 2
+    assert f.kld_mean == pytest.approx(kl1) and f.n_tokens == 1 and f.same_top_token == 0.0
     assert f.max_abs_diff == pytest.approx(2.0)
+    every = fidelity(ids, ref, art)
+    assert every.perplexity == pytest.approx(np.exp(-(np.log(p01) + np.log(p12)) / 2)) and every.n_tokens == 2
+    kl0 = np.log(1 / 3) - np.mean(np.log([(1 - p01) / 2, p01, (1 - p01) / 2]))
+    assert every.kld_mean == pytest.approx((kl0 + kl1) / 2)

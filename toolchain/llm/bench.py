@@ -20,6 +20,7 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,38 +60,20 @@ def score(preds: list[str], refs: list[str]) -> dict[str, Any]:
             "rouge_l": rl / n, "field_accuracy": {f: v / n for f, v in per_field.items()}, "n": len(refs)}
 
 
-class _Torch(LLMSession):
-    """A HF causal LM (PyTorch, KV cache) behind the same interface as the exported artifacts' runtimes."""
-
-    def __init__(self, path: Path, threads: int) -> None:
-        import torch
-
-        from edgedistill.toolchain.llm.models import load_llama
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.model = load_llama(path).eval()
-        self._past: Any = None
-        self._threads = threads
-
-    @property
-    def n_vocab(self) -> int:
-        return int(self.model.config.vocab_size)
-
-    def _step(self, ids: list[int], past: Any) -> Any:
-        with self.torch.inference_mode():
-            out = self.model(input_ids=self.torch.tensor([ids]), past_key_values=past, use_cache=True)
-        self._past = out.past_key_values
-        return out.logits[0].float().numpy()
-
-    def prefill(self, ids: list[int]) -> Any:
-        return self._step(list(ids), None)
-
-    def decode(self, tok: int) -> Any:
-        return self._step([tok], self._past)[-1]
-
-    def describe(self) -> dict[str, Any]:
-        return {"runtime": "pytorch", "version": self.torch.__version__, "threads": self._threads}
+def generate_and_score(sess: LLMSession, examples: list[Any], enc: Callable[[str], list[int]],
+                       dec: Callable[[list[int]], str], max_new_tokens: int, eos: int | None) -> dict[str, Any]:
+    """Greedy summaries of ``examples`` scored against their references (:func:`score`), with timings."""
+    preds, ttfts, n_new, gen_s = [], [], 0, 0.0
+    for e in examples:
+        t = time.perf_counter()
+        new, ttft = sess.generate(enc(e.prompt), max_new_tokens, eos)
+        gen_s += time.perf_counter() - t
+        n_new += len(new)
+        ttfts.append(ttft)
+        preds.append(dec(new).strip())
+    return {"score": score(preds, [e.output for e in examples]), "ttfts": ttfts, "new_tokens": n_new,
+            "seconds": gen_s, "samples": [{"id": e.id, "prediction": p, "reference": e.output}
+                                          for e, p in list(zip(examples, preds, strict=True))[:5]]}
 
 
 def _size(path: Path) -> int:
@@ -127,7 +110,9 @@ def measure(artifact: Path, tokenizer: Path, test: Path, threads: int, pp: int, 
 
             sess = OrtLLMSession(artifact, threads)
         else:
-            sess = _Torch(artifact, threads)
+            from edgedistill.runtimes.torch_lm import TorchLMSession
+
+            sess = TorchLMSession(artifact, threads)
         eos = tok.eos_token_id
 
         def enc(prompt: str) -> list[int]:
@@ -138,23 +123,15 @@ def measure(artifact: Path, tokenizer: Path, test: Path, threads: int, pp: int, 
     load_s, runtime = time.perf_counter() - t0, sess.describe()
     speed = sess.bench(pp, tg, reps)
     examples = read_jsonl(test)[:eval_samples]
-    preds, ttfts, n_new, gen_s = [], [], 0, 0.0
-    for e in examples:
-        t = time.perf_counter()
-        new, ttft = sess.generate(enc(e.prompt), max_new_tokens, eos)
-        gen_s += time.perf_counter() - t
-        n_new += len(new)
-        ttfts.append(ttft)
-        preds.append(dec(new).strip())
+    gen = generate_and_score(sess, examples, enc, dec, max_new_tokens, eos)
     import numpy as np
 
     return {"schema": SCHEMA, "artifact": str(artifact), "runtime": runtime, "load_seconds": load_s, **speed,
-            "ttft_ms": float(np.mean(ttfts) * 1000) if ttfts else None,
-            "ttft_ms_sd": float(np.std(ttfts) * 1000) if ttfts else None,
-            "eval_generated_tokens": n_new, "eval_seconds": gen_s, **score(preds, [e.output for e in examples]),
-            "samples": [{"id": e.id, "prediction": p, "reference": e.output}
-                        for e, p in list(zip(examples, preds, strict=True))[:5]],
-            "peak_rss_mb": peak_rss_mb(), "rss_before_load_mb": rss_before, "size_bytes": _size(artifact)}
+            "ttft_ms": float(np.mean(gen["ttfts"]) * 1000) if gen["ttfts"] else None,
+            "ttft_ms_sd": float(np.std(gen["ttfts"]) * 1000) if gen["ttfts"] else None,
+            "eval_generated_tokens": gen["new_tokens"], "eval_seconds": gen["seconds"], **gen["score"],
+            "samples": gen["samples"], "peak_rss_mb": peak_rss_mb(), "rss_before_load_mb": rss_before,
+            "size_bytes": _size(artifact)}
 
 
 def main(argv: list[str] | None = None) -> int:

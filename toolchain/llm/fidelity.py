@@ -40,31 +40,31 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def fidelity(ids: Sequence[Sequence[int]], ref_logits: Sequence[np.ndarray], logits: Sequence[np.ndarray],
-             ppl_from: Sequence[int] | None = None) -> Fidelity:
+             score_from: Sequence[int] | None = None) -> Fidelity:
     """Compare per-sequence logits ``(L_i, V)`` of an artifact against the reference on token ids ``ids``.
 
-    Position ``t`` predicts token ``t+1``; the last position of each sequence has no target and is left out.
-    KLD and same-top cover every position. Perplexity covers the tokens from index ``ppl_from[i]`` on (the
-    completion, for prompt/completion data whose models never learned to predict prompts), else every token.
+    Position ``t`` predicts token ``t+1``. Every figure covers the positions that predict tokens from index
+    ``score_from[i]`` on (the completion, for prompt/completion data: models trained on completions only never
+    learn to predict prompts, so prompt positions would measure noise), else every next-token position.
     """
     nll, nll_ref, kld, same, maxdiff, n = [], [], [], 0, 0.0, 0
-    starts = ppl_from if ppl_from is not None else [1] * len(ids)
+    starts = score_from if score_from is not None else [1] * len(ids)
     for seq, r, a, start in zip(ids, ref_logits, logits, starts, strict=True):
         v = min(r.shape[-1], a.shape[-1])
-        r, a = r[:len(seq) - 1, :v], a[:len(seq) - 1, :v]
+        rows = np.arange(max(0, start - 1), len(seq) - 1)
+        r, a = r[rows, :v], a[rows, :v]
         lr, la = _log_softmax(r), _log_softmax(a)
-        tgt = np.asarray(seq[1:])
-        rows = np.arange(len(tgt))
-        scored = rows[rows + 1 >= max(1, start)]
-        nll.append(-la[scored, tgt[scored]])
-        nll_ref.append(-lr[scored, tgt[scored]])
+        tgt = np.asarray(seq)[rows + 1]
+        at = np.arange(len(rows))
+        nll.append(-la[at, tgt])
+        nll_ref.append(-lr[at, tgt])
         kld.append((np.exp(lr) * (lr - la)).sum(-1))
         same += int((r.argmax(-1) == a.argmax(-1)).sum())
-        maxdiff = max(maxdiff, float(np.abs(r.astype(np.float64) - a).max()))
-        n += len(tgt)
+        maxdiff = max(maxdiff, float(np.abs(r.astype(np.float64) - a).max())) if len(rows) else maxdiff
+        n += len(rows)
     k = np.concatenate(kld)
     return Fidelity(float(np.exp(np.concatenate(nll).mean())), float(np.exp(np.concatenate(nll_ref).mean())),
-                    float(k.mean()), float(np.percentile(k, 99)), same / n, maxdiff, n)
+                    float(k.mean()), float(np.percentile(k, 99)), same / max(1, n), maxdiff, n)
 
 
 @torch.no_grad()

@@ -103,7 +103,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     bar = report["bar"]
     lines = [f"# edgedistill LLM report — {report['recipe']}", "",
              f"Teacher task score {_f(s['teacher_task_score'], '.3f')} (exact match of the summary's key fields, "
-             f"averaged over fields). Best student (lowest validation NLL): **{s['best_student']}**; "
+             f"averaged over fields). Best student (highest validation task score): **{s['best_student']}**; "
              f"best GGUF (★): **{s['best_gguf']}**, retention {_f(s['best_gguf_retention'], '.3f')}, generation "
              f"{_f(s['best_gguf_tg_speedup'], '.1f')}× the PyTorch teacher's tokens/s at {s['threads']} thread(s). "
              f"Bar: retention ≥ {bar['min_retention']} and ≥ {bar['min_tg_speedup_vs_pytorch_teacher']}× → "

@@ -16,7 +16,10 @@ def train_sft(student: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, s
               work_dir: Path, seed: int, max_length: int) -> dict[str, Any]:
     """Fine-tune ``student`` in place on ``(prompt, completion)`` pairs; returns steps, seconds and loss history."""
     from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
+
+    from edgedistill.toolchain.progress import make_progress
 
     if not pairs:
         raise ValueError("SFT: no collected targets (every request failed?); see the collect journal")
@@ -28,8 +31,17 @@ def train_sft(student: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, s
         logging_steps=10, save_strategy="no", report_to=[], seed=seed, max_length=max_length,
         completion_only_loss=True, dataloader_num_workers=0, disable_tqdm=True)
     trainer = SFTTrainer(model=student, args=args, train_dataset=ds, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; our bar replaces it
+
+    class _Bar(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            prog.advance(task)
+
     t0 = time.perf_counter()
-    trainer.train()
+    with make_progress() as prog:
+        task = prog.add_task("SFT on teacher replies (TRL)", total=cfg.steps, status="")
+        trainer.add_callback(_Bar())
+        trainer.train()
     history = [round(h["loss"], 5) for h in trainer.state.log_history if "loss" in h]
     student.eval()
     return {"steps": trainer.state.global_step, "seconds": time.perf_counter() - t0, "history": history,

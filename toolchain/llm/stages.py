@@ -39,6 +39,8 @@ STAGES = ("data", "teacher", "distill", "blackbox", "export", "bench", "report")
 TEACHER_DIR = "teacher/model"
 TOKENIZER_DIR = "data/tokenizer"
 SFT = "sft"
+#: bumped when a student's metadata gains a field the pipeline relies on (2: val_task_score), so old runs retrain
+STUDENT_META_VERSION = 2
 HF_FILES = ("config.json", "model.safetensors")
 
 
@@ -198,10 +200,26 @@ def _new_student(ctx: LLMContext, teacher: torch.nn.Module) -> tuple[torch.nn.Mo
     return student, layers, vocab
 
 
+def val_task_score(ctx: LLMContext, folder: Path) -> float:
+    """Task score (key-field exact match) of greedy summaries on the first ``bench.eval_samples`` validation
+    examples: how the best student is chosen (never on the test split)."""
+    from edgedistill.runtimes.torch_lm import TorchLMSession
+    from edgedistill.toolchain.llm.bench import generate_and_score
+    from edgedistill.toolchain.llm.tokenizer import encode
+
+    b, tok, n = ctx.recipe.bench, ctx.tok, ctx.recipe.data.max_length
+    sess = TorchLMSession(folder, threads=torch.get_num_threads())
+    res = generate_and_score(sess, ctx.splits.val[:b.eval_samples], lambda p: encode(tok, p, None, n).input_ids,
+                             lambda ids: tok.decode(ids, skip_special_tokens=True), b.max_new_tokens,
+                             tok.eos_token_id)
+    return float(res["score"]["task_score"])
+
+
 def _save_student(ctx: LLMContext, name: str, model: torch.nn.Module, info: dict[str, Any]) -> list[Path]:
     folder = ctx.run.path("students", name)
     model.save_pretrained(str(folder), safe_serialization=True)
     info["val_nll"] = val_nll(model, ctx.encoded("val"), ctx.tok.pad_token_id)
+    info["val_task_score"] = val_task_score(ctx, folder)
     meta = ctx.run.path("students", f"{name}.json")
     write_json(meta, info)
     return [*_hf_files(folder), meta]
@@ -218,7 +236,7 @@ def _distill_hash(ctx: LLMContext) -> str:
     r = ctx.recipe
     distill = {k: v for k, v in r.section("distill").items() if k != "cache_dir"}
     return sha256_json({"teacher": _teacher_sha(ctx), "data": _data_hash(ctx), "student": r.section("student"),
-                        "distill": distill, "seed": r.seed})
+                        "distill": distill, "seed": r.seed, "meta": STUDENT_META_VERSION})
 
 
 def stage_distill(ctx: LLMContext) -> None:
@@ -256,17 +274,20 @@ def stage_distill(ctx: LLMContext) -> None:
             _save_student(ctx, loss.name, student, meta)
             info["students"][loss.name] = meta
         outputs += [*_hf_files(ctx.run.path("students", loss.name)), ctx.run.path("students", f"{loss.name}.json")]
-        ctx.console.print(f"  {loss.name}: val NLL {info['students'][loss.name]['val_nll']:.4f}")
+        meta = info["students"][loss.name]
+        ctx.console.print(f"  {loss.name}: val NLL {meta['val_nll']:.4f}, val task {meta['val_task_score']:.3f}")
     ctx.run.record("distill", h, outputs, {
         "mode": cfg.mode, "cache": info.get("cache"),
-        "students": {k: {"val_nll": v["val_nll"]} for k, v in info["students"].items()}})
+        "students": {k: {"val_nll": v["val_nll"], "val_task_score": v["val_task_score"]}
+                     for k, v in info["students"].items()}})
 
 
 # -- black-box: serve the teacher, collect its replies, SFT -----------------------------------------------------
 def _blackbox_hash(ctx: LLMContext) -> str:
     r = ctx.recipe
     return sha256_json({"teacher": _teacher_sha(ctx), "data": _data_hash(ctx), "student": r.section("student"),
-                        "blackbox": r.section("blackbox"), "max_length": r.data.max_length, "seed": r.seed})
+                        "blackbox": r.section("blackbox"), "max_length": r.data.max_length, "seed": r.seed,
+                        "meta": STUDENT_META_VERSION})
 
 
 def stage_blackbox(ctx: LLMContext) -> None:
@@ -315,8 +336,9 @@ def stage_blackbox(ctx: LLMContext) -> None:
             "history": res["history"], "params": sum(p.numel() for p in student.parameters())}
     outs = _save_student(ctx, SFT, student, meta)
     ctx.run.record("blackbox", h, [*outs, journal], {"collected": len(pairs), "prompts": len(prompts),
-                                                     "val_nll": meta["val_nll"]})
-    ctx.console.print(f"  sft: val NLL {meta['val_nll']:.4f}")
+                                                     "val_nll": meta["val_nll"],
+                                                     "val_task_score": meta["val_task_score"]})
+    ctx.console.print(f"  sft: val NLL {meta['val_nll']:.4f}, val task {meta['val_task_score']:.3f}")
 
 
 def _journal_hash(ctx: LLMContext) -> str | None:
@@ -334,11 +356,17 @@ def student_names(ctx: LLMContext) -> list[str]:
 
 
 def best_student(ctx: LLMContext) -> str:
-    """The student with the lowest validation NLL (never chosen on the test split)."""
+    """The student with the highest validation task score, ties to the lower validation NLL (never chosen on the
+    test split). NLL alone prefers KD students, which match the reference tokens best but need not summarise best."""
     names = student_names(ctx)
     if not names:
         raise FileNotFoundError(f"{ctx.run.root}: no trained student; run the distill or blackbox stage first")
-    return min(names, key=lambda n: read_json(ctx.run.path("students", f"{n}.json"))["val_nll"])
+
+    def key(n: str) -> tuple[float, float]:
+        meta = read_json(ctx.run.path("students", f"{n}.json"))
+        return -round(meta.get("val_task_score", 0.0), 4), meta["val_nll"]
+
+    return min(names, key=key)
 
 
 def stage_export(ctx: LLMContext) -> None:
