@@ -91,6 +91,8 @@ class LLMStudentConfig(_Section):
     arch: LlamaArch = LlamaArch(intermediate_size=512, num_hidden_layers=2)
     init: Literal["random", "teacher-layers"] = Field(
         "teacher-layers", description="teacher-layers: copy embeddings, head and every other block (DistilBERT)")
+    selection_samples: int = Field(
+        32, ge=1, description="validation examples summarised greedily to pick the best student (its task score)")
 
 
 class KDLossConfig(_Section):

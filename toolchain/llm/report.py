@@ -109,7 +109,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"Bar: retention ≥ {bar['min_retention']} and ≥ {bar['min_tg_speedup_vs_pytorch_teacher']}× → "
              f"{'met' if s['meets_bar'] else ('not met' if s['meets_bar'] is False else 'n/a')}.", "",
              "ppl: perplexity on the test summaries; KLD and same-top (as llama.cpp's perplexity --kl-divergence "
-             "computes them, over every position): each student vs the teacher, each artifact (GGUF or ONNX) vs "
+             "computes them, over the summary positions): each student vs the teacher, each artifact (GGUF or ONNX) vs "
              "the PyTorch student it came from;"
              " pp/tg: llama-bench style, fresh process per row.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -201,16 +201,17 @@ def _new_student(ctx: LLMContext, teacher: torch.nn.Module) -> tuple[torch.nn.Mo
 
 
 def val_task_score(ctx: LLMContext, folder: Path) -> float:
-    """Task score (key-field exact match) of greedy summaries on the first ``bench.eval_samples`` validation
-    examples: how the best student is chosen (never on the test split)."""
+    """Task score (key-field exact match) of greedy summaries on the first ``student.selection_samples``
+    validation examples: how the best student is chosen (never on the test split)."""
     from edgedistill.runtimes.torch_lm import TorchLMSession
     from edgedistill.toolchain.llm.bench import generate_and_score
     from edgedistill.toolchain.llm.tokenizer import encode
 
-    b, tok, n = ctx.recipe.bench, ctx.tok, ctx.recipe.data.max_length
+    r, tok = ctx.recipe, ctx.tok
     sess = TorchLMSession(folder, threads=torch.get_num_threads())
-    res = generate_and_score(sess, ctx.splits.val[:b.eval_samples], lambda p: encode(tok, p, None, n).input_ids,
-                             lambda ids: tok.decode(ids, skip_special_tokens=True), b.max_new_tokens,
+    res = generate_and_score(sess, ctx.splits.val[:r.student.selection_samples],
+                             lambda p: encode(tok, p, None, r.data.max_length).input_ids,
+                             lambda ids: tok.decode(ids, skip_special_tokens=True), r.bench.max_new_tokens,
                              tok.eos_token_id)
     return float(res["score"]["task_score"])
 
