@@ -84,3 +84,16 @@ def test_bad_inputs_are_named(tmp_path: Path, onnx_files: dict[str, Path]) -> No
     with pytest.raises(ONNXExportError, match="missing"):
         export_onnx(tmp_path / "missing", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_device_tokenizer_matches_transformers(tiny_lm: TinyLM) -> None:  # noqa: F811
+    """The ONNX agent tokenises with `tokenizers` alone (no torch/transformers on a device): same ids, same text."""
+    from edgedistill.toolchain.llm.bench import _plain_tokenizer
+    from edgedistill.toolchain.llm.tokenizer import encode
+
+    enc, dec, eos = _plain_tokenizer(tiny_lm.dir, 160)
+    assert eos == tiny_lm.tok.eos_token_id
+    for e in tiny_lm.test[:10]:
+        assert enc(e.prompt) == encode(tiny_lm.tok, e.prompt, None, 160).input_ids
+        ids = encode(tiny_lm.tok, e.prompt, e.completion, 160).input_ids
+        assert dec(ids) == tiny_lm.tok.decode(ids, skip_special_tokens=True)

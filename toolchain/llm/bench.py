@@ -76,6 +76,35 @@ def generate_and_score(sess: LLMSession, examples: list[Any], enc: Callable[[str
                                           for e, p in list(zip(examples, preds, strict=True))[:5]]}
 
 
+def _plain_tokenizer(folder: Path, max_length: int
+                     ) -> tuple[Callable[[str], list[int]], Callable[[list[int]], str], int | None]:
+    """Encode/decode with the ``tokenizers`` library alone (what a device ships), like :func:`..tokenizer.encode`:
+    ``[BOS] prompt`` cut to ``max_length``; decoding skips special tokens."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    tk = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+    cfg_path = Path(folder) / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+
+    def special(key: str) -> int | None:
+        tok = cfg.get(key)
+        tok = tok.get("content") if isinstance(tok, dict) else tok
+        return tk.token_to_id(tok) if tok else None
+
+    bos, eos = special("bos_token"), special("eos_token")
+
+    def enc(prompt: str) -> list[int]:
+        head = [bos] if bos is not None else []
+        return (head + tk.encode(prompt, add_special_tokens=False).ids)[:max_length]
+
+    def dec(ids: list[int]) -> str:
+        return tk.decode(ids, skip_special_tokens=True)
+
+    return enc, dec, eos
+
+
 def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.glob("*.safetensors"))
@@ -101,18 +130,17 @@ def measure(artifact: Path, tokenizer: Path, test: Path, threads: int, pp: int, 
 
         def dec(ids: list[int]) -> str:
             return llm.detokenize(ids).decode("utf-8", errors="replace")
+    elif artifact.suffix == ".onnx":  # numpy + onnxruntime + tokenizers only, as on a device (no torch)
+        from edgedistill.runtimes.ort_llm import OrtLLMSession
+
+        sess = OrtLLMSession(artifact, threads)
+        enc, dec, eos = _plain_tokenizer(tokenizer, max_length)
     else:
+        from edgedistill.runtimes.torch_lm import TorchLMSession
         from edgedistill.toolchain.llm.tokenizer import encode, load_tokenizer
 
         tok = load_tokenizer(tokenizer)
-        if artifact.suffix == ".onnx":
-            from edgedistill.runtimes.ort_llm import OrtLLMSession
-
-            sess = OrtLLMSession(artifact, threads)
-        else:
-            from edgedistill.runtimes.torch_lm import TorchLMSession
-
-            sess = TorchLMSession(artifact, threads)
+        sess = TorchLMSession(artifact, threads)
         eos = tok.eos_token_id
 
         def enc(prompt: str) -> list[int]:
