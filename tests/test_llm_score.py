@@ -46,3 +46,20 @@ def test_fidelity_by_hand() -> None:
     assert every.perplexity == pytest.approx(np.exp(-(np.log(p01) + np.log(p12)) / 2)) and every.n_tokens == 2
     kl0 = np.log(1 / 3) - np.mean(np.log([(1 - p01) / 2, p01, (1 - p01) / 2]))
     assert every.kld_mean == pytest.approx((kl0 + kl1) / 2)
+
+
+def test_best_gguf_is_the_fastest_that_keeps_the_bar() -> None:
+    from edgedistill.toolchain.llm.report import build
+
+    def bench(score: float, tg: float) -> dict:
+        return {"error": None, "task_score": score, "tg_tps": tg}
+
+    artifacts = [{"name": n, "format": "gguf", "variant": n, "source": "kd", "size_bytes": 1,
+                  "fidelity": {"perplexity": 1.5, "kld_mean": 0.0, "kld_p99": 0.0, "same_top_token": 1.0,
+                               "max_abs_diff": 0.0}} for n in ("q8_0", "q4_0", "q4_k_m")]
+    b = {"teacher": bench(0.60, 500), "q8_0": bench(0.61, 3000), "q4_0": bench(0.60, 6000), "q4_k_m": bench(0.50, 9000)}
+    rep = build("r", "d", {}, {}, {"best_student": "kd", "artifacts": artifacts}, b, {}, 1)
+    assert rep["summary"]["best_gguf"] == "q4_0" and rep["summary"]["meets_bar"] is True  # q4_k_m keeps 0.83 only
+    b = {**b, "q8_0": bench(0.3, 3000), "q4_0": bench(0.2, 6000)}
+    rep = build("r", "d", {}, {}, {"best_student": "kd", "artifacts": artifacts}, b, {}, 1)
+    assert rep["summary"]["best_gguf"] == "q4_k_m" and rep["summary"]["meets_bar"] is False  # none keeps it

@@ -57,7 +57,10 @@ def build(recipe: str, run_dir: str, teacher: dict[str, Any], students: dict[str
         r["size_bytes"] = r["size_bytes"] or a["size_bytes"]
         rows.append(r)
     ggufs = [r for r in rows if r["format"].startswith("gguf ") and r["task_score"] is not None]
-    best = max(ggufs, key=lambda r: (round(r["task_score"], 4), r["tg_tps"] or 0), default=None)
+    # the GGUF to ship: the fastest generator among those keeping the retention bar, else the best scorer
+    keeping = [r for r in ggufs if r["retention"] is not None and r["retention"] >= MIN_RETENTION]
+    best = (max(keeping, key=lambda r: r["tg_tps"] or 0.0) if keeping
+            else max(ggufs, key=lambda r: (round(r["task_score"], 4), r["tg_tps"] or 0), default=None))
     summary: dict[str, Any] = {
         "teacher_task_score": rows[0]["task_score"], "best_student": (export or {}).get("best_student"),
         "best_gguf": best["name"] if best else None,
@@ -104,7 +107,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [f"# edgedistill LLM report — {report['recipe']}", "",
              f"Teacher task score {_f(s['teacher_task_score'], '.3f')} (exact match of the summary's key fields, "
              f"averaged over fields). Best student (highest validation task score): **{s['best_student']}**; "
-             f"best GGUF (★): **{s['best_gguf']}**, retention {_f(s['best_gguf_retention'], '.3f')}, generation "
+             f"best GGUF (★, the fastest generator keeping retention ≥ {bar['min_retention']}): "
+             f"**{s['best_gguf']}**, retention {_f(s['best_gguf_retention'], '.3f')}, generation "
              f"{_f(s['best_gguf_tg_speedup'], '.1f')}× the PyTorch teacher's tokens/s at {s['threads']} thread(s). "
              f"Bar: retention ≥ {bar['min_retention']} and ≥ {bar['min_tg_speedup_vs_pytorch_teacher']}× → "
              f"{'met' if s['meets_bar'] else ('not met' if s['meets_bar'] is False else 'n/a')}.", "",
