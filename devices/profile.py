@@ -41,6 +41,8 @@ class DeviceProfile(BaseModel):
     isa: str
     features: list[str] = Field(default_factory=list)
     cpu_part: str | None = Field(None, description="MIDR part number (Arm), used for the emulated /proc/cpuinfo")
+    qemu_cpu: str | None = Field(None, description="CPU model qemu-user emulates for this profile "
+                                 "(`qemu-aarch64-static -cpu help`); None: qemu's 'max'")
     peak_gflops_fp32: float = Field(gt=0)
     peak_gops_int8: float = Field(gt=0)
     mem_bandwidth_gbs: float = Field(gt=0)

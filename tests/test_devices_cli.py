@@ -40,7 +40,7 @@ def test_bench_devices_matrix_report(tmp_path: Path, qemu_rootfs: Path) -> None:
     wheels) and a roofline estimate, in one report; an unknown device fails alone."""
     recipe = tmp_path / "tiny.yaml"
     r = tiny_recipe(bench={"warmup": 1, "runs": 3, "threads": [1], "include_pytorch": False})
-    r["export"] = {**r["export"], "formats": ["onnx", "tflite"], "tflite": {"variants": ["fp32"]}}
+    r["export"] = {**r["export"], "formats": ["onnx", "tflite"], "tflite": {"variants": ["fp32", "int8_static"]}}
     recipe.write_text(yaml.safe_dump(r))
     run = tmp_path / "run"
     res = cli("run", str(recipe), "--out", str(run))
@@ -60,8 +60,9 @@ def test_bench_devices_matrix_report(tmp_path: Path, qemu_rootfs: Path) -> None:
             assert row["error"] is None, row["error"]
             assert row["parity_vs_host"]["max_abs_diff"] <= FP32_DEVICE_PARITY, (device, model, row["parity_vs_host"])
             assert row["accuracy"] == rows[("host", model)]["accuracy"]
-    int8 = rows[("qemu-arm64", "student-int8_static_u8s8")]
-    assert int8["error"] is None and int8["parity_vs_host"]["top1_agreement"] >= 0.95
+    for model in ("student-int8_static_u8s8", "student-tflite-int8_static"):  # wrong under qemu's 'max' CPU
+        int8 = rows[("qemu-arm64", model)]
+        assert int8["error"] is None and int8["parity_vs_host"]["top1_agreement"] >= 0.95, (model, int8)
     applied = rows[(constrained, "student-fp32")]["applied"]
     assert applied["cores_applied"] == 1 and applied["memory"]["limit_mb"] == 2048
     assert rows[("rpi4-estimated", "student-fp32")]["p50_ms"] > 0
