@@ -14,6 +14,7 @@ import numpy as np
 
 from edgedistill.runtimes.base import RUNTIMES, RuntimeError_
 from edgedistill.runtimes.llm import LLMSession
+from edgedistill.runtimes.ort import cpu_session
 
 
 @RUNTIMES.register("onnxruntime-llm")
@@ -23,14 +24,7 @@ class OrtLLMSession(LLMSession):
     def __init__(self, path: Path, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as err:  # ORT raises its own Fail/InvalidProtobuf types
-            raise RuntimeError_(f"{path}: onnxruntime cannot load it ({str(err).splitlines()[0]})") from None
+        self._sess = cpu_session(path, threads)
         ins = {i.name: i for i in self._sess.get_inputs()}
         self._past = sorted((n for n in ins if n.startswith("past_key_values.")),
                             key=lambda n: (int(n.split(".")[1]), n.endswith("value")))
