@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgedistill.core.fileio import read_json, sha256_file, sha256_json, write_json
+from edgedistill.core.fileio import read_json, sha256_file, sha256_json, sha256_path, write_json
 from edgedistill.devices.local import AgentError, AgentJob, run_local
 from edgedistill.devices.transport import open_transport, parse_device
 
@@ -32,34 +32,36 @@ def resolve_threads(spec: list[int | str], cpu_count: int) -> list[int]:
 
 
 def measure(items: list[BenchItem], threads: list[int], eval_npz: Path, out_dir: Path, warmup: int, runs: int,
-            progress: Any = None, runner: Callable[[AgentJob], dict[str, Any]] = run_local,
-            logits_dir: Path | None = None, key_extra: Any = None) -> dict[str, dict[str, Any]]:
+            progress: Any = None, runner: Callable[..., dict[str, Any]] = run_local,
+            logits_dir: Path | None = None, key_extra: Any = None, options: tuple[str, ...] = (),
+            timeout_s: float | None = None, force: bool = False) -> dict[str, dict[str, Any]]:
     """Measure every item at every thread count. Scores accuracy (and saves logits) at the first thread count.
 
     Each result is saved as ``out_dir/<name>-t<threads>.json`` under a key of the artifact's sha256 and the
     settings, so an interrupted bench resumes where it stopped. ``runner`` runs one job (default: a fresh local
-    process; the device matrix passes a transport's ``run``). Returns ``{name: {"runs": {threads: doc},
-    "error": str | None}}``.
+    process; the device matrix passes a transport's ``run``); ``options`` go to the agent as they are (language
+    models: ``--pp``, ``--generate``...); ``force`` re-measures what was measured. Returns ``{name: {"runs":
+    {threads: doc}, "error": str | None}}``.
     """
     results: dict[str, dict[str, Any]] = {}
     (logits_dir or out_dir).mkdir(parents=True, exist_ok=True)
     for item in items:
-        sha = sha256_file(item.path)
+        sha = sha256_path(item.path)
         entry: dict[str, Any] = {"runs": {}, "error": None}
         for i, t in enumerate(threads):
             score = i == 0
             job = AgentJob(item.path, t, eval_npz, item.runtime, warmup, runs, score,
-                           (logits_dir or out_dir) / f"{item.name}-logits.npy" if score else None)
+                           (logits_dir or out_dir) / f"{item.name}-logits.npy" if score else None, options, timeout_s)
             key_obj: dict[str, Any] = {"sha": sha, "job": job.argv()[2:], "eval": sha256_file(eval_npz)}
             if key_extra is not None:
                 key_obj["device"] = key_extra
             key = sha256_json(key_obj)
             cached = out_dir / f"{item.name}-t{t}.json"
-            if cached.is_file() and read_json(cached).get("key") == key:
+            if not force and cached.is_file() and _cached_key(cached) == key:
                 entry["runs"][t] = read_json(cached)["result"]
             else:
                 try:
-                    doc = runner(job)
+                    doc = runner(job) if timeout_s is None else runner(job, timeout_s)
                 except AgentError as err:
                     entry["error"] = f"{item.name} at {t} thread(s): {err}"
                     break
@@ -69,6 +71,14 @@ def measure(items: list[BenchItem], threads: list[int], eval_npz: Path, out_dir:
                 progress()
         results[item.name] = entry
     return results
+
+
+def _cached_key(path: Path) -> str | None:
+    """The key a saved measurement was taken under; None for a torn or foreign file (it is re-measured)."""
+    try:
+        return read_json(path).get("key")
+    except (ValueError, AttributeError):
+        return None
 
 
 def _parity(host: Path, other: Path) -> dict[str, Any] | None:
@@ -98,7 +108,8 @@ def plan_devices(devices: list[str], threads: list[int | str], profile_paths: li
 
 def measure_devices(items: list[BenchItem], devices: list[str], threads: list[int | str], eval_npz: Path,
                     out_dir: Path, warmup: int, runs: int, profile_paths: list[Path] | None = None,
-                    progress: Any = None) -> dict[str, dict[str, Any]]:
+                    progress: Any = None, options: tuple[str, ...] = (), timeout_s: float | None = None,
+                    force: bool = False) -> dict[str, dict[str, Any]]:
     """Artifacts × devices. ``host`` keeps the single-device layout (``out_dir/<name>-t<T>.json``); any other
     device writes under ``out_dir/devices/<slug>/``. A device that fails (unreachable, not set up, disconnected)
     is recorded with its reason and the others still run. Returns ``{spec: {"spec", "transport", "label",
@@ -122,7 +133,7 @@ def measure_devices(items: list[BenchItem], devices: list[str], threads: list[in
             extra = None if host_layout else {**transport.describe(), "profile": dev.profile.model_dump(
                 mode="json", exclude={"source"})}
             entry["results"] = measure(items, entry["threads"], eval_npz, ddir, w, r, progress, runner=transport.run,
-                                       key_extra=extra)
+                                       key_extra=extra, options=options, timeout_s=timeout_s, force=force)
             for name, res in entry["results"].items():
                 if not host_layout:
                     res["parity_vs_host"] = _parity(out_dir / f"{name}-logits.npy", ddir / f"{name}-logits.npy")

@@ -14,7 +14,8 @@ from typing import Any
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path`` (atomic on POSIX).
+    """Yield a temporary path beside ``path``; on success fsync it, rename it over ``path`` and fsync the folder
+    (atomic and durable on POSIX: a crash leaves the old file or the new one, never a torn one).
 
     The temp name keeps the suffix so writers that look at extensions (``.onnx``, ``.safetensors``) work.
     On error the temporary file is removed and ``path`` is untouched.
@@ -26,10 +27,26 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
+        _fsync(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk; a no-op where the OS refuses (e.g. some folders)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -51,6 +68,16 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_path(path: str | os.PathLike[str]) -> str:
+    """Content hash of a file, or of a folder: every regular file in it (recursively, by relative path), so a
+    sharded checkpoint's every shard and index count. Hidden temporary files (``.name.tmp*``) are skipped."""
+    p = Path(path)
+    if not p.is_dir():
+        return sha256_file(p)
+    files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    return sha256_json({str(f.relative_to(p)): sha256_file(f) for f in files})
 
 
 def sha256_json(obj: Any) -> str:

@@ -14,6 +14,7 @@ Only command construction and output parsing are unit-tested (captured formats);
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from edgedistill.core.fileio import atomic_path
 from edgedistill.devices.agent import SCHEMA
 from edgedistill.devices.bundle import build_bundle
-from edgedistill.devices.local import AgentError, AgentJob, parse_agent_output
+from edgedistill.devices.local import AGENT_MODULE, AgentError, AgentJob, parse_agent_output
 from edgedistill.devices.transport import TRANSPORTS, Device, Label, Transport
 
 REMOTE_DIR = "/data/local/tmp/edgedistill"
@@ -75,12 +76,13 @@ class AdbTransport(Transport):
     def agent_command(self, job: AgentJob) -> str:
         """The ``adb shell`` line that runs the agent on already-pushed remote paths."""
         return shlex.join(["env", f"PYTHONPATH={REMOTE_DIR}/agent.zip", *self.python, "-m",
-                           "edgedistill.devices.agent", *job.argv()])
+                           AGENT_MODULE, *job.argv()])
 
     def remote_job(self, job: AgentJob) -> AgentJob:
         r = Path(REMOTE_DIR)
-        return AgentJob(r / job.artifact.name, job.threads, r / job.eval_npz.name if job.eval_npz else None,
-                        job.runtime, job.warmup, job.runs, job.score, r / "logits.npy" if job.logits_out else None)
+        return dataclasses.replace(job, artifact=r / job.artifact.name,
+                                   eval_npz=r / job.eval_npz.name if job.eval_npz else None,
+                                   logits_out=r / "logits.npy" if job.logits_out else None)
 
     def prepare(self) -> None:
         try:

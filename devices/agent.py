@@ -8,11 +8,14 @@ under emulation, over SSH on a board or over adb on a phone. It
 3. optionally scores the eval set shipped beside the artifact (``--eval test.npz`` with ``x``/``y``) and saves
    the logits (``--logits-out``) so the host can compute parity,
 
-   A language model (a GGUF, or an ONNX decoder with ``--runtime onnxruntime-llm``) is measured per token
-   instead: after a ``--pp``-token prompt, each of ``--runs`` greedy decode steps is one timed sample (so
-   ``latency_ms`` is milliseconds per generated token), plus llama-bench-style pp/tg tokens/s. Its eval file
-   holds token sequences (``ids`` ``(N, L)``, ``lengths`` ``(N,)``); the score is next-token top-1 accuracy and
-   the saved logits are every position's, concatenated.
+   A language model (a GGUF, an ONNX decoder with ``--runtime onnxruntime-llm``, or a Hugging Face folder with
+   ``pytorch-llm``) is measured per token instead: after a ``--pp``-token prompt, each of ``--runs`` greedy decode
+   steps is one timed sample (so ``latency_ms`` is milliseconds per generated token), plus llama-bench-style
+   pp/tg tokens/s over ``--reps`` repetitions. Its eval file holds token sequences (``ids`` ``(N, L)``,
+   ``lengths`` ``(N,)``); the score is next-token top-1 accuracy and the saved logits are every position's,
+   concatenated. With ``--generate N`` it also continues the first N prompts of the eval file (``prompt_ids``,
+   ``prompt_lengths``, ``eos``) greedily for up to ``--max-new-tokens`` and returns the generated token ids with
+   time-to-first-token: the host decodes and scores them with the task's scorer (the agent knows no task).
 4. reports peak RSS: the process's high-water resident set (VmHWM; interpreter and runtime included),
    and the RSS just before the model was loaded, so the model's own share can be read off.
 
@@ -32,7 +35,7 @@ from typing import Any
 
 SCHEMA = "edgedistill.agent/1"
 #: runtimes whose sessions are language models (measured per generated token)
-LLM_RUNTIMES = ("llama.cpp", "onnxruntime-llm")
+LLM_RUNTIMES = ("llama.cpp", "onnxruntime-llm", "pytorch-llm")
 RSS_DEFINITION = ("peak resident set size of the agent process (Linux: VmHWM of /proc/self/status; elsewhere "
                   "getrusage ru_maxrss), Python interpreter and runtime library included")
 
@@ -66,7 +69,10 @@ def _machine() -> dict[str, Any]:
 
 
 def _size(path: str) -> int:
-    """File size; an ONNX model with external data counts its data files too."""
+    """File size; an ONNX model with external data counts its data files too; a model folder its weights."""
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
+                   if f.endswith((".safetensors", ".bin", ".gguf", ".onnx", ".onnx_data")))
     size = os.path.getsize(path)
     data = path + "_data"
     return size + (os.path.getsize(data) if os.path.isfile(data) else 0)
@@ -96,7 +102,7 @@ def _measure_llm(sess: Any, args: argparse.Namespace, ev: Any) -> dict:
         n += 1
         if i >= args.warmup:
             times.append((time.perf_counter() - t) * 1e3)
-    doc: dict = {"unit": "ms per generated token", **sess.bench(args.pp, args.tg, 1)}
+    doc: dict = {"unit": "ms per generated token", **sess.bench(args.pp, args.tg, args.reps)}
     doc["latency_ms"] = _percentiles(times)
     if args.score and ev is not None:
         seqs = [list(map(int, row[:n])) for row, n in zip(ev["ids"], ev["lengths"], strict=True)]
@@ -107,7 +113,26 @@ def _measure_llm(sess: Any, args: argparse.Namespace, ev: Any) -> dict:
         doc["accuracy_definition"] = "next-token top-1 accuracy over the eval sequences"
         if args.logits_out:
             np.save(args.logits_out, np.concatenate(logits).astype(np.float32), allow_pickle=False)
+    if args.generate and ev is not None:
+        doc.update(_generate(sess, ev, args))
     return doc
+
+
+def _generate(sess: Any, ev: Any, args: argparse.Namespace) -> dict:
+    """Greedy continuations of the eval file's first ``--generate`` prompts: token ids and timings."""
+    import numpy as np
+
+    if "prompt_ids" not in ev:
+        raise ValueError("--generate: the eval file has no prompt_ids/prompt_lengths")
+    eos = int(ev["eos"]) if "eos" in ev and int(ev["eos"]) >= 0 else None
+    out, ttfts, t0 = [], [], time.perf_counter()
+    for row, n in list(zip(ev["prompt_ids"], ev["prompt_lengths"], strict=True))[:args.generate]:
+        new, ttft = sess.generate([int(t) for t in row[:n]], args.max_new_tokens, eos)
+        out.append([int(t) for t in new])
+        ttfts.append(ttft * 1e3)
+    secs = time.perf_counter() - t0
+    return {"generated": out, "gen_seconds": secs, "gen_tokens": sum(map(len, out)),
+            "ttft_ms": float(np.mean(ttfts)) if ttfts else None, "ttft_ms_sd": float(np.std(ttfts)) if ttfts else None}
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -173,6 +198,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pp", type=int, default=64, help="language models: prompt tokens before timed decoding")
     p.add_argument("--tg", type=int, default=32, help="language models: tokens generated for tg tokens/s")
     p.add_argument("--ctx", type=int, default=512, help="language models: context length (restart when full)")
+    p.add_argument("--reps", type=int, default=1, help="language models: pp/tg repetitions")
+    p.add_argument("--generate", type=int, default=0, help="language models: continue this many eval prompts")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="language models: --generate's length limit")
     return p.parse_args(argv)
 
 

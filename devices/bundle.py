@@ -10,7 +10,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from edgedistill.core.fileio import atomic_path, sha256_file
+from edgedistill.core.fileio import atomic_path
 
 _PACKAGES = {"core": ["__init__.py", "registry.py"], "devices": ["__init__.py", "agent.py"], "runtimes": ["*.py"]}
 _ROOT = Path(__file__).resolve().parents[1]  # the folder that holds core/, devices/, runtimes/
@@ -33,7 +33,3 @@ def build_bundle(out: Path) -> Path:
         for name, src in bundle_files().items():
             z.writestr(zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0)), src.read_bytes())
     return out
-
-
-def bundle_sha(path: Path) -> str:
-    return sha256_file(path)[:16]

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from edgedistill.devices.local import AgentError, AgentJob, run_agent_process
+from edgedistill.devices.local import AGENT_MODULE, AgentError, AgentJob, run_agent_process
 from edgedistill.devices.transport import TRANSPORTS, Label, Transport
 
 CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
@@ -23,7 +23,7 @@ _counter = itertools.count()
 
 
 def _agent_cmd(job: AgentJob) -> list[str]:
-    return [sys.executable, "-m", "edgedistill.devices.agent", *job.argv()]
+    return [sys.executable, "-m", AGENT_MODULE, *job.argv()]
 
 
 @TRANSPORTS.register("local")

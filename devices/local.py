@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: the agent's module: every transport starts ``python -m AGENT_MODULE`` (from the bundle on remote devices)
+AGENT_MODULE = "edgedistill.devices.agent"
+
 
 class AgentError(RuntimeError):
     """The agent failed or printed no JSON; the message carries its reason."""
@@ -28,6 +31,10 @@ class AgentJob:
     runs: int = 200
     score: bool = False
     logits_out: Path | None = None
+    #: further agent options that name no files (language models: --pp/--tg/--reps/--generate/...)
+    options: tuple[str, ...] = ()
+    #: seconds before the agent is killed and the job reported failed (None: the transport's default)
+    timeout_s: float | None = None
 
     def argv(self) -> list[str]:
         a = ["--artifact", str(self.artifact), "--threads", str(self.threads),
@@ -40,7 +47,7 @@ class AgentJob:
             a.append("--score")
         if self.logits_out:
             a += ["--logits-out", str(self.logits_out)]
-        return a
+        return [*a, *self.options]
 
 
 def parse_agent_output(stdout: str, stderr: str = "") -> dict[str, Any]:
@@ -69,4 +76,4 @@ def run_agent_process(cmd: list[str], job: AgentJob, timeout_s: float = 600, env
 
 def run_local(job: AgentJob, timeout_s: float = 600) -> dict[str, Any]:
     """Run the agent for ``job`` in a fresh process of the current interpreter."""
-    return run_agent_process([sys.executable, "-m", "edgedistill.devices.agent", *job.argv()], job, timeout_s)
+    return run_agent_process([sys.executable, "-m", AGENT_MODULE, *job.argv()], job, timeout_s)

@@ -19,6 +19,7 @@ Times are labelled ``emulated``: correct outputs, not a device latency.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -32,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.core.fileio import write_json, write_text
+from edgedistill.core.paths import cache_root as core_cache_root
 from edgedistill.devices.bundle import build_bundle
-from edgedistill.devices.local import AgentError, AgentJob, run_agent_process
+from edgedistill.devices.local import AGENT_MODULE, AgentError, AgentJob, run_agent_process
 from edgedistill.devices.profile import DeviceProfile
 from edgedistill.devices.transport import TRANSPORTS, Label, Transport
 
@@ -53,8 +55,7 @@ def cache_root() -> Path:
     ``~/.cache/edgedistill/qemu-arm64``."""
     if own := os.environ.get("EDGEDISTILL_QEMU_DIR"):
         return Path(own)
-    base = os.environ.get("EDGEDISTILL_CACHE") or str(Path.home() / ".cache" / "edgedistill")
-    return Path(base) / "qemu-arm64"
+    return core_cache_root() / "qemu-arm64"
 
 
 def rootfs_dir() -> Path:
@@ -228,11 +229,11 @@ class QemuTransport(Transport):
         if self._bundle is None:
             self.prepare()
         # -L resolves an absolute path inside the rootfs first, so hand the agent absolute host paths
-        job = AgentJob(job.artifact.resolve(), job.threads, job.eval_npz.resolve() if job.eval_npz else None,
-                       job.runtime, job.warmup, job.runs, job.score,
-                       job.logits_out.resolve() if job.logits_out else None)
+        job = dataclasses.replace(job, artifact=job.artifact.resolve(),
+                                  eval_npz=job.eval_npz.resolve() if job.eval_npz else None,
+                                  logits_out=job.logits_out.resolve() if job.logits_out else None)
         cpu = self.device.profile.qemu_cpu
-        doc = run_agent_process(_qemu_cmd(["-m", "edgedistill.devices.agent", *job.argv()], cpu), job, timeout_s,
+        doc = run_agent_process(_qemu_cmd(["-m", AGENT_MODULE, *job.argv()], cpu), job, timeout_s,
                                 env=_env(self._bundle))
         info = json.loads((cache_root() / "ready.json").read_text())
         return self.annotate(doc, emulator=f"qemu-aarch64-static (user mode, -cpu {cpu or 'max'})",

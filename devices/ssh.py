@@ -15,6 +15,7 @@ The OpenSSH clients are run without a local shell; the remote command line is qu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shlex
 import subprocess
 import tempfile
@@ -23,7 +24,7 @@ from typing import Any
 
 from edgedistill.core.fileio import atomic_path, sha256_file
 from edgedistill.devices.bundle import build_bundle
-from edgedistill.devices.local import AgentError, AgentJob, parse_agent_output
+from edgedistill.devices.local import AGENT_MODULE, AgentError, AgentJob, parse_agent_output
 from edgedistill.devices.transport import TRANSPORTS, Device, Label, Transport
 
 
@@ -104,10 +105,10 @@ class SshTransport(Transport):
         artifact = self._push(job.artifact)
         ev = self._push(job.eval_npz) if job.eval_npz else None
         logits = f"{self._remote}/logits.npy" if job.logits_out else None
-        remote_job = AgentJob(Path(artifact), job.threads, Path(ev) if ev else None, job.runtime, job.warmup,
-                              job.runs, job.score, Path(logits) if logits else None)
+        remote_job = dataclasses.replace(job, artifact=Path(artifact), eval_npz=Path(ev) if ev else None,
+                                         logits_out=Path(logits) if logits else None)
         env = [f"PYTHONPATH={':'.join([f'{self._remote}/agent.zip', *self.pythonpath])}"]
-        cmd = ["env", *env, *self.python, "-m", "edgedistill.devices.agent", *remote_job.argv()]
+        cmd = ["env", *env, *self.python, "-m", AGENT_MODULE, *remote_job.argv()]
         proc = self._call(self.ssh_argv(cmd), f"agent on {job.artifact.name}", timeout_s)
         doc = parse_agent_output(proc.stdout, proc.stderr)
         if job.logits_out and logits:

@@ -17,6 +17,8 @@ class Session(ABC):
 
     #: largest batch ``run`` accepts (None: any); fixed-shape formats such as TFLite say 1
     max_batch: int | None = None
+    #: the artifact is a folder (a Hugging Face model), not one file
+    folder: bool = False
 
     @abstractmethod
     def run(self, x: np.ndarray) -> np.ndarray: ...
@@ -45,7 +47,9 @@ _SUFFIXES = {".onnx": "onnxruntime", ".safetensors": "torch", ".tflite": "litert
 
 
 def runtime_for(path: str | Path) -> str:
-    """The default runtime for an artifact, by file suffix."""
+    """The default runtime for an artifact, by file suffix (a folder with a ``config.json``: a HF causal LM)."""
+    if Path(path).is_dir() and (Path(path) / "config.json").is_file():
+        return "pytorch-llm"
     suffix = Path(path).suffix
     if suffix not in _SUFFIXES:
         raise RuntimeError_(f"{path}: no runtime for '{suffix}' files; known: {', '.join(_SUFFIXES)}")
@@ -61,6 +65,6 @@ def open_session(runtime: str, path: str | Path, threads: int = 1) -> Session:
             raise RuntimeError_(f"{path}: the {runtime} runtime is not installed here ({err})") from None
     cls = RUNTIMES.get(runtime)
     path = Path(path)
-    if not path.is_file():
+    if not (path.is_dir() if cls.folder else path.is_file()):
         raise RuntimeError_(f"{path}: artifact not found")
     return cls(path, threads)  # type: ignore[call-arg]

@@ -13,6 +13,8 @@ from edgedistill.runtimes.llm import LLMSession
 class TorchLMSession(LLMSession):
     """A HF causal LM (PyTorch, KV cache) behind the same interface as the exported artifacts' runtimes."""
 
+    folder = True
+
     def __init__(self, path: Path, threads: int = 1) -> None:
         import torch
         from transformers import AutoModelForCausalLM

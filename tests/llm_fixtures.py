@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgedistill.toolchain.llm.data import Example, generate_legal_briefs, split
+from edgedistill.toolchain.llm.data import Example, split
 from edgedistill.toolchain.llm.models import build_llama
 from edgedistill.toolchain.llm.recipe import LlamaArch, LMTrainConfig
+from edgedistill.toolchain.llm.tasks.legal_briefs import generate_legal_briefs
 from edgedistill.toolchain.llm.tokenizer import Encoded, encode, train_bpe
 from edgedistill.toolchain.llm.train import train_lm
 
@@ -41,6 +42,8 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> TinyLM:
     tok = train_bpe((e.prompt + e.completion for e in s.train), 512, d)
     enc = [encode(tok, e.prompt, e.completion, 160) for e in s.train]
     model = build_llama(TINY, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
-    train_lm(model, enc, LMTrainConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=5), 0, tok.pad_token_id)
+    train_lm(model, enc, LMTrainConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=5), 0, tok.pad_token_id,
+             d / "train-state.pt")
+    (d / "train-state.pt").unlink()
     model.save_pretrained(str(d), safe_serialization=True)
     return TinyLM(d, tok, model, enc, s.test, s.train)

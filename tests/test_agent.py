@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgedistill.devices.local import AgentError, AgentJob, parse_agent_output, run_local
-from edgedistill.toolchain.export.onnx import export_fp32
+from edgedistill.toolchain.vision.export.onnx import export_fp32
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgedistill.benchmarks.report import SCHEMA
+from edgedistill.benchmarks.report.vision import SCHEMA
+from edgedistill.core.tolerances import FP32_MAX_ABS_DIFF
 from tests.conftest import tiny_recipe
 
 
@@ -48,7 +49,7 @@ def test_run_writes_a_valid_report(run_dir: Path) -> None:
         assert 0 <= m["accuracy"] <= 1 and m["size_bytes"] > 0 and m["peak_rss_mb"]["1"] > 0
         assert m["retention"] == pytest.approx(m["accuracy"] / report["summary"]["teacher_accuracy"])
     for fp32 in (report["models"][3], report["models"][5]):  # ONNX and TFLite fp32
-        assert fp32["parity"]["ok"] and fp32["parity"]["max_abs_diff"] <= 1e-4
+        assert fp32["parity"]["ok"] and fp32["parity"]["max_abs_diff"] <= FP32_MAX_ABS_DIFF
     assert report["models"][0]["speedup"]["1"] == pytest.approx(1.0)
     s = report["summary"]
     assert s["kd_gain"] == pytest.approx(s["kd_accuracy"] - s["baseline_accuracy"])
@@ -76,8 +77,11 @@ def test_rerun_skips_finished_stages(run_dir: Path) -> None:
     for stage in ("data", "teacher", "distill", "export", "bench"):
         assert f"{stage}: unchanged, skipped" in res.stderr
     assert (run_dir / "manifest.json").read_text() == before
-    res = cli("export", "--out", str(run_dir))
-    assert res.returncode == 0 and "export: unchanged, skipped" in res.stderr
+    for command, stage in (("distill", "distill"), ("export", "export"), ("bench", "bench")):
+        res = cli(command, "--out", str(run_dir))
+        assert res.returncode == 0 and f"{stage}: unchanged, skipped" in res.stderr, res.stderr[-2000:]
+    res = cli("report", "--out", str(run_dir))
+    assert res.returncode == 0 and "recommended:" in res.stdout and "(vision)" in res.stdout
 
 
 @pytest.mark.slow

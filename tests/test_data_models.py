@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from edgedistill.toolchain.data.vision import DataError, load_vision_data
-from edgedistill.toolchain.models.vision import CheckpointError, build, create, read_state_dict
-from edgedistill.toolchain.recipe import DataConfig, ModelConfig
+from edgedistill.toolchain.vision.data import DataError, load_vision_data
+from edgedistill.toolchain.vision.models import CheckpointError, build, create, read_state_dict
+from edgedistill.toolchain.vision.recipe import DataConfig, ModelConfig
 
 
 def test_digits_split_is_stratified_fixed_and_hashed() -> None:

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from edgedistill.benchmarks.harness import BenchItem, measure_devices
-from edgedistill.benchmarks.report import device_rows, devices_markdown
+from edgedistill.benchmarks.report.vision import device_rows, devices_markdown
 from edgedistill.devices.bundle import build_bundle
 from edgedistill.devices.estimate import EstimateTransport, estimate_ms, graph_cost
 from edgedistill.devices.local import AgentError, AgentJob
 from edgedistill.devices.profile import ProfileError, get_profile, load_profiles
 from edgedistill.devices.transport import Label, open_transport, parse_device
-from edgedistill.toolchain.export.onnx import export_fp32
+from edgedistill.toolchain.vision.export.onnx import export_fp32
 
 SITE = str(Path(np.__file__).parents[1])  # the site-packages holding numpy and onnxruntime
 

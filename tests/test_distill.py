@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgedistill.toolchain.data.vision import load_vision_data
-from edgedistill.toolchain.distill.cache import cached_teacher_outputs
-from edgedistill.toolchain.distill.trainer import fit, freeze, train_student
-from edgedistill.toolchain.models.vision import create
-from edgedistill.toolchain.recipe import DataConfig, DistillConfig, TrainConfig
+from edgedistill.toolchain.vision.data import load_vision_data
+from edgedistill.toolchain.vision.distill.cache import cached_teacher_outputs
+from edgedistill.toolchain.vision.distill.trainer import fit, freeze, train_student
+from edgedistill.toolchain.vision.models import create
+from edgedistill.toolchain.vision.recipe import DataConfig, DistillConfig, TrainConfig
 
 TEACHER_KW = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}
 
@@ -67,7 +67,7 @@ def test_online_teacher_gets_no_gradient_and_student_learns(tmp_path: Path, data
 
 
 def test_offline_student_trains_on_cached_outputs(tmp_path: Path, data) -> None:  # type: ignore[no-untyped-def]
-    from edgedistill.toolchain.distill.cache import run_teacher
+    from edgedistill.toolchain.vision.distill.cache import run_teacher
 
     cached = run_teacher(_teacher(), data.train_x, "blocks.1", desc=None)
     student = create("mobilenetv3_small_050", 10)

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from edgedistill.runtimes import open_session
-from edgedistill.toolchain.data.vision import load_vision_data
-from edgedistill.toolchain.distill.trainer import accuracy, train_supervised
-from edgedistill.toolchain.export import onnx as onnx_export
-from edgedistill.toolchain.export.parity import FP32_ATOL, FP32_RTOL, INT8_MIN_TOP1_AGREEMENT, compare
-from edgedistill.toolchain.models.vision import create
-from edgedistill.toolchain.recipe import DataConfig, TrainConfig
+from edgedistill.toolchain.vision.data import load_vision_data
+from edgedistill.toolchain.vision.distill.trainer import accuracy, train_supervised
+from edgedistill.toolchain.vision.export import onnx as onnx_export
+from edgedistill.toolchain.vision.export.parity import FP32_ATOL, FP32_RTOL, INT8_MIN_TOP1_AGREEMENT, compare
+from edgedistill.toolchain.vision.models import create
+from edgedistill.toolchain.vision.recipe import DataConfig, TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ from torch import nn
 from typer.testing import CliRunner
 
 from edgedistill.runtimes import open_session
-from edgedistill.toolchain.data.vision import VisionData, load_vision_data
-from edgedistill.toolchain.distill.trainer import accuracy, train_supervised
-from edgedistill.toolchain.export import tflite
-from edgedistill.toolchain.export.parity import FP32_MAX_ABS_DIFF, TFLITE_INT8_MIN_TOP1_AGREEMENT, compare
-from edgedistill.toolchain.models.vision import create
-from edgedistill.toolchain.recipe import DataConfig, TrainConfig
+from edgedistill.toolchain.vision.data import VisionData, load_vision_data
+from edgedistill.toolchain.vision.distill.trainer import accuracy, train_supervised
+from edgedistill.toolchain.vision.export import tflite
+from edgedistill.toolchain.vision.export.parity import FP32_MAX_ABS_DIFF, TFLITE_INT8_MIN_TOP1_AGREEMENT, compare
+from edgedistill.toolchain.vision.models import create
+from edgedistill.toolchain.vision.recipe import DataConfig, TrainConfig
 
 pytest.importorskip("litert_torch", reason="the TFLite tests need the tflite extra: pip install -e '.[tflite]'")
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from edgedistill.toolchain.llm.collect import Prompt, collect, read_journal, targets
-from edgedistill.toolchain.llm.gguf_export import write_gguf
+from edgedistill.toolchain.llm.distill.collect import Prompt, collect, read_journal, targets
+from edgedistill.toolchain.llm.distill.server import free_port, start_server, stop_server
+from edgedistill.toolchain.llm.export.gguf import write_gguf
 from edgedistill.toolchain.llm.recipe import EndpointConfig
-from edgedistill.toolchain.llm.server import free_port, start_server, stop_server
 from tests.llm_fixtures import TinyLM, tiny_lm  # noqa: F401  (session fixture)
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edgedistill.runtimes.base import open_session, runtime_for
-from edgedistill.toolchain.llm.fidelity import GGUF_F32_MAX_ABS_DIFF, Q8_MIN_SAME_TOP, fidelity, torch_logits
-from edgedistill.toolchain.llm.gguf_export import permute_qk, quantize, tensor_types, write_gguf
+from edgedistill.toolchain.llm.export.fidelity import GGUF_F32_MAX_ABS_DIFF, Q8_MIN_SAME_TOP, fidelity, torch_logits
+from edgedistill.toolchain.llm.export.gguf import permute_qk, quantize, tensor_types, write_gguf
 from edgedistill.toolchain.llm.tokenizer import encode
 from tests.llm_fixtures import TinyLM, tiny_lm  # noqa: F401  (session fixture)
 

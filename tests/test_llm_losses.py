@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from edgedistill.toolchain.llm.losses import (
+from edgedistill.toolchain.llm.distill.losses import (
     TeacherSlice,
     chunked_kd_loss,
     divergence,

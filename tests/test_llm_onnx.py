@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from edgedistill.core.tolerances import FP32_MAX_ABS_DIFF as ONNX_FP32_MAX_ABS_DIFF  # measured ~1e-6
+from edgedistill.core.tolerances import ONNX_INT8_MIN_SAME_TOP
 from edgedistill.runtimes.base import RuntimeError_
 from edgedistill.runtimes.ort_llm import OrtLLMSession
-from edgedistill.toolchain.llm.bench import measure
-from edgedistill.toolchain.llm.data import write_jsonl
-from edgedistill.toolchain.llm.fidelity import fidelity, torch_logits
-from edgedistill.toolchain.llm.onnx_export import ONNXExportError, export_onnx, quantize_onnx
+from edgedistill.toolchain.llm.export.fidelity import fidelity, torch_logits
+from edgedistill.toolchain.llm.export.onnx import ONNXExportError, export_onnx, quantize_onnx
 from tests.llm_fixtures import TinyLM, tiny_lm  # noqa: F401  (session fixture)
-
-#: fp32 ONNX vs PyTorch, largest absolute logit difference (measured ~1e-6)
-ONNX_FP32_MAX_ABS_DIFF = 1e-4
-#: dynamic-int8 ONNX: least same-top-token rate vs the PyTorch student
-ONNX_INT8_MIN_SAME_TOP = 0.90
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +61,32 @@ def test_int8_onnx_fidelity_and_size(tiny_lm: TinyLM, onnx_files: dict[str, Path
     assert onnx_files["int8"].stat().st_size < 0.5 * onnx_files["fp32"].stat().st_size
 
 
-def test_agent_measures_an_onnx_decoder(tiny_lm: TinyLM, onnx_files: dict[str, Path], tmp_path: Path) -> None:  # noqa: F811
-    test = tmp_path / "test.jsonl"
-    write_jsonl(test, [asdict(e) for e in tiny_lm.test[:2]])
-    doc = measure(onnx_files["fp32"], tiny_lm.dir, test, threads=1, pp=16, tg=8, reps=1, eval_samples=2,
-                  max_new_tokens=8, max_length=160)
-    assert doc["runtime"]["runtime"] == "onnxruntime" and doc["n"] == 2
-    assert doc["tg_tps"] > 0 and doc["pp_tps"] > 0 and doc["ttft_ms"] > 0 and 0 <= doc["task_score"] <= 1
+def test_agent_generates_with_an_onnx_decoder(tiny_lm: TinyLM, onnx_files: dict[str, Path],  # noqa: F811
+                                              tmp_path: Path) -> None:
+    """The one benchmark agent's generate mode on an ONNX decoder: the same greedy tokens as the PyTorch model
+    from the same prompt ids (the host decodes and scores them), plus per-token timings."""
+    from edgedistill.devices.agent import measure, parse_args
+    from edgedistill.runtimes.torch_lm import TorchLMSession
+    from edgedistill.toolchain.llm.tokenizer import encode
+
+    prompts = [encode(tiny_lm.tok, e.prompt, None, 160).input_ids for e in tiny_lm.test[:2]]
+    seqs = _ids(tiny_lm, 2)
+    ev = tmp_path / "eval.npz"
+    pad = np.zeros((2, max(map(len, prompts))), dtype=np.int32)
+    for i, p in enumerate(prompts):
+        pad[i, :len(p)] = p
+    sq = np.zeros((2, 96), dtype=np.int32)
+    for i, q in enumerate(seqs):
+        sq[i, :len(q)] = q
+    np.savez(ev, ids=sq, lengths=np.array([len(q) for q in seqs]), prompt_ids=pad,
+             prompt_lengths=np.array([len(p) for p in prompts]), eos=np.int32(tiny_lm.tok.eos_token_id))
+    doc = measure(parse_args(["--artifact", str(onnx_files["fp32"]), "--runtime", "onnxruntime-llm", "--eval",
+                              str(ev), "--score", "--warmup", "1", "--runs", "4", "--pp", "16", "--tg", "8",
+                              "--generate", "2", "--max-new-tokens", "8"]))
+    ref = TorchLMSession(tiny_lm.dir)
+    assert doc["generated"] == [ref.generate(p, 8, tiny_lm.tok.eos_token_id)[0] for p in prompts]
+    assert doc["tg_tps"] > 0 and doc["pp_tps"] > 0 and doc["ttft_ms"] > 0 and doc["latency_ms"]["p50"] > 0
+    assert 0 <= doc["accuracy"] <= 1 and doc["n_eval"] == sum(len(q) - 1 for q in seqs)
 
 
 def test_bad_inputs_are_named(tmp_path: Path, onnx_files: dict[str, Path]) -> None:
@@ -84,16 +97,3 @@ def test_bad_inputs_are_named(tmp_path: Path, onnx_files: dict[str, Path]) -> No
     with pytest.raises(ONNXExportError, match="missing"):
         export_onnx(tmp_path / "missing", tmp_path / "out")
     assert not (tmp_path / "out").exists()
-
-
-def test_device_tokenizer_matches_transformers(tiny_lm: TinyLM) -> None:  # noqa: F811
-    """The ONNX agent tokenises with `tokenizers` alone (no torch/transformers on a device): same ids, same text."""
-    from edgedistill.toolchain.llm.bench import _plain_tokenizer
-    from edgedistill.toolchain.llm.tokenizer import encode
-
-    enc, dec, eos = _plain_tokenizer(tiny_lm.dir, 160)
-    assert eos == tiny_lm.tok.eos_token_id
-    for e in tiny_lm.test[:10]:
-        assert enc(e.prompt) == encode(tiny_lm.tok, e.prompt, None, 160).input_ids
-        ids = encode(tiny_lm.tok, e.prompt, e.completion, 160).input_ids
-        assert dec(ids) == tiny_lm.tok.decode(ids, skip_special_tokens=True)

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgedistill.toolchain.llm.data import generate_legal_briefs, key_fields, read_jsonl, split
+from edgedistill.toolchain.llm.data import read_jsonl, split
 from edgedistill.toolchain.llm.plan import Shape, plan
 from edgedistill.toolchain.llm.recipe import LLMRecipe
-from edgedistill.toolchain.recipe import Recipe, RecipeError, builtin_names, load_recipe
+from edgedistill.toolchain.llm.tasks.legal_briefs import generate_legal_briefs, key_fields
+from edgedistill.toolchain.recipe import RecipeError, builtin_names, load_recipe
+from edgedistill.toolchain.vision.recipe import VisionRecipe
 
 LLAMA_70B = {"vocab_size": 128256, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
              "num_attention_heads": 64, "num_key_value_heads": 8, "tie_word_embeddings": False}
@@ -26,7 +28,7 @@ def test_builtin_llm_recipes_validate() -> None:
     assert big.distill.mode == "offline" and big.distill.parallel == "fsdp" and big.distill.top_k == 8
     tiny = load_recipe("tiny-llama")
     assert tiny.student.arch.hidden_size % 256 == 0 and tiny.teacher.arch.intermediate_size % 256 == 0
-    assert isinstance(load_recipe("vit-to-mobilenet"), Recipe)  # vision recipes unchanged
+    assert isinstance(load_recipe("vit-to-mobilenet"), VisionRecipe)  # no kind: vision
 
 
 @pytest.mark.parametrize(("mutate", "expected"), [
@@ -77,8 +79,9 @@ def test_generator_is_seeded_and_jsonl_loader(tmp_path: Path) -> None:
     assert len(s.train) + len(s.val) + len(s.test) == 20 and s.split_hash == split(b, 0.1, 0.1, 0).split_hash
     p = tmp_path / "d.jsonl"
     p.write_text('{"input": "i", "output": "o"}\n{"text": "plain"}\n')
-    ex = read_jsonl(p)
-    assert ex[0].prompt.startswith("Brief: i") and ex[1].prompt == "" and ex[1].completion == "plain"
+    ex = read_jsonl(p, "Q: {input}\nA:")
+    assert ex[0].prompt == "Q: i\nA:" and ex[1].prompt == "" and ex[1].completion == "plain"
+    assert a[0].prompt.startswith("Brief: ")  # the legal-brief task's own template
     p.write_text('{"input": 1}\n')
     with pytest.raises(ValueError, match=r"d.jsonl: line 1: expected string fields"):
         read_jsonl(p)

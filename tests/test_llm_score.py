@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from edgedistill.toolchain.llm.bench import rouge_l, score
-from edgedistill.toolchain.llm.data import generate_legal_briefs
+from edgedistill.toolchain.llm.tasks import score as task_score
+from edgedistill.toolchain.llm.tasks.legal_briefs import generate_legal_briefs
+from edgedistill.toolchain.llm.tasks.scorers import rouge_l
+
+
+def score(preds: list[str], refs: list[str]) -> dict:
+    return task_score(preds, refs, None, "legal-briefs")
 
 
 def test_rouge_l_by_hand() -> None:
@@ -30,7 +35,7 @@ def test_fidelity_by_hand() -> None:
     """Every figure over the positions predicting tokens from ``score_from`` on (the completion)."""
     import numpy as np
 
-    from edgedistill.toolchain.llm.fidelity import fidelity
+    from edgedistill.toolchain.llm.export.fidelity import fidelity
 
     ids = [[0, 1, 2]]
     ref = [np.zeros((3, 3), dtype=np.float32)]  # uniform
@@ -48,18 +53,30 @@ def test_fidelity_by_hand() -> None:
     assert every.kld_mean == pytest.approx((kl0 + kl1) / 2)
 
 
-def test_best_gguf_is_the_fastest_that_keeps_the_bar() -> None:
-    from edgedistill.toolchain.llm.report import build
+def test_recommended_is_the_fastest_that_keeps_its_students_score() -> None:
+    from edgedistill.benchmarks.gate import check
+    from edgedistill.benchmarks.report.llm import ReportInputs, build
+    from edgedistill.toolchain.recipe import GateConfig
 
-    def bench(score: float, tg: float) -> dict:
-        return {"error": None, "task_score": score, "tg_tps": tg}
+    def doc(score: float, tg: float) -> dict:
+        return {"runs": {"1": {"task": {"task_score": score}, "tg_tps": tg, "latency_ms": dict.fromkeys(
+            ("p50", "p90", "p99", "mean", "min"), 1000 / tg)}}, "error": None}
 
     artifacts = [{"name": n, "format": "gguf", "variant": n, "source": "kd", "size_bytes": 1,
                   "fidelity": {"perplexity": 1.5, "kld_mean": 0.0, "kld_p99": 0.0, "same_top_token": 1.0,
                                "max_abs_diff": 0.0}} for n in ("q8_0", "q4_0", "q4_k_m")]
-    b = {"teacher": bench(0.60, 500), "q8_0": bench(0.61, 3000), "q4_0": bench(0.60, 6000), "q4_k_m": bench(0.50, 9000)}
-    rep = build("r", "d", {}, {}, {"best_student": "kd", "artifacts": artifacts}, b, {}, 1)
-    assert rep["summary"]["best_gguf"] == "q4_0" and rep["summary"]["meets_bar"] is True  # q4_k_m keeps 0.83 only
-    b = {**b, "q8_0": bench(0.3, 3000), "q4_0": bench(0.2, 6000)}
-    rep = build("r", "d", {}, {}, {"best_student": "kd", "artifacts": artifacts}, b, {}, 1)
-    assert rep["summary"]["best_gguf"] == "q4_k_m" and rep["summary"]["meets_bar"] is False  # none keeps it
+    res = {"teacher": doc(0.60, 500), "kd-student": doc(0.60, 600), "q8_0": doc(0.61, 3000),
+           "q4_0": doc(0.59, 6000), "q4_k_m": doc(0.50, 9000)}
+
+    def report(results: dict) -> dict:
+        return build(ReportInputs("r", "d", {}, {"kd": {"role": "kd"}}, {"best_student": "kd", "artifacts": artifacts},
+                                  {"devices": {"host": {"results": results}}}, {}, 1, 0.02))
+
+    rep = report(res)  # q4_k_m is fastest but loses 0.10 of its student's score
+    assert rep["summary"]["recommended"] == "q4_0" and rep["summary"]["recommended_speedup"] == pytest.approx(12)
+    assert check(rep, GateConfig(min_retention=0.9, min_speedup=10)) == []
+    assert check(rep, GateConfig(min_speedup=20)) and check(rep, GateConfig(max_p50_ms=0.1))
+    rep = report({**res, "q8_0": doc(0.3, 3000), "q4_0": doc(0.2, 6000), "q4_k_m": doc(0.2, 9000)})
+    assert rep["summary"]["recommended"] is None  # none keeps it
+    assert check(rep, GateConfig(min_retention=0.9)) == [
+        "no recommended artifact in the report (no artifact kept accuracy, or bench did not run)"]

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from edgedistill.toolchain.distill import losses
-from edgedistill.toolchain.distill.features import HintAdapter, to_spatial
+from edgedistill.toolchain.vision.distill import losses
+from edgedistill.toolchain.vision.distill.features import HintAdapter, to_spatial
 
 
 def _softmax(v: list[float]) -> list[float]:

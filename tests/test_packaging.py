@@ -26,7 +26,8 @@ def test_wheel_contents(tmp_path: Path) -> None:
                     str(tmp_path), str(ROOT)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("edgedistill-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ("edgedistill/toolchain/cli.py", "edgedistill/toolchain/distill/losses.py",
+    for f in ("edgedistill/toolchain/cli.py", "edgedistill/toolchain/vision/distill/losses.py",
+              "edgedistill/toolchain/llm/tasks/legal_briefs.py", "edgedistill/toolchain/recipes/tiny-llama.yaml",
               "edgedistill/toolchain/recipes/vit-to-mobilenet.yaml", "edgedistill/runtimes/ort.py",
-              "edgedistill/devices/agent.py", "edgedistill/benchmarks/report.py", "edgedistill/core/registry.py"):
+              "edgedistill/devices/agent.py", "edgedistill/benchmarks/report/llm.py", "edgedistill/core/registry.py"):
         assert f in names, f

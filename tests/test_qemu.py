@@ -15,7 +15,7 @@ import torch
 
 from edgedistill.devices.local import AgentJob, run_local
 from edgedistill.devices.transport import open_transport, parse_device
-from edgedistill.toolchain.export.onnx import export_fp32
+from edgedistill.toolchain.vision.export.onnx import export_fp32
 
 
 def test_emulated_run_matches_the_host(qemu_rootfs: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from edgedistill.devices.local import AgentError, AgentJob
 from edgedistill.devices.profile import get_profile
 from edgedistill.devices.ssh import SshTransport
 from edgedistill.devices.transport import Device
-from edgedistill.toolchain.export.onnx import export_fp32
+from edgedistill.toolchain.vision.export.onnx import export_fp32
 
 SSHD = shutil.which("sshd") or shutil.which("sshd", path="/usr/sbin:/sbin")
 SITE = str(Path(np.__file__).parents[1])

@@ -48,9 +48,9 @@ def _guard(fn):  # type: ignore[no-untyped-def]
     """Turn expected user-input errors into one line and exit code 2 (unless --debug)."""
     from edgedistill.core.registry import UnknownNameError
     from edgedistill.runtimes.base import RuntimeError_
-    from edgedistill.toolchain.data.vision import DataError
-    from edgedistill.toolchain.models.vision import CheckpointError
     from edgedistill.toolchain.recipe import RecipeError
+    from edgedistill.toolchain.vision.data import DataError
+    from edgedistill.toolchain.vision.models import CheckpointError
 
     expected = (RecipeError, DataError, CheckpointError, RuntimeError_, UnknownNameError, FileNotFoundError,
                 KeyError, ValueError)
@@ -63,24 +63,21 @@ def _guard(fn):  # type: ignore[no-untyped-def]
 
 
 def _context(recipe_ref: str | None, out: Path | None, force: bool):  # type: ignore[no-untyped-def]
-    from edgedistill.toolchain.pipeline import Context
-    from edgedistill.toolchain.recipe import RecipeError, load_recipe
+    """The stage context for a recipe (any kind) and its run directory."""
+    from edgedistill.toolchain.pipeline import pipeline_of
+    from edgedistill.toolchain.recipe import load_recipe
     from edgedistill.toolchain.rundir import RunDir
 
     recipe = load_recipe(recipe_ref or DEFAULT_RECIPE)
-    if getattr(recipe, "kind", "vision") != "vision":
-        raise RecipeError(f"{recipe_ref}: kind: llm recipes run end to end with `edgedistill run`; the single-stage "
-                          "commands are for vision recipes")
     run = RunDir(out or Path("runs") / recipe.name)
-    return Context(recipe, run, err_console, force)
+    return pipeline_of(recipe).context(recipe, run, err_console, force)
 
 
 def _existing(out: Path, force: bool = False):  # type: ignore[no-untyped-def]
-    from edgedistill.toolchain.rundir import RunDir
-
+    """The context of an existing run directory (its saved recipe decides the kind)."""
     if not (out / "recipe.yaml").is_file():
         raise FileNotFoundError(f"{out}: not a run directory (no recipe.yaml); create one with `edgedistill run`")
-    return _context(str(RunDir(out).recipe_path), out, force)
+    return _context(str(out / "recipe.yaml"), out, force)
 
 
 def _print_rows(title: str, header: list[str], body: list[list[str]]) -> None:
@@ -92,14 +89,22 @@ def _print_rows(title: str, header: list[str], body: list[list[str]]) -> None:
     out_console.print(t)
 
 
-def _print_table(report: dict) -> None:
-    from edgedistill.benchmarks.report import table
+def _print_report(report: dict, kind: str) -> None:
+    """The kind's summary table, the device section when other devices ran, the summary and the gate."""
+    from edgedistill.benchmarks.report.common import devices_markdown
+    from edgedistill.toolchain.pipeline import get_pipeline
 
-    _print_rows(f"edgedistill — {report['recipe']}", *table(report))
-    s = report["summary"]
-    out_console.print(f"recommended: [bold]{s['recommended']}[/bold] ({s['recommended_reason']})")
-    if s["kd_helped"] is False:
-        out_console.print("[yellow]distillation did not beat the CE-only baseline on this run[/yellow]")
+    rep = get_pipeline(kind).impl.REPORT
+    _print_rows(f"edgedistill — {report['recipe']} ({kind})", *rep.table(report))
+    if lines := devices_markdown(report.get("devices") or []):
+        out_console.print("\n".join(lines), highlight=False, markup=False)
+    for line in rep.summary_lines(report):
+        out_console.print(line)
+    if gate := report.get("gate"):
+        verdict = "[green]passed[/green]" if not gate["failures"] else "[red]failed[/red]: " + "; ".join(
+            gate["failures"])
+        if any(v is not None for v in gate["budgets"].values()):
+            out_console.print(f"gate budgets: {verdict}")
     out_console.print(f"report: {Path(report['run_dir']) / 'report.md'}")
 
 
@@ -110,113 +115,43 @@ def run(
     out: OutOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Run every stage: data → teacher → distill → export → bench → report. Finished stages are skipped."""
+    """Run every stage of a recipe (vision: data → teacher → distill → export → bench → report; LLM: also the
+    black-box SFT student). Finished stages are skipped; interrupted training resumes from its checkpoint."""
 
     def go() -> None:
         from edgedistill.toolchain.pipeline import run_stages, save_recipe
-        from edgedistill.toolchain.recipe import load_recipe
 
-        if getattr(load_recipe(recipe or DEFAULT_RECIPE), "kind", "vision") == "llm":
-            return _run_llm(recipe or DEFAULT_RECIPE, out, force)
         ctx = _context(recipe, out, force)
-        err_console.print(f"recipe [bold]{ctx.recipe.name}[/bold] → run directory {ctx.run.root}")
+        err_console.print(f"recipe [bold]{ctx.recipe.name}[/bold] ({ctx.recipe.kind}) → run directory {ctx.run.root}")
         save_recipe(ctx.recipe, ctx.run)
-        _print_table(run_stages(ctx))
+        report = run_stages(ctx)
+        assert report is not None
+        _print_report(report, ctx.recipe.kind)
 
     _guard(go)
 
 
-def _run_llm(ref: str, out: Path | None, force: bool) -> None:
-    """`run` for a `kind: llm` recipe: data → teacher → KD/SFT students → GGUF → bench → report."""
-    from edgedistill.toolchain.llm.stages import LLMContext, run_llm_stages, save_recipe
-    from edgedistill.toolchain.recipe import load_recipe
-    from edgedistill.toolchain.rundir import RunDir
+def _stage_command(command: str, out: Path, force: bool, update=None) -> None:  # type: ignore[no-untyped-def]
+    """Run one command's stages on an existing run directory, for any kind (``update`` edits the recipe first)."""
 
-    r = load_recipe(ref)
-    ctx = LLMContext(r, RunDir(out or Path("runs") / r.name), err_console, force)
-    err_console.print(f"recipe [bold]{r.name}[/bold] (llm) → run directory {ctx.run.root}")
-    save_recipe(r, ctx.run)
-    report = run_llm_stages(ctx)
-    assert report is not None
-    _print_llm_report(report)
-
-
-def _llm_existing(out: Path, force: bool):  # type: ignore[no-untyped-def]
-    """The LLM context of an existing run directory; None when the run is a vision run."""
-    from edgedistill.toolchain.llm.stages import LLMContext
-    from edgedistill.toolchain.recipe import load_recipe
-    from edgedistill.toolchain.rundir import RunDir
-
-    run = RunDir(out)
-    if not run.recipe_path.is_file():
-        raise FileNotFoundError(f"{out}: not a run directory (no recipe.yaml); create one with `edgedistill run`")
-    r = load_recipe(str(run.recipe_path))
-    return LLMContext(r, run, err_console, force) if getattr(r, "kind", "vision") == "llm" else None
-
-
-def _print_llm_report(report: dict) -> None:
-    from edgedistill.toolchain.llm import report as llm_report
-
-    _print_rows(f"edgedistill — {report['recipe']}", *llm_report.table(report))
-    if report.get("devices"):
-        from edgedistill.benchmarks.report import devices_markdown
-
-        out_console.print("\n".join(devices_markdown(report["devices"], "p50 ms/token", "next-token acc.")),
-                          highlight=False, markup=False)
-    s = report["summary"]
-    ret, up = s["best_gguf_retention"], s["best_gguf_tg_speedup"]
-    out_console.print(f"best GGUF: [bold]{s['best_gguf']}[/bold] (retention {'–' if ret is None else f'{ret:.3f}'}, "
-                      f"generation {'–' if up is None else f'{up:.1f}'}× the PyTorch teacher's tokens/s)")
-    out_console.print(f"report: {Path(report['run_dir']) / 'report.md'}")
-
-
-def _stage_command(stages: tuple[str, ...], out: Path, force: bool) -> None:
     def go() -> None:
-        from edgedistill.toolchain.pipeline import run_stages
+        from edgedistill.toolchain.pipeline import pipeline_of, run_stages
 
-        report = run_stages(_existing(out, force), stages)
+        ctx = _existing(out, force)
+        if update is not None:
+            ctx.recipe = update(ctx.recipe)
+        report = run_stages(ctx, pipeline_of(ctx.recipe).stage_names(command))
         if report is not None:
-            _print_table(report)
+            _print_report(report, ctx.recipe.kind)
 
     _guard(go)
 
 
 @app.command()
 def distill(out: RunDirOpt, force: ForceOpt = False) -> None:
-    """Train the teacher if needed, then the CE-only baseline and the distilled student."""
-    _stage_command(("data", "teacher", "distill"), out, force)
-
-
-def _export_config(base, formats: str | None, variants: str | None, layout: str | None):  # type: ignore[no-untyped-def]
-    """``base`` (an ExportConfig) with the command line's --formats / --variants / --layout applied and checked."""
-    from typing import get_args
-
-    from edgedistill.toolchain.recipe import OnnxVariant, TfliteVariant
-
-    def split(text: str) -> list[str]:
-        return [v.strip() for v in text.split(",") if v.strip()]
-
-    cfg = base
-    if formats is not None:
-        if not split(formats) or any(f not in ("onnx", "tflite") for f in split(formats)):
-            raise ValueError(f"--formats: expected a comma-separated list of onnx, tflite; got {formats!r}")
-        cfg = cfg.model_copy(update={"formats": list(dict.fromkeys(split(formats)))})
-    if variants is not None:
-        known = {"onnx": get_args(OnnxVariant), "tflite": get_args(TfliteVariant)}
-        names = split(variants)
-        if unknown := [v for v in names if not any(v in k for k in known.values())] or ([] if names else [""]):
-            raise ValueError(f"--variants: unknown {unknown}; onnx has {', '.join(known['onnx'])}; tflite has "
-                             f"{', '.join(known['tflite'])}")
-        for fmt in cfg.formats:
-            keep = [v for v in names if v in known[fmt]]
-            if not keep:
-                raise ValueError(f"--variants: none of {names} is a {fmt} variant ({', '.join(known[fmt])})")
-            cfg = cfg.model_copy(update={fmt: getattr(cfg, fmt).model_copy(update={"variants": keep})})
-    if layout is not None:
-        if layout not in ("nchw", "nhwc"):
-            raise ValueError(f"--layout: expected nchw or nhwc, got {layout!r}")
-        cfg = cfg.model_copy(update={"tflite": cfg.tflite.model_copy(update={"layout": layout})})
-    return cfg
+    """Run every stage before export on a run directory: data, teacher, and the students (vision: CE-only
+    baseline + KD student; LLM: one KD student per loss + the black-box SFT student). --force retrains them."""
+    _stage_command("distill", out, force)
 
 
 def _print_artifacts(records: list[dict]) -> None:
@@ -245,41 +180,42 @@ def export(
         help="--model's calibration and parity images: 'digits' or an image folder (one sub-folder per class)")
     ] = "digits",
     formats: Annotated[str | None, typer.Option(
-        help="comma-separated: onnx,tflite (default: the recipe's export.formats; both with --model)")] = None,
-    variants: Annotated[str | None, typer.Option(
-        help="comma-separated variants for the chosen formats, e.g. fp32,int8_static (default: the recipe's)")
+        help="comma-separated formats: vision onnx,tflite; LLM gguf,onnx (default: the recipe's export section)")
     ] = None,
+    variants: Annotated[str | None, typer.Option(
+        help="comma-separated variants of the chosen formats, e.g. fp32,int8_static or f32,q4_k_m "
+             "(default: the recipe's)")] = None,
     layout: Annotated[str | None, typer.Option(
-        help="TFLite input layout: nchw, or nhwc with the transpose inside the graph (default: the recipe's)")
+        help="vision: TFLite input layout, nchw or nhwc with the transpose inside the graph (default: the recipe's)")
     ] = None,
     repro: Annotated[Path | None, typer.Option(
         help="if a TFLite conversion fails, write the smallest failing submodule and a repro script here")] = None,
 ) -> None:
-    """Export the distilled student (ONNX and TFLite, fp32 + int8 variants) and check each artifact's parity.
+    """Export a run's student (vision: ONNX + TFLite; LLM: the best student as GGUF + ONNX) and check every
+    artifact against its PyTorch source.
 
     With --model, export any local timm model + checkpoint instead, e.g. `edgedistill export --model
     mobilenetv3_small_100 --checkpoint w.safetensors --num-classes 10 --formats tflite --out DIR`.
     """
 
     def go() -> None:
-        from edgedistill.toolchain import stages
-        from edgedistill.toolchain.export.tflite import ConversionError
-        from edgedistill.toolchain.pipeline import run_stages
-        from edgedistill.toolchain.recipe import DataConfig, ExportConfig
+        from edgedistill.toolchain.pipeline import pipeline_of, run_stages
+        from edgedistill.toolchain.vision import stages as vision
+        from edgedistill.toolchain.vision.export.tflite import ConversionError
+        from edgedistill.toolchain.vision.recipe import DataConfig, ExportConfig
 
         try:
             if model is None:
                 ctx = _existing(out, force)
-                cfg = _export_config(ctx.recipe.export, formats, variants, layout)
-                ctx.recipe = ctx.recipe.model_copy(update={"export": cfg})
+                ctx.recipe = pipeline_of(ctx.recipe).impl.export_options(ctx.recipe, formats, variants, layout)
                 run_stages(ctx, ("export",))
                 return
             if checkpoint is None or num_classes is None:
                 raise ValueError("--model needs --checkpoint FILE and --num-classes N")
             data_cfg = (DataConfig(image_size=image_size) if data == "digits"
                         else DataConfig(kind="imagefolder", root=Path(data), image_size=image_size))
-            cfg = _export_config(ExportConfig(), formats, variants, layout)
-            records = stages.export_local(model, checkpoint, num_classes, cfg, data_cfg, out)
+            cfg = vision.export_config(ExportConfig(), formats, variants, layout)
+            records = vision.export_local(model, checkpoint, num_classes, cfg, data_cfg, out)
             _print_artifacts(records)
             out_console.print(f"artifacts: {out / 'artifacts.json'}")
         except ConversionError as err:
@@ -301,27 +237,17 @@ ProfileOpt = Annotated[list[Path] | None, typer.Option(
 
 @app.command()
 def bench(out: RunDirOpt, force: ForceOpt = False, devices: DevicesOpt = None, profile: ProfileOpt = None) -> None:
-    """Measure every model and artifact in fresh processes (latency, peak RSS, size, accuracy); with --devices,
-    every artifact on every device too (LLM runs: their exported GGUF/ONNX files, per generated token)."""
+    """Measure every model and artifact with the benchmark agent, each in a fresh process (latency, peak RSS,
+    size, accuracy or task score); with --devices, every artifact on every device too (LLM runs: per generated
+    token, and the task score from the device's own outputs). --force re-measures everything."""
 
-    def go() -> None:
-        from edgedistill.toolchain.llm.stages import run_llm_stages
-        from edgedistill.toolchain.pipeline import run_stages
-
-        llm = _llm_existing(out, force)
-        ctx = llm if llm is not None else _existing(out, force)
-        update: dict = {"profiles": [*ctx.recipe.bench.profiles, *(profile or [])]}
+    def update(recipe):  # type: ignore[no-untyped-def]
+        changes: dict = {"profiles": [*recipe.bench.profiles, *(profile or [])]}
         if devices is not None:
-            update["devices"] = [d.strip() for d in devices.split(",") if d.strip()]
-        ctx.recipe = ctx.recipe.model_copy(update={"bench": ctx.recipe.bench.model_copy(update=update)})
-        if llm is not None:
-            _print_llm_report(run_llm_stages(llm, ("bench", "report")))
-            return
-        report = run_stages(ctx, ("bench", "report"))
-        if report is not None:
-            _print_table(report)
+            changes["devices"] = [d.strip() for d in devices.split(",") if d.strip()]
+        return recipe.model_copy(update={"bench": recipe.bench.model_copy(update=changes)})
 
-    _guard(go)
+    _stage_command("bench", out, force, update)
 
 
 devices_app = typer.Typer(help="Device profiles and transports: list them, set up emulation.",
@@ -376,30 +302,33 @@ def devices_setup(
 @app.command()
 def report(out: RunDirOpt) -> None:
     """Rebuild report.json and report.md from the run directory and print the summary table."""
-    _stage_command(("report",), out, False)
+    _stage_command("report", out, False)
 
 
 @app.command()
 def gate(
     out: RunDirOpt,
     min_retention: Annotated[float | None, typer.Option(help="override the recipe's gate.min_retention")] = None,
-    max_p50_ms: Annotated[float | None, typer.Option(help="override gate.max_p50_ms (1 thread)")] = None,
-    min_speedup: Annotated[float | None, typer.Option(help="override gate.min_speedup (1 thread)")] = None,
+    max_p50_ms: Annotated[float | None, typer.Option(
+        help="override gate.max_p50_ms (vision: batch-1 latency; LLM: ms per generated token)")] = None,
+    min_speedup: Annotated[float | None, typer.Option(
+        help="override gate.min_speedup (vision: teacher p50 / p50; LLM: tokens/s / the teacher's)")] = None,
 ) -> None:
-    """Check the recommended artifact against the budgets; exit 1 when one is missed (for CI)."""
+    """Check the recommended artifact against the recipe's gate budgets (vision and LLM runs); exit 1 when one is
+    missed (for CI)."""
 
     def go() -> None:
         from edgedistill.benchmarks.gate import check
         from edgedistill.core.fileio import read_json
 
         ctx = _existing(out)
-        g = ctx.recipe.gate
+        g = ctx.recipe.gate.model_copy(update={k: v for k, v in {
+            "min_retention": min_retention, "max_p50_ms": max_p50_ms, "min_speedup": min_speedup}.items()
+            if v is not None})
         rep = ctx.run.root / "report.json"
         if not rep.is_file():
             raise FileNotFoundError(f"{rep}: no report yet; run `edgedistill report --out {out}`")
-        fails = check(read_json(rep), min_retention if min_retention is not None else g.min_retention,
-                      max_p50_ms if max_p50_ms is not None else g.max_p50_ms,
-                      min_speedup if min_speedup is not None else g.min_speedup)
+        fails = check(read_json(rep), g)
         for f in fails:
             err_console.print(f"[red]gate failed:[/red] {f}")
         if fails:
@@ -420,19 +349,19 @@ def recipes(show: Annotated[str | None, typer.Option(help="print this built-in r
             out_console.print(builtin_text(show), highlight=False, markup=False)
             return
         for name in builtin_names():
-            out_console.print(f"[bold]{name}[/bold]  {load_recipe(name).description}")
+            r = load_recipe(name)
+            out_console.print(f"[bold]{name}[/bold] ({r.kind})  {r.description}")
 
     _guard(go)
 
 
 # -- LLM pipeline commands (recipes with `kind: llm`) ----------------------------------------------------------
 def _llm_recipe(ref: str):  # type: ignore[no-untyped-def]
-    from edgedistill.toolchain.llm.recipe import LLMRecipe
     from edgedistill.toolchain.recipe import RecipeError, load_recipe
 
     recipe = load_recipe(ref)
-    if not isinstance(recipe, LLMRecipe):
-        raise RecipeError(f"{ref}: kind: this command needs an LLM recipe (kind: llm)")
+    if recipe.kind != "llm":
+        raise RecipeError(f"{ref}: kind: this command needs an LLM recipe (kind: llm), got {recipe.kind}")
     return recipe
 
 
@@ -470,9 +399,9 @@ def collect(
     """Send prompts to an OpenAI-compatible endpoint; resumable, retried, failures recorded but never targets."""
 
     def go() -> None:
-        from edgedistill.toolchain.llm.collect import Prompt
-        from edgedistill.toolchain.llm.collect import collect as run_collect
         from edgedistill.toolchain.llm.data import read_jsonl
+        from edgedistill.toolchain.llm.distill.collect import Prompt
+        from edgedistill.toolchain.llm.distill.collect import collect as run_collect
 
         r = _llm_recipe(recipe)
         items = [Prompt(e.id, e.prompt or e.completion) for e in read_jsonl(prompts)]

@@ -1,73 +1,129 @@
-"""The vision pipeline: data → teacher → distill → export → bench → report, each stage reading from and writing
-to the run directory.
+"""One pipeline framework for every kind of run: the context every stage gets, the runner, stage skipping, and the
+``PIPELINES`` registry keyed by the recipe's ``kind``.
 
-Each stage computes a config hash from its recipe sections and the hashes of its inputs; when the manifest
-records the same hash with intact outputs, the stage is skipped. Stage bodies live in small functions below,
-in the order they run.
+A kind is a folder under ``toolchain/`` (``vision/``, ``llm/``) whose ``__init__`` registers a :class:`Pipeline`:
+its recipe class (light: pydantic only) and the module holding its stages (imported when a run needs them). That
+module defines
+
+- ``Context``: a :class:`Context` subclass with the kind's lazily loaded data;
+- ``STAGES``: :class:`Stage` entries in run order, each tagged with the command that runs it;
+- ``REPORT``: the kind's report module in ``edgedistill.benchmarks.report`` (``table``, ``summary_lines``);
+- ``export_options(recipe, formats, variants, layout)``: the recipe with ``edgedistill export``'s options applied.
+
+Each stage computes a config hash from its recipe sections and the content hashes of its inputs; when the manifest
+records the same hash with intact outputs, the stage is skipped. Adding a kind (detection, speech) costs one folder
+and one line in :data:`_KINDS`.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from types import ModuleType
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
 from rich.console import Console
 
-from edgedistill.core.fileio import sha256_json, write_text
-from edgedistill.toolchain.data.vision import VisionData, load_vision_data
-from edgedistill.toolchain.recipe import Recipe
+from edgedistill.core.fileio import write_text
+from edgedistill.core.registry import Registry
+from edgedistill.toolchain.recipe import RecipeBase
 from edgedistill.toolchain.rundir import RunDir
 
-STAGES = ("data", "teacher", "distill", "export", "bench", "report")
+#: kind -> the package whose import registers it (imported on first use, so a vision run never imports the LLM
+#: stack); the one registry entry a new kind adds
+_KINDS = {"vision": "edgedistill.toolchain.vision", "llm": "edgedistill.toolchain.llm"}
+#: the single-stage commands, in pipeline order; ``run`` runs every stage
+COMMANDS = ("distill", "export", "bench", "report")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: its name (the manifest key), its body ``fn(ctx)``, and the command that runs it."""
+
+    name: str
+    fn: Callable[[Any], Any]
+    command: str
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    kind: str
+    recipe: type[RecipeBase]
+    stages_module: str
+    description: str = ""
+
+    @property
+    def impl(self) -> ModuleType:
+        return importlib.import_module(self.stages_module)
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return self.impl.STAGES
+
+    def stage_names(self, command: str) -> tuple[str, ...]:
+        """Stages a command runs: ``run`` all; ``distill`` every stage before export; ``bench`` also reports."""
+        if command == "run":
+            return tuple(s.name for s in self.stages)
+        wanted = {"bench": ("bench", "report")}.get(command, (command,))
+        return tuple(s.name for s in self.stages if s.command in wanted)
+
+    def context(self, recipe: RecipeBase, run: RunDir, console: Console, force: bool = False) -> Context:
+        return self.impl.Context(recipe, run, console, force)
+
+
+PIPELINES: Registry[Pipeline] = Registry("pipeline kind")
+
+
+def kinds() -> list[str]:
+    return list(_KINDS)
+
+
+def get_pipeline(kind: str) -> Pipeline:
+    if kind in _KINDS and kind not in PIPELINES:
+        importlib.import_module(_KINDS[kind])
+    return PIPELINES.get(kind)
+
+
+def recipe_types() -> list[type[RecipeBase]]:
+    return [get_pipeline(k).recipe for k in _KINDS]
+
+
+def pipeline_of(recipe: RecipeBase) -> Pipeline:
+    return get_pipeline(recipe.kind)
 
 
 @dataclass
 class Context:
-    """What every stage gets: the recipe, the run directory, a console, and lazily the data."""
+    """What every stage gets: the recipe, the run directory, a console and ``force``; kinds add their data."""
 
-    recipe: Recipe
+    recipe: Any
     run: RunDir
     console: Console = field(default_factory=lambda: Console(stderr=True))
     force: bool = False
 
-    @cached_property
-    def data(self) -> VisionData:
-        return load_vision_data(self.recipe.data)
-
     def skip(self, stage: str, config_hash: str) -> bool:
-        return skip_stage(self.run, self.console, self.force, stage, config_hash)
+        """True (and say so) when ``stage`` already ran with ``config_hash`` and its outputs are intact; else
+        announce the stage. ``force`` redoes it."""
+        if not self.force and self.run.is_done(stage, config_hash):
+            self.console.print(f"[dim]{stage}: unchanged, skipped[/dim]")
+            return True
+        self.console.print(f"[bold cyan]{stage}[/bold cyan]")
+        return False
 
 
-def skip_stage(run: RunDir, console: Console, force: bool, stage: str, config_hash: str) -> bool:
-    """True (and say so) when ``stage`` already ran with ``config_hash``; else announce it. Shared by pipelines."""
-    if not force and run.is_done(stage, config_hash):
-        console.print(f"[dim]{stage}: unchanged, skipped[/dim]")
-        return True
-    console.print(f"[bold cyan]{stage}[/bold cyan]")
-    return False
-
-
-def save_recipe(recipe: BaseModel, run: RunDir) -> None:
+def save_recipe(recipe: RecipeBase, run: RunDir) -> None:
     """Keep the recipe with the run, so single stages can run on the directory later."""
     write_text(run.recipe_path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 
 
-def run_stages(ctx: Context, stages: tuple[str, ...] = STAGES) -> dict[str, Any] | None:
-    """Run ``stages`` in pipeline order; returns the report when the report stage ran."""
-    from edgedistill.toolchain import stages as st
-
-    funcs = {"data": st.stage_data, "teacher": st.stage_teacher, "distill": st.stage_distill,
-             "export": st.stage_export, "bench": st.stage_bench, "report": st.stage_report}
+def run_stages(ctx: Context, names: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+    """Run the named stages (default: all) in pipeline order; returns the report when the report stage ran."""
     report = None
-    for name in STAGES:
-        if name in stages:
-            report = funcs[name](ctx)
+    for stage in pipeline_of(ctx.recipe).stages:
+        if names is None or stage.name in names:
+            out = stage.fn(ctx)
+            if stage.name == "report":
+                report = out
     return report
-
-
-def data_hash(ctx: Context) -> str:
-    return sha256_json({"data": ctx.recipe.section("data"), "split": ctx.data.split_hash})
-

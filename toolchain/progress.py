@@ -47,3 +47,8 @@ def note(msg: str) -> None:
     """A plain progress line for logs (CI, pipes) where bars are off; silent when bars show the same thing."""
     if not _enabled() and os.environ.get("EDGEDISTILL_PROGRESS") != "0":
         print(msg, file=sys.stderr, flush=True)
+
+
+def say(msg: str) -> None:
+    """A line the user must see whatever the progress settings (e.g. that a stage resumed from a checkpoint)."""
+    print(msg, file=sys.stderr, flush=True)

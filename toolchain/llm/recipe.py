@@ -1,41 +1,66 @@
 """The LLM recipe schema (``kind: llm``): typed sections with their defaults here, in one place.
 
-It reuses :mod:`edgedistill.toolchain.recipe`'s conventions: ``_Section`` (unknown keys are errors) and one-line
-:class:`RecipeError` messages ``FILE: FIELD: what was expected``.
+Shared conventions (unknown keys are errors, one-line messages, paths relative to the recipe file) come from
+:mod:`edgedistill.toolchain.recipe`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from edgedistill.toolchain.recipe import Fraction, RecipeError, _one_line, _Section
+from edgedistill.toolchain.recipe import Fraction, RecipeBase, SafeName, Section
 
 GGUFVariant = Literal["f32", "f16", "q8_0", "q4_0", "q4_k_m"]
 ONNXVariant = Literal["fp32", "int8_dynamic"]
 
 
-class LLMDataConfig(_Section):
+def _generator_names() -> list[str]:
+    from edgedistill.toolchain.llm.tasks import GENERATORS, load_tasks
+
+    load_tasks()
+    return GENERATORS.names()
+
+
+class ScoreConfig(Section):
+    """How a generated output is scored against its reference: the task score that picks the best student and
+    defines retention. ``name`` is a registered scorer (``edgedistill.toolchain.llm.tasks.SCORERS``: legal-briefs,
+    exact-match, rouge-l, json-fields, regex) or your own ``package.module:function`` taking
+    ``(predictions, references)`` and returning ``{"task_score": float, ...}``; null: the data kind's default."""
+
+    name: str | None = None
+    pattern: str | None = Field(None, description="regex: the final answer is the last match's group 1 (or match)")
+    fields: list[str] | None = Field(None, description="json-fields: the keys compared (default: the reference's)")
+
+
+class LLMDataConfig(Section):
     """``legal-briefs``: the built-in generated task; ``jsonl``: a file of ``{"input","output"}`` or ``{"text"}``."""
 
-    kind: Literal["legal-briefs", "jsonl"] = "legal-briefs"
+    kind: str = Field("legal-briefs", description="jsonl, or a built-in generated task: legal-briefs")
     path: Path | None = Field(None, description="jsonl: one .jsonl file, or a folder with train/val/test.jsonl")
     n_examples: int = Field(3000, ge=10, description="legal-briefs: cases to generate")
     val_fraction: Fraction = 0.05
     test_fraction: Fraction = 0.05
     max_length: int = Field(320, ge=16, description="tokens per example (prompt + completion), longer are cut")
+    prompt_template: str = Field("{input}", description="jsonl: how an input is shown to the models; the "
+                                 "completion follows it (legal-briefs uses its own)")
     seed: int = 0
+    score: ScoreConfig = ScoreConfig()
 
     @model_validator(mode="after")
     def _check(self) -> LLMDataConfig:
         if self.kind == "jsonl" and self.path is None:
             raise ValueError("path: required when kind is 'jsonl'")
+        if "{input}" not in self.prompt_template:
+            raise ValueError("prompt_template: must contain {input}")
+        if self.kind != "jsonl" and self.kind not in _generator_names():
+            raise ValueError(f"kind: expected jsonl or a built-in task ({', '.join(_generator_names())})")
         return self
 
 
-class TokenizerConfig(_Section):
+class TokenizerConfig(Section):
     """``train-bpe``: a ByteLevel BPE trained on the training split; ``local``: a HF tokenizer directory."""
 
     kind: Literal["train-bpe", "local"] = "train-bpe"
@@ -49,7 +74,7 @@ class TokenizerConfig(_Section):
         return self
 
 
-class LlamaArch(_Section):
+class LlamaArch(Section):
     """A LlamaConfig's shape. Keep hidden/intermediate sizes multiples of 256 so llama.cpp K-quants apply."""
 
     hidden_size: int = Field(256, ge=8)
@@ -71,22 +96,23 @@ class LlamaArch(_Section):
         return self
 
 
-class LMTrainConfig(_Section):
+class LMTrainConfig(Section):
     steps: int = Field(300, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(20, ge=0)
     dtype: Literal["float32", "bfloat16"] = "float32"
+    checkpoint_every: int = Field(50, ge=1, description="steps between resumable training checkpoints")
 
 
-class LLMTeacherConfig(_Section):
+class LLMTeacherConfig(Section):
     path: Path | None = Field(None, description="a local HF Llama checkpoint directory; null: train one here")
     arch: LlamaArch = LlamaArch()
     train: LMTrainConfig = LMTrainConfig()
 
 
-class LLMStudentConfig(_Section):
+class LLMStudentConfig(Section):
     path: Path | None = Field(None, description="a local HF Llama directory to start from (e.g. Llama-3.2-1B)")
     arch: LlamaArch = LlamaArch(intermediate_size=512, num_hidden_layers=2)
     init: Literal["random", "teacher-layers"] = Field(
@@ -95,17 +121,17 @@ class LLMStudentConfig(_Section):
         32, ge=1, description="validation examples summarised greedily to pick the best student (its task score)")
 
 
-class KDLossConfig(_Section):
+class KDLossConfig(Section):
     """One white-box student: ``alpha * T^2 * D(teacher, student) + (1 - alpha) * CE``."""
 
-    name: str = "kd"
+    name: SafeName = "kd"
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     beta: float = Field(0.5, ge=0, le=1, description="jsd: 0 = forward KL, 1 = reverse KL (GKD convention)")
     temperature: float = Field(1.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
 
 
-class WhiteBoxConfig(_Section):
+class WhiteBoxConfig(Section):
     enabled: bool = True
     mode: Literal["offline", "online"] = "offline"
     top_k: int | None = Field(8, ge=1, le=1024, description="offline cache keeps top-k log-probs + remainder mass")
@@ -114,20 +140,23 @@ class WhiteBoxConfig(_Section):
     chunk_tokens: int = Field(512, ge=1, description="loss computed over this many positions at a time")
     losses: list[KDLossConfig] = [KDLossConfig()]
     train: LMTrainConfig = LMTrainConfig()
-    parallel: Literal["none", "ddp", "fsdp"] = Field("none", description="ddp/fsdp: under `accelerate launch`")
-    num_processes: int = Field(1, ge=1)
+    parallel: Literal["none", "ddp", "fsdp"] = Field(
+        "none", description="ddp/fsdp: the distill stage runs under `accelerate launch` with num_processes ranks")
+    num_processes: int = Field(1, ge=1, description="ranks for parallel: ddp/fsdp (CPU: gloo; one per GPU)")
 
     @model_validator(mode="after")
     def _check(self) -> WhiteBoxConfig:
         if self.mode == "offline" and self.top_k is None:
             raise ValueError("top_k: required for offline mode (the cache stores top-k teacher log-probs)")
+        if self.parallel != "none" and self.num_processes < 2:
+            raise ValueError(f"num_processes: parallel {self.parallel} needs at least 2, got {self.num_processes}")
         names = [loss.name for loss in self.losses]
         if len(set(names)) != len(names):
             raise ValueError(f"losses: names must be unique, got {names}")
         return self
 
 
-class EndpointConfig(_Section):
+class EndpointConfig(Section):
     """Any OpenAI-compatible endpoint. ``base_url: null`` serves the teacher's GGUF with llama_cpp.server locally."""
 
     base_url: str | None = None
@@ -149,37 +178,45 @@ class EndpointConfig(_Section):
         return self
 
 
-class BlackBoxConfig(_Section):
+class BlackBoxConfig(Section):
     enabled: bool = True
     endpoint: EndpointConfig = EndpointConfig()
     max_prompts: int | None = Field(None, ge=1, description="collect for at most this many training prompts")
     train: LMTrainConfig = LMTrainConfig(lr=2e-3)
 
 
-class LLMExportConfig(_Section):
+class LLMExportConfig(Section):
     gguf: list[GGUFVariant] = ["f32", "f16", "q8_0", "q4_0", "q4_k_m"]
     onnx: list[ONNXVariant] = Field(
         default_factory=list, description="ONNX files with a KV cache, exported through optimum: fp32, int8_dynamic")
     fidelity_samples: int = Field(16, ge=1, description="test examples for perplexity / KLD / same-top-token")
 
 
-class LLMBenchConfig(_Section):
+class LLMBenchConfig(Section):
+    """Every model and artifact goes through the benchmark agent in a fresh process (on the host, and the exported
+    artifacts on each of ``devices``): per-token decode latency, llama-bench pp/tg, next-token accuracy and logits,
+    and greedy generations that the host scores with the task's scorer."""
+
     pp_tokens: int = Field(64, ge=1, description="prompt-processing length (llama-bench's pp)")
     tg_tokens: int = Field(32, ge=1, description="generation length (llama-bench's tg)")
-    repetitions: int = Field(3, ge=1)
+    repetitions: int = Field(3, ge=1, description="pp/tg repetitions (mean ± sd)")
     threads: int = Field(1, ge=1)
-    eval_samples: int = Field(32, ge=1, description="test examples scored (exact match of key fields + ROUGE-L)")
+    warmup: int = Field(8, ge=0, description="untimed decode steps before the per-token samples")
+    runs: int = Field(64, ge=1, description="timed decode steps (one latency sample per generated token)")
+    eval_samples: int = Field(32, ge=1, description="test examples generated on the host and scored (task score)")
+    device_eval_samples: int = Field(
+        8, ge=1, description="the same on other devices (emulation is hundreds of times slower than the host)")
     max_new_tokens: int = Field(96, ge=1)
+    accuracy_tolerance: float = Field(
+        0.02, ge=0, le=1, description="an artifact 'keeps accuracy' if its task score is within this of its source's")
     devices: list[str] = Field(
         default_factory=list, description="also run every exported artifact on these device specs (host, "
         "PROFILE-constrained, PROFILE-estimated, qemu-arm64, ssh://...; `edgedistill devices` lists them)")
-    device_warmup: int = Field(8, ge=0, description="device matrix: untimed decode steps")
-    device_runs: int = Field(64, ge=1, description="device matrix: timed decode steps (one sample per token)")
     profiles: list[Path] = Field(
         default_factory=list, description="extra device profile YAML files or folders (beside the built-ins)")
 
 
-class PlanConfig(_Section):
+class PlanConfig(Section):
     """Inputs of ``edgedistill plan``: the hardware and the teacher-cache size."""
 
     gpu_memory_gb: float = Field(80.0, gt=0)
@@ -188,11 +225,8 @@ class PlanConfig(_Section):
     teacher_dtype: Literal["float32", "bfloat16", "int8"] = "bfloat16"
 
 
-class LLMRecipe(_Section):
+class LLMRecipe(RecipeBase):
     kind: Literal["llm"]
-    name: str
-    description: str = ""
-    seed: int = 0
     data: LLMDataConfig = LLMDataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     teacher: LLMTeacherConfig = LLMTeacherConfig()
@@ -202,30 +236,3 @@ class LLMRecipe(_Section):
     export: LLMExportConfig = LLMExportConfig()
     bench: LLMBenchConfig = LLMBenchConfig()
     plan: PlanConfig = PlanConfig()
-
-    def section(self, name: str) -> dict[str, Any]:
-        return getattr(self, name).model_dump(mode="json")
-
-
-def parse_llm_recipe(data: dict[str, Any], source: str = "<recipe>") -> LLMRecipe:
-    try:
-        return LLMRecipe.model_validate(data)
-    except ValidationError as err:
-        raise RecipeError(_one_line(source, err)) from None
-
-
-def resolve_llm_paths(recipe: LLMRecipe, base: Path) -> LLMRecipe:
-    """Relative paths in a recipe are relative to the recipe file."""
-
-    def fix(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else (base / p).resolve()
-
-    upd = {
-        "data": recipe.data.model_copy(update={"path": fix(recipe.data.path)}),
-        "tokenizer": recipe.tokenizer.model_copy(update={"path": fix(recipe.tokenizer.path)}),
-        "teacher": recipe.teacher.model_copy(update={"path": fix(recipe.teacher.path)}),
-        "student": recipe.student.model_copy(update={"path": fix(recipe.student.path)}),
-        "distill": recipe.distill.model_copy(update={"cache_dir": fix(recipe.distill.cache_dir)}),
-        "bench": recipe.bench.model_copy(update={"profiles": [fix(x) for x in recipe.bench.profiles]}),
-    }
-    return recipe.model_copy(update=upd)

@@ -1,7 +1,7 @@
-"""The LLM pipeline (``kind: llm``): data → teacher → distill (KD students) → blackbox (SFT student) → export →
-bench → report, each stage reading from and writing to the run directory like the vision stages
-(:mod:`edgedistill.toolchain.stages`): a config hash per stage, outputs recorded in the manifest, and a stage whose
-hash and outputs are unchanged is skipped.
+"""The LLM pipeline's stages (``kind: llm``), in the order they run: data → teacher → distill (KD students) →
+blackbox (SFT student) → export → bench → report. The framework (context, runner, skipping) is
+:mod:`edgedistill.toolchain.pipeline`; every stage has a config hash over its recipe sections and the content of
+its inputs, records its outputs in the manifest, and is skipped when both are unchanged.
 
 Run-directory layout (relative to the run root)::
 
@@ -12,51 +12,51 @@ Run-directory layout (relative to the run root)::
     blackbox/teacher-f32.gguf  blackbox/collected.jsonl      the served teacher and the collect journal
     export/student-<variant>.gguf  export/artifacts.json    GGUFs of the best student, with fidelity
     export/student-onnx-<variant>/model.onnx                ONNX (KV cache, optimum) of the best student
-    bench/<name>.json  bench/results.json                   one fresh-process measurement per model / artifact
+    bench/eval-tokens.npz  bench/<name>-t<T>.json           the agent's inputs and one document per measurement
+    bench/devices/<device>/...  bench/results.json          other devices; everything, scored
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 
-from edgedistill.core.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
+from edgedistill.benchmarks.report import llm as report_mod
+from edgedistill.core.fileio import atomic_path, read_json, sha256_json, sha256_path, write_json
+from edgedistill.toolchain import pipeline
 from edgedistill.toolchain.llm.data import Splits, load_splits
-from edgedistill.toolchain.llm.recipe import LLMRecipe
-from edgedistill.toolchain.pipeline import save_recipe, skip_stage  # noqa: F401  (save_recipe: used by the CLI)
-from edgedistill.toolchain.rundir import RunDir
+from edgedistill.toolchain.llm.recipe import GGUFVariant, LLMRecipe, ONNXVariant
+from edgedistill.toolchain.pipeline import Stage
 
-STAGES = ("data", "teacher", "distill", "blackbox", "export", "bench", "report")
 TEACHER_DIR = "teacher/model"
 TOKENIZER_DIR = "data/tokenizer"
 SFT = "sft"
-#: bumped when a student's metadata gains a field the pipeline relies on (2: val_task_score), so old runs retrain
-STUDENT_META_VERSION = 2
-HF_FILES = ("config.json", "model.safetensors")
+#: bumped when a student's metadata gains a field the pipeline relies on (3: weights_sha256), so old runs retrain
+STUDENT_META_VERSION = 3
+REPORT = report_mod
+#: the LLM agent runs (generation over the whole eval set on a PyTorch teacher) may take long on 2 cores
+HOST_TIMEOUT_S = 3600.0
 
 
 @dataclass
-class LLMContext:
-    """What every LLM stage gets: the recipe, the run directory, a console; lazily the splits and tokenizer."""
+class Context(pipeline.Context):
+    """An LLM stage's context: the framework's, plus the splits and the tokenizer (loaded on first use)."""
 
     recipe: LLMRecipe
-    run: RunDir
-    console: Console = field(default_factory=lambda: Console(stderr=True))
-    force: bool = False
 
     @cached_property
     def splits(self) -> Splits:
         d = self.recipe.data
-        return load_splits(d.kind, d.path, d.n_examples, d.val_fraction, d.test_fraction, d.seed)
+        return load_splits(d.kind, d.path, d.n_examples, d.val_fraction, d.test_fraction, d.seed, d.prompt_template)
 
     @cached_property
     def tok(self) -> Any:
@@ -75,37 +75,22 @@ class LLMContext:
         p = self.recipe.teacher.path
         return p if p is not None else self.run.path(TEACHER_DIR)
 
-    def skip(self, stage: str, config_hash: str) -> bool:
-        return skip_stage(self.run, self.console, self.force, stage, config_hash)
+    def score(self, preds: list[str], refs: list[str]) -> dict[str, Any]:
+        from edgedistill.toolchain.llm.tasks import score
 
-
-def run_llm_stages(ctx: LLMContext, stages: tuple[str, ...] = STAGES) -> dict[str, Any] | None:
-    """Run ``stages`` in pipeline order; returns the report when the report stage ran."""
-    funcs = {"data": stage_data, "teacher": stage_teacher, "distill": stage_distill, "blackbox": stage_blackbox,
-             "export": stage_export, "bench": stage_bench, "report": stage_report}
-    report = None
-    for name in STAGES:
-        if name in stages:
-            report = funcs[name](ctx)
-    return report
-
-
-def _hf_files(folder: Path) -> list[Path]:
-    return [folder / f for f in HF_FILES]
-
-
-def _dir_sha(folder: Path) -> str:
-    return sha256_json({f: sha256_file(folder / f) for f in HF_FILES if (folder / f).is_file()})
+        s = self.recipe.data.score
+        return score(preds, refs, s.name, self.recipe.data.kind, s)
 
 
 # -- data ------------------------------------------------------------------------------------------------------
-def _data_hash(ctx: LLMContext) -> str:
+def data_hash(ctx: Context) -> str:
     return sha256_json({"data": ctx.recipe.section("data"), "tokenizer": ctx.recipe.section("tokenizer"),
-                        "split": ctx.splits.split_hash})
+                        "tokenizer_files": sha256_path(ctx.recipe.tokenizer.path) if ctx.recipe.tokenizer.path
+                        else None, "split": ctx.splits.split_hash})
 
 
-def stage_data(ctx: LLMContext) -> None:
-    h = _data_hash(ctx)
+def stage_data(ctx: Context) -> None:
+    h = data_hash(ctx)
     if ctx.skip("data", h):
         return
     from edgedistill.toolchain.llm.tokenizer import load_tokenizer, train_bpe
@@ -128,10 +113,10 @@ def stage_data(ctx: LLMContext) -> None:
 
 
 # -- teacher ---------------------------------------------------------------------------------------------------
-def _teacher_hash(ctx: LLMContext) -> str:
+def _teacher_hash(ctx: Context) -> str:
     t = ctx.recipe.teacher
-    ckpt = _dir_sha(t.path) if t.path is not None else None
-    return sha256_json({"data": _data_hash(ctx), "teacher": ctx.recipe.section("teacher"), "ckpt": ckpt,
+    ckpt = sha256_path(t.path) if t.path is not None else None  # every shard and the index
+    return sha256_json({"data": data_hash(ctx), "teacher": ctx.recipe.section("teacher"), "ckpt": ckpt,
                         "seed": ctx.recipe.seed})
 
 
@@ -139,6 +124,7 @@ def _teacher_hash(ctx: LLMContext) -> str:
 def val_nll(model: torch.nn.Module, data: list[Any], pad_id: int, n: int = 64, batch_size: int = 16) -> float:
     """Mean cross-entropy on the completion tokens of the first ``n`` validation examples."""
     from edgedistill.toolchain.llm.train import collate
+    from edgedistill.toolchain.training import IGNORE_INDEX
 
     model.eval()
     tot, cnt = 0.0, 0
@@ -147,13 +133,27 @@ def val_nll(model: torch.nn.Module, data: list[Any], pad_id: int, n: int = 64, b
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
         y = b["labels"][:, 1:]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
+                                                 ignore_index=IGNORE_INDEX, reduction="sum")
         tot += float(loss)
-        cnt += int((y != -100).sum())
+        cnt += int((y != IGNORE_INDEX).sum())
     return tot / max(1, cnt)
 
 
-def stage_teacher(ctx: LLMContext) -> None:
+def _train_state(ctx: Context, folder: str, h: str, prefix: str = "") -> Path:
+    """A resumable training checkpoint keyed by the stage hash (a changed recipe never resumes a stale one);
+    ``--force`` removes it so the work is redone."""
+    ckpt = ctx.run.path(folder, f"{prefix}train-state-{h[:12]}.pt")
+    if ctx.force:
+        ckpt.unlink(missing_ok=True)
+    return ckpt
+
+
+def _drop_train_states(folder: Path, prefix: str = "") -> None:
+    for p in folder.glob(f"{prefix}train-state-*.pt*"):
+        p.unlink()
+
+
+def stage_teacher(ctx: Context) -> None:
     h = _teacher_hash(ctx)
     if ctx.skip("teacher", h):
         return
@@ -165,26 +165,58 @@ def stage_teacher(ctx: LLMContext) -> None:
     if cfg.path is None:
         model = build_llama(cfg.arch, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id,
                             ctx.recipe.seed)
-        res = train_lm(model, ctx.encoded("train"), cfg.train, ctx.recipe.seed, tok.pad_token_id, "training teacher")
-        model.save_pretrained(str(ctx.teacher_dir), safe_serialization=True)
-        info.update(steps=res.steps, train_seconds=res.seconds, tokens_per_second=res.tokens_per_second,
-                    history=res.history)
+        ckpt = _train_state(ctx, "teacher", h)
+        res = train_lm(model, ctx.encoded("train"), cfg.train, ctx.recipe.seed, tok.pad_token_id, ckpt,
+                       "training teacher")
+        with atomic_dir(ctx.teacher_dir) as tmp:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+        info.update(steps=res.steps, train_seconds=res.seconds, tokens_per_second=res.per_second,
+                    resumed_from=res.resumed_from, history=res.history)
     else:
         model = load_llama(cfg.path)
         info["checkpoint"] = str(cfg.path)
     info.update(params=param_count(model), val_nll=val_nll(model, ctx.encoded("val"), tok.pad_token_id))
     metrics = ctx.run.path("teacher", "metrics.json")
     write_json(metrics, info)
-    outs = [*_hf_files(ctx.teacher_dir), metrics] if cfg.path is None else [metrics]
+    outs = [*_files(ctx.teacher_dir), metrics] if cfg.path is None else [metrics]
     ctx.run.record("teacher", h, outs, {"params": info["params"], "val_nll": info["val_nll"]})
+    _drop_train_states(ctx.run.path("teacher"))
     ctx.console.print(f"  teacher {info['params']:,} params, val NLL {info['val_nll']:.4f}")
 
 
-def _teacher_sha(ctx: LLMContext) -> str:
-    return _dir_sha(ctx.teacher_dir)
+def _files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
 
 
-def _new_student(ctx: LLMContext, teacher: torch.nn.Module) -> tuple[torch.nn.Module, list[int] | None, int]:
+class atomic_dir:  # noqa: N801 (used as a context manager, like atomic_path)
+    """Write a folder under a temporary name beside ``path`` and swap it in on success."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+
+    def __enter__(self) -> Path:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        return self.tmp
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+        if self.path.exists():
+            self.path.replace(old)
+        self.tmp.replace(self.path)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _teacher_sha(ctx: Context) -> str:
+    return sha256_path(ctx.teacher_dir)
+
+
+# -- students --------------------------------------------------------------------------------------------------
+def _new_student(ctx: Context, teacher: torch.nn.Module) -> tuple[torch.nn.Module, list[int] | None, int]:
     """The student before training (a local checkpoint, or a fresh LlamaConfig initialised from the teacher), the
     teacher layers it copied, and the vocabulary size both share (embedding rows beyond it are padding)."""
     from edgedistill.toolchain.llm.models import align_vocab, build_llama, init_from_teacher, load_llama
@@ -200,107 +232,188 @@ def _new_student(ctx: LLMContext, teacher: torch.nn.Module) -> tuple[torch.nn.Mo
     return student, layers, vocab
 
 
-def val_task_score(ctx: LLMContext, folder: Path) -> float:
-    """Task score (key-field exact match) of greedy summaries on the first ``student.selection_samples``
-    validation examples: how the best student is chosen (never on the test split)."""
+def generate(ctx: Context, folder: Path, examples: list[Any]) -> list[str]:
+    """Greedy outputs of the HF model in ``folder`` for ``examples`` (the PyTorch reference, in this process)."""
     from edgedistill.runtimes.torch_lm import TorchLMSession
-    from edgedistill.toolchain.llm.bench import generate_and_score
     from edgedistill.toolchain.llm.tokenizer import encode
 
     r, tok = ctx.recipe, ctx.tok
     sess = TorchLMSession(folder, threads=torch.get_num_threads())
-    res = generate_and_score(sess, ctx.splits.val[:r.student.selection_samples],
-                             lambda p: encode(tok, p, None, r.data.max_length).input_ids,
-                             lambda ids: tok.decode(ids, skip_special_tokens=True), r.bench.max_new_tokens,
-                             tok.eos_token_id)
-    return float(res["score"]["task_score"])
+    out = []
+    for e in examples:
+        new, _ = sess.generate(encode(tok, e.prompt, None, r.data.max_length).input_ids, r.bench.max_new_tokens,
+                               tok.eos_token_id)
+        out.append(tok.decode(new, skip_special_tokens=True).strip())
+    return out
 
 
-def _save_student(ctx: LLMContext, name: str, model: torch.nn.Module, info: dict[str, Any]) -> list[Path]:
+def val_task_score(ctx: Context, folder: Path) -> float:
+    """Task score of greedy outputs on the first ``student.selection_samples`` validation examples: how the best
+    student is chosen (never on the test split)."""
+    val = ctx.splits.val[:ctx.recipe.student.selection_samples]
+    return float(ctx.score(generate(ctx, folder, val), [e.output for e in val])["task_score"])
+
+
+def _save_student(ctx: Context, name: str, model: torch.nn.Module, info: dict[str, Any]) -> list[Path]:
+    """Weights first (atomically, as a folder), then the metadata naming their hash: a kill between the two leaves
+    metadata that does not match, so the student is retrained rather than reused."""
     folder = ctx.run.path("students", name)
-    model.save_pretrained(str(folder), safe_serialization=True)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+    info["weights_sha256"] = sha256_path(folder)
     info["val_nll"] = val_nll(model, ctx.encoded("val"), ctx.tok.pad_token_id)
     info["val_task_score"] = val_task_score(ctx, folder)
     meta = ctx.run.path("students", f"{name}.json")
     write_json(meta, info)
-    return [*_hf_files(folder), meta]
+    return [*_files(folder), meta]
 
 
-def _student_done(ctx: LLMContext, name: str, h: str) -> bool:
-    meta = ctx.run.path("students", f"{name}.json")
-    return (meta.is_file() and read_json(meta).get("config_hash") == h
-            and all(p.is_file() for p in _hf_files(ctx.run.path("students", name))))
+def _student_done(ctx: Context, name: str, h: str) -> bool:
+    meta, folder = ctx.run.path("students", f"{name}.json"), ctx.run.path("students", name)
+    if ctx.force or not (meta.is_file() and folder.is_dir()):
+        return False
+    try:
+        m = read_json(meta)
+    except ValueError:
+        return False
+    return m.get("config_hash") == h and m.get("weights_sha256") == sha256_path(folder)
+
+
+def _student_outputs(ctx: Context, name: str) -> list[Path]:
+    return [*_files(ctx.run.path("students", name)), ctx.run.path("students", f"{name}.json")]
 
 
 # -- white-box KD ----------------------------------------------------------------------------------------------
-def _distill_hash(ctx: LLMContext) -> str:
+def distill_hash(ctx: Context) -> str:
     r = ctx.recipe
-    distill = {k: v for k, v in r.section("distill").items() if k != "cache_dir"}
-    return sha256_json({"teacher": _teacher_sha(ctx), "data": _data_hash(ctx), "student": r.section("student"),
+    distill = {k: v for k, v in r.section("distill").items() if k not in ("cache_dir", "parallel", "num_processes")}
+    return sha256_json({"teacher": _teacher_sha(ctx), "data": data_hash(ctx), "student": r.section("student"),
                         "distill": distill, "seed": r.seed, "meta": STUDENT_META_VERSION})
 
 
-def stage_distill(ctx: LLMContext) -> None:
-    cfg = ctx.recipe.distill
-    h = _distill_hash(ctx)
-    if not cfg.enabled or ctx.skip("distill", h):
-        return
-    from edgedistill.toolchain.llm.cache import build_cache, cache_key, default_cache_dir
-    from edgedistill.toolchain.llm.distill import train_kd
+def _teacher_cache(ctx: Context, loss: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
+    from edgedistill.toolchain.llm.distill.cache import build_cache, cache_key, default_cache_dir
+
+    cfg, tok = ctx.recipe.distill, ctx.tok
+    assert cfg.top_k is not None
+    data = ctx.encoded("train")
+    key = cache_key(_teacher_sha(ctx), data, cfg.top_k, loss.temperature)
+    cache, hit = build_cache(key, cfg.cache_dir or default_cache_dir(), data, tok.pad_token_id, len(tok),
+                             cfg.top_k, loss.temperature, teacher, cfg.shard_tokens)
+    return cache, {"path": str(cache.folder), "hit": hit, "bytes_per_token": cache.bytes_per_token, "k": cfg.top_k}
+
+
+def train_kd_students(ctx: Context, h: str, accelerator: Any = None) -> dict[str, Any]:
+    """Train every loss's student that is not already done (one process, or each rank under ``accelerator``);
+    returns ``{"students": {name: meta}, "cache": info}``. Only the main process writes files."""
+    from edgedistill.toolchain.llm.distill.kd import train_kd
     from edgedistill.toolchain.llm.models import load_llama
 
-    teacher = load_llama(ctx.teacher_dir).eval()
-    data, tok, outputs, info = ctx.encoded("train"), ctx.tok, [], {"mode": cfg.mode, "students": {}}
+    cfg, tok = ctx.recipe.distill, ctx.tok
+    main = accelerator is None or accelerator.is_main_process
+    teacher: Any = None
+
+    def get_teacher() -> Any:
+        nonlocal teacher
+        if teacher is None:
+            teacher = load_llama(ctx.teacher_dir).eval()
+        return teacher
+
+    info: dict[str, Any] = {"students": {}, "cache": None}
     for loss in cfg.losses:
         sh = sha256_json({"stage": h, "loss": loss.model_dump(mode="json")})
         if _student_done(ctx, loss.name, sh):
             info["students"][loss.name] = read_json(ctx.run.path("students", f"{loss.name}.json"))
-        else:
-            cache = None
-            if cfg.mode == "offline":
-                assert cfg.top_k is not None
-                key = cache_key(_teacher_sha(ctx), data, cfg.top_k, loss.temperature)
-                cache, hit = build_cache(key, cfg.cache_dir or default_cache_dir(), data, tok.pad_token_id,
-                                         len(tok), cfg.top_k, loss.temperature, lambda: teacher, cfg.shard_tokens)
-                info["cache"] = {"path": str(cache.folder), "hit": hit, "bytes_per_token": cache.bytes_per_token,
-                                 "k": cfg.top_k}
-                ctx.console.print(f"  teacher top-{cfg.top_k} cache {'hit' if hit else 'written'}: "
+            continue
+        cache = None
+        if cfg.mode == "offline":
+            cache, info["cache"] = _teacher_cache(ctx, loss, get_teacher)
+            if main:
+                ctx.console.print(f"  teacher top-{cfg.top_k} cache {'hit' if info['cache']['hit'] else 'written'}: "
                                   f"{cache.bytes_per_token:.1f} B/token")
-            student, layers, vocab = _new_student(ctx, teacher)
-            res = train_kd(student, data, loss, cfg.train, ctx.recipe.seed, tok.pad_token_id, cfg.chunk_tokens,
-                           cache=cache, teacher=None if cache is not None else teacher, vocab=vocab)
-            meta = {"config_hash": sh, "role": "kd", "loss": loss.model_dump(mode="json"), "init_layers": layers,
-                    "steps": res.steps, "train_seconds": res.seconds, "tokens_per_second": res.tokens_per_second,
-                    "history": res.history, "params": sum(p.numel() for p in student.parameters())}
+        student, layers, vocab = _new_student(ctx, get_teacher())
+        ckpt = _train_state(ctx, "students", sh, f"{loss.name}-")
+        res = train_kd(student, ctx.encoded("train"), loss, cfg.train, ctx.recipe.seed, tok.pad_token_id,
+                       cfg.chunk_tokens, ckpt, cache=cache, teacher=None if cache is not None else get_teacher(),
+                       accelerator=accelerator, vocab=vocab)
+        meta = {"config_hash": sh, "role": "kd", "loss": loss.model_dump(mode="json"), "init_layers": layers,
+                "steps": res.steps, "train_seconds": res.seconds, "tokens_per_second": res.per_second,
+                "resumed_from": res.resumed_from, "history": res.history,
+                "params": sum(p.numel() for p in student.parameters()),
+                "processes": accelerator.num_processes if accelerator is not None else 1}
+        if main:
             _save_student(ctx, loss.name, student, meta)
-            info["students"][loss.name] = meta
-        outputs += [*_hf_files(ctx.run.path("students", loss.name)), ctx.run.path("students", f"{loss.name}.json")]
-        meta = info["students"][loss.name]
-        ctx.console.print(f"  {loss.name}: val NLL {meta['val_nll']:.4f}, val task {meta['val_task_score']:.3f}")
+            _drop_train_states(ctx.run.path("students"), f"{loss.name}-")
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+        info["students"][loss.name] = read_json(ctx.run.path("students", f"{loss.name}.json"))
+    return info
+
+
+def stage_distill(ctx: Context) -> None:
+    cfg = ctx.recipe.distill
+    h = distill_hash(ctx)
+    if not cfg.enabled or ctx.skip("distill", h):
+        return
+    info = train_kd_students(ctx, h) if cfg.parallel == "none" else _launch_distill(ctx, h)
+    outputs = [p for loss in cfg.losses for p in _student_outputs(ctx, loss.name)]
+    for name, meta in info["students"].items():
+        ctx.console.print(f"  {name}: val NLL {meta['val_nll']:.4f}, val task {meta['val_task_score']:.3f}")
     ctx.run.record("distill", h, outputs, {
-        "mode": cfg.mode, "cache": info.get("cache"),
+        "mode": cfg.mode, "cache": info.get("cache"), "parallel": cfg.parallel,
+        "processes": cfg.num_processes if cfg.parallel != "none" else 1,
         "students": {k: {"val_nll": v["val_nll"], "val_task_score": v["val_task_score"]}
                      for k, v in info["students"].items()}})
 
 
+def _launch_distill(ctx: Context, h: str) -> dict[str, Any]:
+    """``distill.parallel``: build the teacher cache here (once), then train the students under ``accelerate launch``
+    with ``num_processes`` ranks (:mod:`edgedistill.toolchain.llm.launch`); the ranks write the students."""
+    from edgedistill.toolchain.llm.distill.server import free_port
+    from edgedistill.toolchain.llm.models import load_llama
+
+    cfg = ctx.recipe.distill
+    cache_info = None
+    if cfg.mode == "offline":
+        for loss in cfg.losses:
+            _, cache_info = _teacher_cache(ctx, loss, lambda: load_llama(ctx.teacher_dir).eval())
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--num_processes", str(cfg.num_processes), "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    cmd += ["--use_fsdp"] if cfg.parallel == "fsdp" else ["--multi_gpu"]
+    cmd += ["-m", "edgedistill.toolchain.llm.launch", "--out", str(ctx.run.root)]
+    if ctx.force:  # the ranks run without --force: redo the work by removing what they would reuse
+        for loss in cfg.losses:
+            ctx.run.path("students", f"{loss.name}.json").unlink(missing_ok=True)
+        _drop_train_states(ctx.run.path("students"))
+    ctx.console.print(f"  accelerate launch: {cfg.num_processes} processes ({cfg.parallel})")
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run(cmd, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"distill: `accelerate launch` exited {proc.returncode}; re-run to resume from the last "
+                           "checkpoint")
+    students = {loss.name: read_json(ctx.run.path("students", f"{loss.name}.json")) for loss in cfg.losses}
+    return {"students": students, "cache": cache_info}
+
+
 # -- black-box: serve the teacher, collect its replies, SFT -----------------------------------------------------
-def _blackbox_hash(ctx: LLMContext) -> str:
+def _blackbox_hash(ctx: Context) -> str:
     r = ctx.recipe
-    return sha256_json({"teacher": _teacher_sha(ctx), "data": _data_hash(ctx), "student": r.section("student"),
+    return sha256_json({"teacher": _teacher_sha(ctx), "data": data_hash(ctx), "student": r.section("student"),
                         "blackbox": r.section("blackbox"), "max_length": r.data.max_length, "seed": r.seed,
                         "meta": STUDENT_META_VERSION})
 
 
-def stage_blackbox(ctx: LLMContext) -> None:
+def stage_blackbox(ctx: Context) -> None:
     cfg = ctx.recipe.blackbox
     h = _blackbox_hash(ctx)
     if not cfg.enabled or ctx.skip("blackbox", h):
         return
-    from edgedistill.toolchain.llm.collect import Prompt, collect, targets
-    from edgedistill.toolchain.llm.gguf_export import write_gguf
+    from edgedistill.toolchain.llm.distill.collect import Prompt, collect, targets
+    from edgedistill.toolchain.llm.distill.server import serving
+    from edgedistill.toolchain.llm.distill.sft import train_sft
+    from edgedistill.toolchain.llm.export.gguf import write_gguf
     from edgedistill.toolchain.llm.models import load_llama
-    from edgedistill.toolchain.llm.server import serving
-    from edgedistill.toolchain.llm.sft import train_sft
 
     train = ctx.splits.train[:cfg.max_prompts] if cfg.max_prompts else ctx.splits.train
     prompts = [Prompt(e.id, e.prompt) for e in train]
@@ -325,30 +438,34 @@ def stage_blackbox(ctx: LLMContext) -> None:
     pairs = [(e.prompt, got[e.id]) for e in train if e.id in got]
     ctx.console.print(f"  collected {len(pairs)}/{len(prompts)} teacher replies from {served} in {collect_s:.0f} s "
                       f"({stats.failed} failed)")
+    if len(pairs) < len(prompts):  # partial work is never recorded as done: a re-run asks only the missing ones
+        raise RuntimeError(f"{journal}: only {len(pairs)}/{len(prompts)} prompts answered ({stats.failed} failed; "
+                           "the journal records why); re-run to retry the rest")
     teacher = load_llama(ctx.teacher_dir).eval()
     student, layers, _ = _new_student(ctx, teacher)
     del teacher
-    work = ctx.run.path("blackbox", "sft-work")
-    res = train_sft(student, ctx.tok, pairs, cfg.train, work, ctx.recipe.seed, ctx.recipe.data.max_length)
-    shutil.rmtree(work, ignore_errors=True)
+    ckpt = _train_state(ctx, "blackbox", h)
+    res = train_sft(student, ctx.tok, pairs, cfg.train, ckpt, ctx.recipe.seed, ctx.recipe.data.max_length)
     meta = {"config_hash": h, "role": "sft", "endpoint": served, "collected": len(pairs), "prompts": len(prompts),
             "collect_failed": stats.failed, "collect_retries": stats.retries, "collect_seconds": collect_s,
-            "init_layers": layers, "steps": res["steps"], "train_seconds": res["seconds"],
-            "history": res["history"], "params": sum(p.numel() for p in student.parameters())}
+            "init_layers": layers, "steps": res.steps, "train_seconds": res.seconds,
+            "tokens_per_second": res.per_second, "resumed_from": res.resumed_from, "history": res.history,
+            "params": sum(p.numel() for p in student.parameters())}
     outs = _save_student(ctx, SFT, student, meta)
     ctx.run.record("blackbox", h, [*outs, journal], {"collected": len(pairs), "prompts": len(prompts),
                                                      "val_nll": meta["val_nll"],
                                                      "val_task_score": meta["val_task_score"]})
+    _drop_train_states(ctx.run.path("blackbox"))
     ctx.console.print(f"  sft: val NLL {meta['val_nll']:.4f}, val task {meta['val_task_score']:.3f}")
 
 
-def _journal_hash(ctx: LLMContext) -> str | None:
+def _journal_hash(ctx: Context) -> str | None:
     key = ctx.run.path("blackbox", "journal-key.json")
     return read_json(key).get("config_hash") if key.is_file() else None
 
 
-# -- export: GGUF of the best student, with fidelity -----------------------------------------------------------
-def student_names(ctx: LLMContext) -> list[str]:
+# -- export: GGUF and ONNX of the best student, with fidelity --------------------------------------------------
+def student_names(ctx: Context) -> list[str]:
     """Trained students in report order: KD students (recipe order), then the SFT student."""
     names = [loss.name for loss in ctx.recipe.distill.losses] if ctx.recipe.distill.enabled else []
     if ctx.recipe.blackbox.enabled:
@@ -356,12 +473,12 @@ def student_names(ctx: LLMContext) -> list[str]:
     return [n for n in names if ctx.run.path("students", f"{n}.json").is_file()]
 
 
-def best_student(ctx: LLMContext) -> str:
+def best_student(ctx: Context) -> str:
     """The student with the highest validation task score, ties to the lower validation NLL (never chosen on the
     test split). NLL alone prefers KD students, which match the reference tokens best but need not summarise best."""
     names = student_names(ctx)
     if not names:
-        raise FileNotFoundError(f"{ctx.run.root}: no trained student; run the distill or blackbox stage first")
+        raise FileNotFoundError(f"{ctx.run.root}: no trained student; run `edgedistill distill` first")
 
     def key(n: str) -> tuple[float, float]:
         meta = read_json(ctx.run.path("students", f"{n}.json"))
@@ -370,16 +487,16 @@ def best_student(ctx: LLMContext) -> str:
     return min(names, key=key)
 
 
-def stage_export(ctx: LLMContext) -> None:
+def stage_export(ctx: Context) -> None:
     r, best = ctx.recipe, best_student(ctx)
     sdir = ctx.run.path("students", best)
-    h = sha256_json({"student": _dir_sha(sdir), "best": best, "export": r.section("export"),
-                     "data": _data_hash(ctx), "teacher": _teacher_sha(ctx)})
+    h = sha256_json({"student": sha256_path(sdir), "best": best, "export": r.section("export"),
+                     "data": data_hash(ctx), "teacher": _teacher_sha(ctx)})
     if ctx.skip("export", h):
         return
     from edgedistill.runtimes.llama_cpp import LlamaCppSession, quiet_stderr
-    from edgedistill.toolchain.llm.fidelity import fidelity, torch_logits
-    from edgedistill.toolchain.llm.gguf_export import quantize, tensor_types, write_gguf
+    from edgedistill.toolchain.llm.export.fidelity import fidelity, torch_logits
+    from edgedistill.toolchain.llm.export.gguf import quantize, tensor_types, write_gguf
     from edgedistill.toolchain.llm.models import load_llama
 
     test = ctx.encoded("test")[:r.export.fidelity_samples]
@@ -428,12 +545,12 @@ def stage_export(ctx: LLMContext) -> None:
                                                       "artifacts": [a["name"] for a in records]})
 
 
-def _export_onnx(ctx: LLMContext, sdir: Path, best: str, ids: list[list[int]], ref: list[Any], starts: list[int]
+def _export_onnx(ctx: Context, sdir: Path, best: str, ids: list[list[int]], ref: list[Any], starts: list[int]
                  ) -> tuple[list[dict[str, Any]], list[Path], float]:
     """ONNX (KV cache) of the best student through optimum, then its int8 file; each with fidelity."""
     from edgedistill.runtimes.ort_llm import OrtLLMSession
-    from edgedistill.toolchain.llm.fidelity import fidelity
-    from edgedistill.toolchain.llm.onnx_export import export_onnx, quantize_onnx
+    from edgedistill.toolchain.llm.export.fidelity import fidelity
+    from edgedistill.toolchain.llm.export.onnx import export_onnx, quantize_onnx
 
     variants = ctx.recipe.export.onnx
     t0 = time.perf_counter()
@@ -458,111 +575,150 @@ def _export_onnx(ctx: LLMContext, sdir: Path, best: str, ids: list[list[int]], r
     return records, outputs, seconds
 
 
-# -- bench: each model and artifact in a fresh process ---------------------------------------------------------
-def bench_items(ctx: LLMContext) -> list[tuple[str, Path]]:
-    items = [("teacher", ctx.teacher_dir)]
-    items += [(f"{n}-student", ctx.run.path("students", n)) for n in student_names(ctx)]
+def export_options(recipe: LLMRecipe, formats: str | None, variants: str | None, layout: str | None) -> LLMRecipe:
+    """The recipe with ``edgedistill export``'s --formats (gguf, onnx) and --variants applied and checked."""
+    from typing import get_args
+
+    if layout is not None:
+        raise ValueError("--layout: only for vision runs (TFLite input layout)")
+    known = {"gguf": list(get_args(GGUFVariant)), "onnx": list(get_args(ONNXVariant))}
+    fmts = [f.strip() for f in (formats or "gguf,onnx").split(",") if f.strip()]
+    if bad := [f for f in fmts if f not in known] or ([] if fmts else [""]):
+        raise ValueError(f"--formats: unknown {bad}; an LLM run exports gguf, onnx")
+    names = [v.strip() for v in variants.split(",") if v.strip()] if variants is not None else None
+    if names is not None and (bad := [v for v in names if not any(v in k for k in known.values())] or
+                              ([] if names else [""])):
+        raise ValueError(f"--variants: unknown {bad}; gguf has {', '.join(known['gguf'])}; onnx has "
+                         f"{', '.join(known['onnx'])}")
+    update: dict[str, Any] = {}
+    for fmt in known:
+        current = getattr(recipe.export, fmt)
+        if fmt not in fmts:
+            update[fmt] = []
+        elif names is not None:
+            update[fmt] = [v for v in names if v in known[fmt]]
+        elif formats is not None and not current:
+            update[fmt] = list(known[fmt])
+        else:
+            update[fmt] = list(current)
+    if not update["gguf"] and not update["onnx"]:
+        raise ValueError(f"--variants: none of {names} belongs to the chosen formats {fmts}")
+    return recipe.model_copy(update={"export": recipe.export.model_copy(update=update)})
+
+
+# -- bench: every model and artifact through the one agent -----------------------------------------------------
+def bench_items(ctx: Context, artifacts_only: bool = False) -> list[Any]:
+    from edgedistill.benchmarks.harness import BenchItem
+
+    items = [] if artifacts_only else [BenchItem("teacher", ctx.teacher_dir, "pytorch-llm")]
+    if not artifacts_only:
+        items += [BenchItem(f"{n}-student", ctx.run.path("students", n), "pytorch-llm") for n in student_names(ctx)]
     listing = ctx.run.path("export", "artifacts.json")
     if ctx.run.stage("export") and listing.is_file():
-        items += [(a["name"], ctx.run.root / a["file"]) for a in read_json(listing)["artifacts"]]
+        items += [BenchItem(a["name"], ctx.run.root / a["file"], "onnxruntime-llm" if a["format"] == "onnx"
+                            else None) for a in read_json(listing)["artifacts"]]
     return items
 
 
-def _item_sha(path: Path) -> str:
-    return _dir_sha(path) if path.is_dir() else sha256_file(path)
-
-
-def measure_fresh(path: Path, ctx: LLMContext) -> dict[str, Any]:
-    """One agent run in a fresh Python process; its JSON document, or ``{"error": ...}``."""
-    b, r = ctx.recipe.bench, ctx.recipe
-    cmd = [sys.executable, "-m", "edgedistill.toolchain.llm.bench", "--artifact", str(path),
-           "--tokenizer", str(ctx.run.path(TOKENIZER_DIR)), "--test", str(ctx.run.path("data", "test.jsonl")),
-           "--threads", str(b.threads), "--pp", str(b.pp_tokens), "--tg", str(b.tg_tokens),
-           "--reps", str(b.repetitions), "--eval-samples", str(b.eval_samples),
-           "--max-new-tokens", str(b.max_new_tokens), "--max-length", str(r.data.max_length)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
-    if res.returncode != 0:
-        return {"error": f"agent exited {res.returncode}: {res.stderr.strip()[-600:]}"}
-    try:
-        import json
-
-        return json.loads(res.stdout.strip().splitlines()[-1]) | {"error": None}
-    except (ValueError, IndexError):
-        return {"error": f"agent printed no JSON: {res.stdout[-300:]}"}
-
-
-def stage_bench(ctx: LLMContext) -> None:
-    items = bench_items(ctx)
-    h = sha256_json({"items": {n: _item_sha(p) for n, p in items}, "bench": ctx.recipe.section("bench"),
-                     "data": _data_hash(ctx)})
-    if ctx.skip("bench", h):
-        return
-    from edgedistill.toolchain.progress import progress_bar
-
-    results, outputs = {}, []
-    device_keys = ("devices", "device_warmup", "device_runs", "profiles")  # the matrix resumes on its own
-    own = {k: v for k, v in ctx.recipe.section("bench").items() if k not in device_keys}
-    for name, path in progress_bar(items, "benchmarking (fresh process each)"):
-        ih = sha256_json({"item": name, "sha": _item_sha(path), "bench": own, "data": _data_hash(ctx)})
-        out = ctx.run.path("bench", f"{name}.json")
-        if out.is_file() and read_json(out).get("config_hash") == ih and not ctx.force:
-            doc = read_json(out)
-        else:
-            doc = measure_fresh(path, ctx) | {"config_hash": ih, "name": name}
-            write_json(out, doc)
-        results[name] = doc
-        outputs.append(out)
-        if doc["error"]:
-            ctx.console.print(f"  [yellow]{name} failed:[/yellow] {doc['error']}")
-        else:
-            ctx.console.print(f"  {name}: task {doc['task_score']:.3f}, ROUGE-L {doc['rouge_l']:.3f}, "
-                              f"tg {doc['tg_tps']:.0f} tok/s, pp {doc['pp_tps']:.0f} tok/s")
-    devices = _device_matrix(ctx) if ctx.recipe.bench.devices else None
-    agg = ctx.run.path("bench", "results.json")
-    write_json(agg, {"threads": ctx.recipe.bench.threads, "results": results, "devices": devices})
-    failed_devices = {d: e["error"] for d, e in (devices or {}).items() if e["error"]}
-    ctx.run.record("bench", h, [*outputs, agg], {"failed": [n for n, d in results.items() if d["error"]],
-                                                  "devices": list(devices or {}), "failed_devices": failed_devices})
-
-
-def _device_matrix(ctx: LLMContext) -> dict[str, Any]:
-    """Every exported artifact on every device of ``bench.devices`` through the shared device harness: per-token
-    decode latency, pp/tg tokens/s, peak RSS, next-token accuracy, and logit parity against the host run."""
+def _write_eval(ctx: Context) -> Path:
+    """The agent's eval file: test token sequences (next-token accuracy and logits, the fidelity samples), test
+    prompts (generation, the eval samples) and the EOS id; numbers only, so it travels to any device."""
     import numpy as np
 
-    from edgedistill.benchmarks.harness import BenchItem, measure_devices, plan_devices
+    b, tok = ctx.recipe.bench, ctx.tok
+    seqs = [e.input_ids for e in ctx.encoded("test")[:ctx.recipe.export.fidelity_samples]]
+    prompts = _prompts(ctx)[:max(b.eval_samples, b.device_eval_samples)]
+
+    def pad(rows: list[list[int]]) -> tuple[Any, Any]:
+        a = np.zeros((len(rows), max(map(len, rows), default=1)), dtype=np.int32)
+        for i, s in enumerate(rows):
+            a[i, :len(s)] = s
+        return a, np.array([len(s) for s in rows], dtype=np.int32)
+
+    ids, lengths = pad(seqs)
+    p_ids, p_lengths = pad(prompts)
+    out = ctx.run.path("bench", "eval-tokens.npz")
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, ids=ids, lengths=lengths, prompt_ids=p_ids, prompt_lengths=p_lengths,
+                 eos=np.int32(tok.eos_token_id if tok.eos_token_id is not None else -1))
+    return out
+
+
+def _prompts(ctx: Context) -> list[list[int]]:
+    from edgedistill.toolchain.llm.tokenizer import encode
+
+    n = ctx.recipe.data.max_length
+    return [encode(ctx.tok, e.prompt, None, n).input_ids for e in ctx.splits.test]
+
+
+def _agent_options(ctx: Context, generate: int) -> tuple[str, ...]:
+    b, r = ctx.recipe.bench, ctx.recipe
+    ctx_len = max(512, r.data.max_length + b.max_new_tokens + 16, b.pp_tokens + b.warmup + b.runs + 16)
+    return ("--pp", str(b.pp_tokens), "--tg", str(b.tg_tokens), "--reps", str(b.repetitions), "--generate",
+            str(generate), "--max-new-tokens", str(b.max_new_tokens), "--ctx", str(ctx_len))
+
+
+def _score_runs(ctx: Context, matrix: dict[str, Any]) -> None:
+    """Decode every run's generated ids and score them against the test references (in place): the task score of
+    each model on each device, from the agent's own outputs."""
+    refs = [e.output for e in ctx.splits.test]
+    for dev in matrix.values():
+        for res in dev.get("results", {}).values():
+            for doc in res.get("runs", {}).values():
+                gen = doc.get("generated")
+                if gen is None:
+                    continue
+                preds = [ctx.tok.decode(ids, skip_special_tokens=True).strip() for ids in gen]
+                doc["task"] = ctx.score(preds, refs[:len(preds)])
+                doc["samples"] = [{"id": e.id, "prediction": p, "reference": e.output}
+                                  for e, p in list(zip(ctx.splits.test, preds, strict=False))[:3]]
+
+
+def stage_bench(ctx: Context) -> None:
+    b = ctx.recipe.bench
+    items = bench_items(ctx)
+    h = sha256_json({"items": {i.name: sha256_path(i.path) for i in items}, "bench": ctx.recipe.section("bench"),
+                     "data": data_hash(ctx), "export": ctx.recipe.export.fidelity_samples})
+    if ctx.skip("bench", h):
+        return
+    from edgedistill.benchmarks.harness import measure_devices, plan_devices
     from edgedistill.toolchain.progress import make_progress
 
-    b, listing = ctx.recipe.bench, ctx.run.path("export", "artifacts.json")
-    if not listing.is_file():
-        raise FileNotFoundError(f"{listing}: the device matrix measures exported artifacts; run the export stage")
-    items = [BenchItem(a["name"], ctx.run.root / a["file"], "onnxruntime-llm" if a["format"] == "onnx" else None)
-             for a in read_json(listing)["artifacts"]]
-    seqs = [e.input_ids for e in ctx.encoded("test")[:ctx.recipe.export.fidelity_samples]]
-    ids = np.zeros((len(seqs), max(map(len, seqs))), dtype=np.int32)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = s
-    eval_npz = ctx.run.path("bench", "eval-tokens.npz")
-    with atomic_path(eval_npz) as tmp, open(tmp, "wb") as f:
-        np.savez(f, ids=ids, lengths=np.array([len(s) for s in seqs], dtype=np.int32))
-    devices = ["host", *b.devices] if not {"host", "local"} & set(b.devices) else list(b.devices)
-    plan = plan_devices(devices, [b.threads], b.profiles)
+    eval_npz, out_dir = _write_eval(ctx), ctx.run.path("bench", "x").parent
+    others = [d for d in b.devices if d not in ("host", "local")]
+    artifacts = bench_items(ctx, artifacts_only=True)
+    plan = plan_devices(others, [b.threads], b.profiles)
     with make_progress() as prog:
-        task = prog.add_task("device matrix", total=len(items) * max(1, sum(map(len, plan.values()))), status="")
-        matrix = measure_devices(items, devices, [b.threads], eval_npz, ctx.run.path("bench", "devices"),
-                                 b.device_warmup, b.device_runs, b.profiles, progress=lambda: prog.advance(task))
-    for d, e in matrix.items():
-        if e["error"]:
-            ctx.console.print(f"  [yellow]device {d} failed:[/yellow] {e['error']}")
-        for name, res in e["results"].items():
-            if res["error"]:
-                ctx.console.print(f"  [yellow]{d} / {name}:[/yellow] {res['error']}")
-    return matrix
+        task = prog.add_task("benchmarking (agent, fresh process each)", status="",
+                             total=len(items) + len(artifacts) * sum(map(len, plan.values())))
+        matrix = measure_devices(items, ["host"], [b.threads], eval_npz, out_dir, b.warmup, b.runs, b.profiles,
+                                 progress=lambda: prog.advance(task), options=_agent_options(ctx, b.eval_samples),
+                                 timeout_s=HOST_TIMEOUT_S, force=ctx.force)
+        if others and artifacts:
+            matrix |= measure_devices(artifacts, others, [b.threads], eval_npz, out_dir, b.warmup, b.runs,
+                                      b.profiles, progress=lambda: prog.advance(task),
+                                      options=_agent_options(ctx, b.device_eval_samples), force=ctx.force)
+    _score_runs(ctx, matrix)
+    agg = ctx.run.path("bench", "results.json")
+    write_json(agg, {"threads": [b.threads], "devices": matrix})
+    host = matrix["host"]["results"]
+    for name, res in host.items():
+        doc = res["runs"].get(b.threads)
+        if res["error"] or doc is None:
+            ctx.console.print(f"  [yellow]{name} failed:[/yellow] {res['error']}")
+        else:
+            ctx.console.print(f"  {name}: task {doc['task']['task_score']:.3f}, {doc['latency_ms']['p50']:.2f} "
+                              f"ms/token, tg {doc['tg_tps']:.0f} tok/s, pp {doc['pp_tps']:.0f} tok/s")
+    failed_devices = {d: e["error"] for d, e in matrix.items() if e["error"]}
+    for d, err in failed_devices.items():
+        ctx.console.print(f"  [yellow]device {d} failed:[/yellow] {err}")
+    ctx.run.record("bench", h, [agg], {"failed": [n for n, r in host.items() if r["error"]],
+                                       "devices": list(matrix), "failed_devices": failed_devices})
 
 
-def stage_report(ctx: LLMContext) -> dict[str, Any]:
+def stage_report(ctx: Context) -> dict[str, Any]:
     """report.json and report.md from the stages' files (always re-run: it is cheap)."""
-    from edgedistill.toolchain.llm import report as report_mod
+    from edgedistill.benchmarks.gate import check
 
     run = ctx.run
 
@@ -570,12 +726,19 @@ def stage_report(ctx: LLMContext) -> dict[str, Any]:
         p = run.root.joinpath(*parts)
         return read_json(p) if p.is_file() else None
 
-    rep = report_mod.build(
+    rep = report_mod.build(report_mod.ReportInputs(
         recipe=ctx.recipe.name, run_dir=str(run.root), teacher=opt("teacher", "metrics.json") or {},
         students={n: read_json(run.path("students", f"{n}.json")) for n in student_names(ctx)},
         export=opt("export", "artifacts.json") if run.stage("export") else None,
-        bench=(opt("bench", "results.json") or {}).get("results", {}) if run.stage("bench") else {},
+        bench=opt("bench", "results.json") if run.stage("bench") else None,
         manifest=run.manifest(), threads=ctx.recipe.bench.threads,
-        devices=(opt("bench", "results.json") or {}).get("devices") if run.stage("bench") else None)
+        accuracy_tolerance=ctx.recipe.bench.accuracy_tolerance))
+    rep["gate"] = {"budgets": ctx.recipe.section("gate"), "failures": check(rep, ctx.recipe.gate)}
     report_mod.write(rep, run.path("report.json"), run.path("report.md"))
     return rep
+
+
+STAGES = (Stage("data", stage_data, "distill"), Stage("teacher", stage_teacher, "distill"),
+          Stage("distill", stage_distill, "distill"), Stage("blackbox", stage_blackbox, "distill"),
+          Stage("export", stage_export, "export"), Stage("bench", stage_bench, "bench"),
+          Stage("report", stage_report, "report"))

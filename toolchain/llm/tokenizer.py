@@ -9,8 +9,9 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from edgedistill.toolchain.training import IGNORE_INDEX
+
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
-IGNORE = -100
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: Path) -> PreTrainedTokenizerFast:
@@ -47,7 +48,7 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
 
 @dataclass
 class Encoded:
-    """Token ids of one example; ``labels`` is ``IGNORE`` on the prompt (loss only on the completion)."""
+    """Token ids of one example; ``labels`` is ``IGNORE_INDEX`` on the prompt (loss only on the completion)."""
 
     input_ids: list[int]
     labels: list[int]
@@ -63,8 +64,8 @@ def encode(tok: PreTrainedTokenizerFast, prompt: str, completion: str | None, ma
     head = [tok.bos_token_id] if tok.bos_token_id is not None else []
     head += tok.encode(prompt, add_special_tokens=False) if prompt else []
     if completion is None:
-        return Encoded(head[:max_length], [IGNORE] * min(len(head), max_length), len(head))
+        return Encoded(head[:max_length], [IGNORE_INDEX] * min(len(head), max_length), len(head))
     tail = tok.encode(completion, add_special_tokens=False) + [tok.eos_token_id]
     ids = (head + tail)[:max_length]
-    labels = ([IGNORE] * len(head) + tail)[:max_length]
+    labels = ([IGNORE_INDEX] * len(head) + tail)[:max_length]
     return Encoded(ids, labels, len(head))

@@ -1,57 +1,46 @@
-"""Batches of token ids and the plain language-model training loop (teacher training, CE-only students).
+"""Language-model training on the shared loop (:func:`edgedistill.toolchain.training.fit`): batches of token ids,
+AdamW with warm-up and cosine decay, and the plain completion-only cross-entropy step.
 
-Distillation reuses :func:`batches` and :func:`optimizer_and_schedule` with its own loss (see :mod:`.distill`).
+Teacher training, the KD students (:mod:`.distill.kd`, their own loss) and the SFT student (:mod:`.distill.sft`) all
+train through :func:`train_lm`, in one process or under ``accelerate launch`` (each rank takes its slice of every
+global batch, so N processes see exactly the one-process batches between them).
 """
 
 from __future__ import annotations
 
 import math
-import random
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from edgedistill.toolchain.llm.recipe import LMTrainConfig
-from edgedistill.toolchain.llm.tokenizer import IGNORE, Encoded
-from edgedistill.toolchain.progress import progress_bar
+from edgedistill.toolchain.llm.tokenizer import Encoded
+from edgedistill.toolchain.training import IGNORE_INDEX, FitResult, LoopConfig, ShuffleSampler, fit
+
+#: a loss over one rank's batch: ``(example indices, tensors) → loss``
+LossFn = Callable[[list[int], dict[str, torch.Tensor]], torch.Tensor]
+#: makes the loss for the model being trained (under DDP the wrapped one, so gradients synchronise)
+LossFactory = Callable[[torch.nn.Module], LossFn]
 
 
 def n_targets(e: Encoded) -> int:
-    """Positions trained in ``e`` (labels other than IGNORE after the first token)."""
-    return sum(1 for y in e.labels[1:] if y != IGNORE)
+    """Positions trained in ``e`` (labels other than IGNORE_INDEX after the first token)."""
+    return sum(1 for y in e.labels[1:] if y != IGNORE_INDEX)
 
 
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``/``attention_mask``/``labels`` ``(B, L)``; labels are IGNORE on padding."""
+    """Right-padded ``input_ids``/``attention_mask``/``labels`` ``(B, L)``; labels are IGNORE_INDEX on padding."""
     n = max(len(e.input_ids) for e in items)
     ids = torch.full((len(items), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), n), IGNORE, dtype=torch.long)
+    labels = torch.full((len(items), n), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(items), n), dtype=torch.long)
     for i, e in enumerate(items):
         ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
         labels[i, :len(e.labels)] = torch.tensor(e.labels)
         mask[i, :len(e.input_ids)] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def batches(data: list[Encoded], batch_size: int, seed: int, pad_id: int,
-            rank: int = 0, world: int = 1) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    """Endless shuffled batches ``(example indices, tensors)``; with ``world > 1`` each rank takes its slice of
-    every global batch (so N processes see exactly the one-process batches between them)."""
-    rng = random.Random(seed)
-    while True:
-        order = list(range(len(data)))
-        rng.shuffle(order)
-        for s in range(0, len(order) - batch_size + 1, batch_size):
-            glob = order[s:s + batch_size]
-            idx = glob[rank::world]
-            batch = collate([data[i] for i in idx], pad_id)
-            if world > 1:  # trained positions in the whole global batch, for a loss normalised like one process
-                batch["global_targets"] = torch.tensor(sum(n_targets(data[i]) for i in glob) / world)
-            yield idx, batch
 
 
 def optimizer_and_schedule(model: torch.nn.Module, cfg: LMTrainConfig
@@ -68,49 +57,38 @@ def optimizer_and_schedule(model: torch.nn.Module, cfg: LMTrainConfig
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-@dataclass
-class TrainResult:
-    steps: int
-    seconds: float
-    tokens_per_second: float
-    history: list[float] = field(default_factory=list)
-
-
-def train_loop(model: torch.nn.Module, data: list[Encoded], cfg: LMTrainConfig, seed: int, pad_id: int,
-               loss_fn: Callable[[list[int], dict[str, torch.Tensor]], torch.Tensor], desc: str,
-               accelerator: Any = None) -> TrainResult:
-    """Run ``cfg.steps`` optimiser steps of ``loss_fn(indices, batch)`` (grad-norm clipped at 1)."""
-    torch.manual_seed(seed)
-    model.train()
-    opt, sched = optimizer_and_schedule(model, cfg)
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    if accelerator is not None:  # DDP/FSDP: wrap model and optimiser; each rank takes its slice of every batch
-        model, opt = accelerator.prepare(model, opt)
-    it = batches(data, cfg.batch_size, seed, pad_id, rank, world)
-    history, tokens, t0 = [], 0, time.perf_counter()
-    dev = accelerator.device if accelerator is not None else next(model.parameters()).device
-    for step in progress_bar(range(cfg.steps), desc):
-        idx, batch = next(it)
-        batch = {k: v.to(dev) for k, v in batch.items()}  # a no-op on CPU; GPUs train on their own copies
-        loss = loss_fn(idx, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward() if accelerator is None else accelerator.backward(loss)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        tokens += int(batch["attention_mask"].sum())
-        if step % 10 == 0 or step == cfg.steps - 1:
-            history.append(round(float(loss.detach()), 5))
-    model.eval()
-    dt = time.perf_counter() - t0
-    return TrainResult(cfg.steps, dt, tokens / dt, history)
-
-
-def lm_loss(model: torch.nn.Module) -> Callable[[list[int], dict[str, torch.Tensor]], torch.Tensor]:
+def lm_loss(model: torch.nn.Module) -> LossFn:
     """Cross-entropy on the labels (completion tokens), as HF computes it."""
     return lambda _idx, b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
 
 
 def train_lm(model: torch.nn.Module, data: list[Encoded], cfg: LMTrainConfig, seed: int, pad_id: int,
-             desc: str = "training") -> TrainResult:
-    return train_loop(model, data, cfg, seed, pad_id, lm_loss(model), desc)
+             checkpoint: Path, desc: str = "training", loss: LossFactory | None = None,
+             accelerator: Any = None) -> FitResult:
+    """``cfg.steps`` optimiser steps of ``loss(model)`` (default: completion cross-entropy) on shuffled batches of
+    ``data``, grad-norm clipped at 1, checkpointed every ``cfg.checkpoint_every`` steps to ``checkpoint``.
+
+    Under ``accelerator`` (DDP/FSDP), rank ``r`` of ``w`` takes ``batch[r::w]`` of each global batch, and the batch
+    carries ``global_targets`` (trained positions in the global batch / ``w``) so a loss normalised by it makes
+    DDP's gradient average equal the one-process mean over all positions.
+    """
+    torch.manual_seed(seed)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    opt, sched = optimizer_and_schedule(model, cfg)
+    if accelerator is not None:  # DDP/FSDP wraps the model; the loss must call the wrapped one
+        model, opt = accelerator.prepare(model, opt)
+    fn = (loss or lm_loss)(model)
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+
+    def step(glob: Sequence[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = list(glob)[rank::world]
+        batch = collate([data[i] for i in idx], pad_id)
+        if world > 1:
+            batch["global_targets"] = torch.tensor(sum(n_targets(data[i]) for i in glob) / world)
+        tokens = float(batch["attention_mask"].sum())
+        batch = {k: v.to(device) for k, v in batch.items()}  # a no-op on CPU; GPUs train on their own copies
+        return fn(idx, batch), {"n": tokens}
+
+    loop = LoopConfig(total_steps=cfg.steps, save_every=cfg.checkpoint_every, clip_grad_norm=1.0)
+    return fit(model, step, ShuffleSampler(len(data), cfg.batch_size, seed), opt, sched, loop, checkpoint, desc,
+               accelerator=accelerator)

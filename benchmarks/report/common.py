@@ -1,0 +1,83 @@
+"""What every kind's report shares: formatting, the device rows and their Markdown section, the gate section,
+and writing report.json + report.md atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgedistill.core.fileio import write_json, write_text
+
+
+def device_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per device × model × thread count from bench/results.json's ``devices`` block (empty for old runs).
+
+    Every row carries its ``label`` (measured, constrained, emulated, estimated); a failed device is one row with
+    ``model`` None and its ``error``.
+    """
+    rows: list[dict[str, Any]] = []
+    for spec, dev in ((bench or {}).get("devices") or {}).items():
+        base = {"device": spec, "label": dev.get("label"), "profile": dev.get("profile")}
+        if dev.get("error"):
+            rows.append({**base, "model": None, "threads": None, "error": dev["error"]})
+            continue
+        for name, res in dev.get("results", {}).items():
+            parity = res.get("parity_vs_host")
+            if res.get("error") and not res.get("runs"):
+                rows.append({**base, "model": name, "threads": None, "error": res["error"]})
+            for t, doc in res.get("runs", {}).items():
+                rows.append({**base, "model": name, "threads": int(t), "p50_ms": doc["latency_ms"]["p50"],
+                             "peak_rss_mb": doc.get("peak_rss_mb"), "accuracy": doc.get("accuracy"),
+                             "task_score": (doc.get("task") or {}).get("task_score"),
+                             "parity_vs_host": parity, "applied": doc.get("device", {}).get("applied"),
+                             "error": res.get("error")})
+    return rows
+
+
+def devices_markdown(rows: list[dict[str, Any]], latency: str = "p50 ms", accuracy: str = "accuracy") -> list[str]:
+    """The report's "Devices" section (nothing when only the host ran); column names for other kinds of model."""
+    if not rows or all(r["device"] in ("host", "local") for r in rows):
+        return []
+    out = ["", "## Devices", "",
+           "Each figure says how it was obtained: **measured** (real hardware), **constrained** (this host capped "
+           "to the profile's cores and RAM), **emulated** (qemu: correct outputs, time not a latency), "
+           "**estimated** (roofline from the profile). Never compare across labels as if alike.", "",
+           f"| device | label | model | threads | {latency} | peak RSS MB | {accuracy} | task score | parity vs host "
+           "| note |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("model") is None or r.get("threads") is None:
+            out.append(f"| {r['device']} | {r['label'] or '–'} | {r.get('model') or '–'} | – | – | – | – | – | – | "
+                       f"FAILED: {r['error']} |")
+            continue
+        p = r.get("parity_vs_host") or {}
+        par = "–" if "max_abs_diff" not in p else f"Δ{p['max_abs_diff']:.1e} top1 {p['top1_agreement']:.3f}"
+        p50 = fmt(r["p50_ms"], ".3f") + (" (emulated)" if r["label"] == "emulated" else "")
+        out.append(f"| {r['device']} | {r['label']} | {r['model']} | {r['threads']} | {p50} | "
+                   f"{fmt(r['peak_rss_mb'], '.0f')} | {fmt(r['accuracy'], '.4f')} | {fmt(r.get('task_score'), '.3f')} "
+                   f"| {par} | {r['error'] or ''} |")
+    return out
+
+
+def fmt(v: Any, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def md_table(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in body)]
+
+
+def gate_markdown(report: dict[str, Any]) -> list[str]:
+    """The report's gate section: the recipe's budgets and what the recommended artifact missed."""
+    g = report.get("gate")
+    if not g:
+        return []
+    budgets = ", ".join(f"{k} {v}" for k, v in g["budgets"].items() if v is not None) or "none set"
+    verdict = "passed" if not g["failures"] else "FAILED: " + "; ".join(g["failures"])
+    return ["", "## Gate", "", f"Budgets ({budgets}): {verdict}."]
+
+
+def write_report(report: dict[str, Any], json_path: Path, md_path: Path,
+                 to_markdown: Callable[[dict[str, Any]], str]) -> None:
+    write_json(json_path, report)
+    write_text(md_path, to_markdown(report))

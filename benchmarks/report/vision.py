@@ -1,0 +1,171 @@
+"""The run report: ``report.json`` (versioned schema, documented in the README) and ``report.md`` (tables).
+
+Schema ``edgedistill.report/1``::
+
+    {"schema": "edgedistill.report/1", "recipe": str, "run_dir": str,
+     "definitions": {"peak_rss_mb": str, "retention": str, "speedup": str, "kd_gain": str, "keeps_accuracy": str},
+     "data": {...split sizes...}, "distill": {"mode": ..., "cache": {...}},
+     "models": [{"name", "role": teacher|student|artifact, "format": pytorch|onnx|tflite|gguf, "precision",
+                 "variant", "source", "file", "size_bytes", "accuracy", "retention", "kd_gain",
+                 "latency_ms": {"<threads>": {"p50", "p90", "p99", "mean", "min"}},
+                 "peak_rss_mb": {"<threads>": float}, "speedup": {"<threads>": float},
+                 "parity": {"reference", "max_abs_diff", "mean_abs_diff", "top1_agreement", "n", "criterion", "ok"},
+                 "keeps_accuracy": bool, "bench_error": str | null}],
+     "devices": [{"device", "label": measured|constrained|emulated|estimated, "profile", "model", "threads",
+                  "p50_ms", "peak_rss_mb", "accuracy", "parity_vs_host", "applied", "error"}],
+     "summary": {"teacher_accuracy", "baseline_accuracy", "kd_accuracy", "kd_gain", "kd_helped",
+                 "recommended", "recommended_reason", "threads"}}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgedistill.benchmarks.report.common import device_rows as device_rows
+from edgedistill.benchmarks.report.common import devices_markdown, fmt, gate_markdown, md_table, write_report
+
+SCHEMA = "edgedistill.report/1"
+DEFINITIONS = {
+    "peak_rss_mb": "peak resident set size of the fresh benchmark process (VmHWM), including the "
+                   "Python interpreter and the runtime library; rss_before_load_mb in bench/*.json gives the baseline",
+    "retention": "model accuracy / teacher accuracy on the test split",
+    "speedup": "teacher PyTorch p50 / model p50, batch 1, same thread count, same run",
+    "kd_gain": "KD student accuracy - CE-only baseline accuracy (same architecture and step budget)",
+    "keeps_accuracy": "artifact accuracy >= its PyTorch source's accuracy - accuracy_tolerance",
+}
+
+
+@dataclass
+class ReportInputs:
+    recipe: str
+    run_dir: str
+    teacher: dict[str, Any]
+    students: dict[str, dict[str, Any]]
+    artifacts: list[dict[str, Any]]
+    bench: dict[str, Any] | None
+    accuracy_tolerance: float
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    distill: dict[str, Any] = field(default_factory=dict)
+
+
+def _rows(inp: ReportInputs) -> list[dict[str, Any]]:
+    rows = [{"name": "teacher", "role": "teacher", "format": "pytorch", "precision": "fp32",
+             "file": "teacher/teacher.safetensors", "accuracy": inp.teacher["test_accuracy"]}]
+    for role, m in inp.students.items():
+        rows.append({"name": f"{role}-student", "role": "student", "format": "pytorch", "precision": "fp32",
+                     "variant": role, "file": f"students/{role}.safetensors", "accuracy": m["test_accuracy"]})
+    for a in inp.artifacts:
+        rows.append({"role": "artifact", **{k: a[k] for k in ("name", "format", "precision", "variant", "source",
+                                                              "file", "parity")}, "accuracy": None})
+    return rows
+
+
+def _attach_bench(row: dict[str, Any], bench: dict[str, Any] | None) -> None:
+    entry = (bench or {}).get("results", {}).get(row["name"])
+    row.update(latency_ms={}, peak_rss_mb={}, bench_error=None)
+    if entry is None:
+        return
+    row["bench_error"] = entry["error"]
+    for t, doc in entry["runs"].items():
+        lat = doc["latency_ms"]
+        row["latency_ms"][str(t)] = {k: lat[k] for k in ("p50", "p90", "p99", "mean", "min")}
+        row["peak_rss_mb"][str(t)] = doc["peak_rss_mb"]
+        row["size_bytes"] = doc["size_bytes"]
+        if "accuracy" in doc:
+            row["accuracy"] = doc["accuracy"]  # scored by the agent on the saved test split
+
+
+def build(inp: ReportInputs) -> dict[str, Any]:
+    rows = _rows(inp)
+    for row in rows:
+        _attach_bench(row, inp.bench)
+        row.setdefault("size_bytes", inp.files.get(row["file"], {}).get("bytes"))
+    by_name = {r["name"]: r for r in rows}
+    teacher = by_name["teacher"]
+    base = by_name.get("baseline-student", {}).get("accuracy")
+    kd = by_name.get("kd-student", {}).get("accuracy")
+    kd_gain = None if base is None or kd is None else kd - base
+    for row in rows:
+        acc = row["accuracy"]
+        row["retention"] = None if acc is None else acc / teacher["accuracy"]
+        row["speedup"] = {t: teacher["latency_ms"][t]["p50"] / lat["p50"]
+                          for t, lat in row["latency_ms"].items() if t in teacher["latency_ms"]}
+        row["kd_gain"] = kd_gain if row["name"] == "kd-student" else None
+        if row["role"] == "artifact":
+            src = by_name.get(f"{row['source']}-student", {}).get("accuracy")
+            row["keeps_accuracy"] = (acc is not None and src is not None
+                                     and acc >= src - inp.accuracy_tolerance and row["parity"]["ok"])
+    rec, reason = _recommend(rows, inp.accuracy_tolerance)
+    threads = sorted({int(t) for r in rows for t in r["latency_ms"]})
+    return {"schema": SCHEMA, "recipe": inp.recipe, "run_dir": inp.run_dir, "definitions": DEFINITIONS,
+            "data": inp.data, "distill": {k: v for k, v in inp.distill.items() if k in ("mode", "cache")},
+            "models": rows, "devices": device_rows(inp.bench),
+            "summary": {"teacher_accuracy": teacher["accuracy"], "baseline_accuracy": base, "kd_accuracy": kd,
+                        "kd_gain": kd_gain, "kd_helped": None if kd_gain is None else kd_gain > 0,
+                        "recommended": rec, "recommended_reason": reason, "threads": threads}}
+
+
+def _recommend(rows: list[dict[str, Any]], tol: float) -> tuple[str | None, str]:
+    """The fastest artifact at 1 thread (else the fewest threads measured) among those that keep accuracy."""
+    ok = [r for r in rows if r.get("keeps_accuracy") and r["latency_ms"]]
+    if not ok:
+        return None, "no artifact kept accuracy within tolerance and parity"
+    t = min(int(k) for k in ok[0]["latency_ms"])
+    best = min(ok, key=lambda r: r["latency_ms"].get(str(t), {"p50": float("inf")})["p50"])
+    return best["name"], (f"lowest p50 at {t} thread(s) among artifacts within {tol:g} of their source's "
+                          f"accuracy and within parity tolerance")
+
+
+def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The summary table (header, rows) shared by report.md and the CLI."""
+    threads = [str(t) for t in report["summary"]["threads"]]
+    t1 = threads[0] if threads else "1"
+    header = ["model", "format", "precision", "accuracy", "retention", "KD gain",
+              *[f"p50 ms @{t}T" for t in threads], f"speed-up @{t1}T", f"peak RSS MB @{t1}T", "size KB", "parity"]
+    body = []
+    for r in report["models"]:
+        par = r.get("parity")
+        par_s = "–" if not par else (f"{'ok' if par['ok'] else 'FAIL'} Δ{par['max_abs_diff']:.1e} "
+                                     f"top1 {par['top1_agreement']:.3f}")
+        name = r["name"] + (" ★" if r["name"] == report["summary"]["recommended"] else "")
+        body.append([name, r["format"], r["precision"], fmt(r["accuracy"], ".4f"), fmt(r["retention"], ".3f"),
+                     fmt(r["kd_gain"], "+.4f"),
+                     *[fmt(r["latency_ms"].get(t, {}).get("p50"), ".3f") for t in threads],
+                     fmt(r["speedup"].get(t1), ".1f"), fmt(r["peak_rss_mb"].get(t1), ".0f"),
+                     fmt(None if r.get("size_bytes") is None else r["size_bytes"] / 1024, ".0f"), par_s])
+    return header, body
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    header, body = table(report)
+    s = report["summary"]
+    lines = [f"# edgedistill report — {report['recipe']}", "",
+             f"Teacher accuracy {fmt(s['teacher_accuracy'], '.4f')}; CE-only student "
+             f"{fmt(s['baseline_accuracy'], '.4f')}; KD student {fmt(s['kd_accuracy'], '.4f')} "
+             f"(KD gain {fmt(s['kd_gain'], '+.4f')}"
+             + ("" if s["kd_helped"] is None else ("" if s["kd_helped"] else ": distillation did not help")) + ").",
+             "", f"Recommended artifact (★): **{s['recommended']}** — {s['recommended_reason']}.", "",
+             *md_table(header, body)]
+    lines += devices_markdown(report.get("devices") or [])
+    lines += gate_markdown(report)
+    lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
+    errors = [f"- {r['name']}: {r['bench_error']}" for r in report["models"] if r.get("bench_error")]
+    if errors:
+        lines += ["", "## Benchmark failures", "", *errors]
+    return "\n".join(lines) + "\n"
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """What the CLI prints under the table."""
+    s = report["summary"]
+    out = [f"recommended: [bold]{s['recommended']}[/bold] ({s['recommended_reason']})"]
+    if s["kd_helped"] is False:
+        out.append("[yellow]distillation did not beat the CE-only baseline on this run[/yellow]")
+    return out
+
+
+def write(report: dict[str, Any], json_path: Path, md_path: Path) -> None:
+    write_report(report, json_path, md_path, to_markdown)

@@ -1,0 +1,59 @@
+"""The layers of DESIGN.md: core < runtimes < devices < benchmarks < toolchain. A module never imports a layer above
+its own, and one pipeline kind never imports another (they share only the framework at toolchain's root)."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("core", "runtimes", "devices", "benchmarks", "toolchain")
+KINDS = ("vision", "llm")
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Every ``edgedistill.*`` module named by an import in ``path`` (top level or inside functions)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.startswith("edgedistill.")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edgedistill."):
+            out.append((node.lineno, node.module))
+    return out
+
+
+def _violations() -> list[str]:
+    bad = []
+    for layer in LAYERS:
+        for f in sorted((ROOT / layer).rglob("*.py")):
+            rel = f.relative_to(ROOT)
+            kind = rel.parts[1] if layer == "toolchain" and len(rel.parts) > 2 and rel.parts[1] in KINDS else None
+            for line, module in _imports(f):
+                parts = module.split(".")
+                target = parts[1]
+                if target not in LAYERS:
+                    bad.append(f"{rel}:{line}: imports {module}, which is in no layer")
+                elif LAYERS.index(target) > LAYERS.index(layer):
+                    bad.append(f"{rel}:{line}: {layer} imports {module} (a layer above)")
+                elif kind and target == "toolchain" and len(parts) > 2 and parts[2] in KINDS and parts[2] != kind:
+                    bad.append(f"{rel}:{line}: the {kind} pipeline imports the {parts[2]} pipeline ({module})")
+    return bad
+
+
+def test_no_module_imports_a_layer_above_its_own() -> None:
+    assert _violations() == []
+
+
+def test_the_check_catches_an_upward_import(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The test above can fail: an upward import planted in a copy of the tree is reported."""
+    import shutil
+
+    for layer in LAYERS:
+        shutil.copytree(ROOT / layer, tmp_path / layer)
+    (tmp_path / "devices" / "planted.py").write_text("from edgedistill.toolchain.cli import main\n")
+    (tmp_path / "toolchain" / "llm" / "planted.py").write_text("from edgedistill.toolchain.vision import stages\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    found = _violations()
+    assert any("devices/planted.py:1: devices imports edgedistill.toolchain.cli" in v for v in found)
+    assert any("the llm pipeline imports the vision pipeline" in v for v in found)

@@ -1,1 +1,0 @@
-"""Distillation: losses, feature taps and adapters, the offline teacher cache, and the trainer."""

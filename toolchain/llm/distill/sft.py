@@ -1,0 +1,32 @@
+"""Black-box distillation: supervised fine-tuning of the student on the teacher's collected (prompt, completion)
+pairs, loss on the completion only.
+
+This is TRL's ``SFTTrainer`` objective (prompt–completion data with ``completion_only_loss``: ``[BOS] prompt
+completion [EOS]``, cross-entropy on completion + EOS; ``tests/test_llm_sft.py`` checks that TRL tokenises the pairs
+exactly as :func:`~edgedistill.toolchain.llm.tokenizer.encode` does) trained on the project's one loop instead of
+TRL's Trainer. Why not TRL's loop: it checkpoints in its own format on its own schedule and cannot resume from the
+stage-keyed checkpoints every other stage uses, so a pre-empted black-box stage started over; on the one loop it
+resumes like a KD student, under the same ``accelerate`` set-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgedistill.toolchain.llm.recipe import LMTrainConfig
+from edgedistill.toolchain.llm.tokenizer import encode
+from edgedistill.toolchain.llm.train import train_lm
+from edgedistill.toolchain.training import FitResult
+
+
+def train_sft(student: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], cfg: LMTrainConfig,
+              checkpoint: Path, seed: int, max_length: int, accelerator: Any = None) -> FitResult:
+    """Fine-tune ``student`` in place on ``(prompt, completion)`` pairs for ``cfg.steps`` steps."""
+    if not pairs:
+        raise ValueError("SFT: no collected targets (every request failed?); see the collect journal")
+    data = [encode(tokenizer, p, c, max_length) for p, c in pairs]
+    return train_lm(student, data, cfg, seed, tokenizer.pad_token_id, checkpoint, "SFT on teacher replies",
+                    accelerator=accelerator)

@@ -1,1 +1,0 @@
-"""Model builders: timm vision models by name (this package) and, later, language models."""

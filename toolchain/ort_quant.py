@@ -1,0 +1,46 @@
+"""Int8 quantisation of ONNX graphs through ``onnxruntime.quantization``, shared by every pipeline kind.
+
+- ``int8_dynamic``: weights int8, activations quantised at run time (MatMul-heavy graphs, LLM decoders).
+- ``int8_static_u8s8`` / ``int8_static_s8s8``: static QDQ, activations uint8 / int8, weights int8 per channel,
+  calibrated (MinMax) on inputs the caller provides.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgedistill.core.fileio import atomic_path
+from edgedistill.runtimes.inputs import ArrayFeed
+from edgedistill.toolchain.progress import make_progress
+
+
+def quantize(fp32_path: Path, variant: str, path: Path, calibration: np.ndarray | None = None,
+             input_name: str = "input") -> Path:
+    """Quantise ``fp32_path`` into ``path`` as ``variant``; static variants need ``calibration`` batches of the
+    graph's input ``input_name`` (images ``(N, 3, S, S)``)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as td:
+        pre = Path(td) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        with atomic_path(path) as tmp:
+            if variant == "int8_dynamic":
+                quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8)
+            elif variant in ("int8_static_u8s8", "int8_static_s8s8"):
+                if calibration is None:
+                    raise ValueError(f"{variant}: static quantisation needs calibration images")
+                act = QuantType.QUInt8 if variant == "int8_static_u8s8" else QuantType.QInt8
+                with make_progress() as prog:
+                    task = prog.add_task(f"calibrating {variant}", total=-(-len(calibration) // 8), status="")
+                    feed = ArrayFeed(calibration, input_name, batch=8, on_next=lambda: prog.advance(task))
+                    quantize_static(str(pre), str(tmp), feed, quant_format=QuantFormat.QDQ, activation_type=act,
+                                    weight_type=QuantType.QInt8, per_channel=True)
+            else:
+                raise ValueError(f"unknown ONNX variant {variant!r}")
+    return path

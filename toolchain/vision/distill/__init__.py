@@ -1,0 +1,1 @@
+"""Vision distillation: losses, feature taps and adapters, and the offline teacher cache."""

@@ -1,0 +1,192 @@
+"""Vision training on the shared loop: teacher training, the CE-only baseline and the KD student.
+
+Reads top to bottom: :func:`fit` sets up the one loop (:func:`edgedistill.toolchain.training.fit`) for epochs of
+images; :class:`KDObjective` composes the recipe's losses; :func:`train_supervised` (teacher, CE-only baseline) and
+:func:`train_student` (KD) set up what differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgedistill.toolchain.training import IGNORE_INDEX, EpochSampler, LoopConfig, StepFn
+from edgedistill.toolchain.training import fit as train_loop
+from edgedistill.toolchain.vision.data import VisionData
+from edgedistill.toolchain.vision.distill import losses
+from edgedistill.toolchain.vision.distill.cache import TeacherOutputs
+from edgedistill.toolchain.vision.distill.features import FeatureTap, HintAdapter
+from edgedistill.toolchain.vision.models import logits_and_embedding
+from edgedistill.toolchain.vision.recipe import DistillConfig, TrainConfig
+
+
+@dataclass
+class FitResult:
+    val_accuracy: float
+    steps: int
+    train_seconds: float
+    samples_per_second: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    model.eval()
+    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                  for i in range(0, len(x), batch_size))
+    return correct / max(len(x), 1)
+
+
+def random_shift(x: torch.Tensor, max_shift: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate each image by up to ``max_shift`` pixels (edge-replicated), ``(B, C, H, W)`` → same shape."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, [max_shift] * 4, mode="replicate")
+    off = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=generator)
+    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(off.tolist())])
+
+
+def fit(model: nn.Module, step: StepFn, cfg: TrainConfig, pool: torch.Tensor, epoch_size: int,
+        evaluate: Callable[[], float], checkpoint: Path, desc: str, seed: int = 0,
+        extra: nn.Module | None = None, generators: tuple[torch.Generator, ...] = ()) -> FitResult:
+    """``cfg.epochs`` epochs of ``epoch_size`` samples drawn from ``pool``: AdamW + one-cycle schedule, evaluated and
+    checkpointed every epoch, best-on-validation weights kept. ``extra`` holds trainable parts that are not the
+    model (KD adapters); ``generators`` the step's random generators (augmentation), checkpointed too."""
+    _use_channels_last(model)
+    sampler = EpochSampler(pool, cfg.batch_size, epoch_size, seed)
+    spe = sampler.steps_per_epoch
+    total = spe * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, spe * cfg.epochs)
+    params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
+    loop = LoopConfig(total_steps=total, save_every=spe, eval_every=spe, keep_best=True, log_every=spe)
+    try:
+        res = train_loop(model, step, sampler, opt, sched, loop, checkpoint, desc, evaluate, extra, generators)
+    finally:
+        model.to(memory_format=torch.contiguous_format)  # hand back the layout callers (and exporters) expect
+    best = res.best if res.best is not None else evaluate()
+    return FitResult(best, res.steps, res.seconds, res.per_second, res.history)
+
+
+def _use_channels_last(model: nn.Module) -> None:
+    """CNNs train ~2.5× faster on this CPU in channels-last layout (measured: MobileNetV3-S, batch 64, 0.165 →
+    0.067 s/step); ViTs gain nothing, so only models made mostly of convolutions are converted."""
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    if convs > 4:
+        model.to(memory_format=torch.channels_last)
+
+
+class KDObjective(nn.Module):
+    """The recipe's distillation losses, summed with their weights. Owns the (trainable) hint adapter.
+
+    ``forward(student, x, labels, teacher)`` runs the student once (logits, embedding and the tapped feature)
+    and returns ``(total, parts)``; ``teacher`` holds the frozen teacher's outputs for the same ``x``.
+    """
+
+    def __init__(self, cfg: DistillConfig, student: nn.Module, teacher_feature_channels: int | None,
+                 sample: torch.Tensor) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.uses_feature = cfg.feature.weight > 0 or cfg.attention.weight > 0
+        self.tap = FeatureTap(student, cfg.feature.student_layer) if self.uses_feature else None
+        self.adapter: HintAdapter | None = None
+        if cfg.feature.weight > 0:
+            assert teacher_feature_channels is not None
+            cs = _probe_channels(student, self.tap, sample)  # type: ignore[arg-type]
+            self.adapter = HintAdapter(cfg.feature.adapter, cs, teacher_feature_channels)
+
+    def forward(self, student: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                teacher: TeacherOutputs) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        logits, emb = logits_and_embedding(student, x)
+        terms = {"response": losses.response_kd(logits, teacher.logits, labels,
+                                                cfg.response.temperature, cfg.response.alpha)}
+        if self.adapter is not None:
+            s = self.adapter(self.tap.value, tuple(teacher.feature.shape[-2:]))  # type: ignore[union-attr]
+            terms["hint"] = cfg.feature.weight * losses.hint_loss(s, self.adapter.target(teacher.feature))
+        if cfg.attention.weight > 0:
+            terms["attention"] = cfg.attention.weight * losses.attention_transfer(
+                self.tap.value, teacher.feature, cfg.attention.p)  # type: ignore[union-attr, arg-type]
+        if cfg.relation.distance_weight > 0:
+            terms["rkd_distance"] = cfg.relation.distance_weight * losses.rkd_distance(emb, teacher.embedding)
+        if cfg.relation.angle_weight > 0:
+            terms["rkd_angle"] = cfg.relation.angle_weight * losses.rkd_angle(emb, teacher.embedding)
+        total = torch.stack(list(terms.values())).sum()
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+@torch.no_grad()
+def _probe_channels(model: nn.Module, tap: FeatureTap, sample: torch.Tensor) -> int:
+    was_training = model.training
+    model.eval()
+    model(sample)
+    model.train(was_training)
+    return int(tap.value.shape[1])  # type: ignore[union-attr]
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: the teacher never trains during distillation."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def train_supervised(model: nn.Module, data: VisionData, cfg: TrainConfig, pool: torch.Tensor,
+                     checkpoint: Path, desc: str, seed: int) -> FitResult:
+    """CE on the labels of ``pool`` (teacher: all of train; baseline: the labelled subset, same step budget)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def step(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x = data.train_x[idx]
+        if cfg.augment:
+            x = random_shift(x, generator=gen)
+        loss = F.cross_entropy(model(x), data.train_y[idx])
+        return loss, {"ce": float(loss.detach()), "n": len(idx)}
+
+    return fit(model, step, cfg, pool, len(data.train_x),
+               lambda: accuracy(model, data.val_x, data.val_y), checkpoint, desc, seed, generators=(gen,))
+
+
+def train_student(student: nn.Module, data: VisionData, cfg: DistillConfig, checkpoint: Path, seed: int,
+                  cached: TeacherOutputs | None = None, teacher: nn.Module | None = None) -> FitResult:
+    """Distil into ``student`` over the whole train split (labels only where ``data.labelled``).
+
+    Offline: ``cached`` holds the teacher's outputs for every train image. Online: the frozen ``teacher`` runs on
+    each batch (then augmentation applies).
+    """
+    from edgedistill.toolchain.vision.distill.cache import run_teacher
+
+    layer = cfg.feature.teacher_layer if (cfg.feature.weight > 0 or cfg.attention.weight > 0) else None
+    if cached is None and teacher is None:
+        raise ValueError("train_student needs cached teacher outputs (offline) or a teacher (online)")
+    t_channels = None
+    if layer is not None:
+        t_channels = int(cached.feature.shape[1]) if cached is not None else int(  # type: ignore[union-attr]
+            run_teacher(teacher, data.train_x[:1], layer, desc="probe").feature.shape[1])  # type: ignore[arg-type]
+    objective = KDObjective(cfg, student, t_channels, data.train_x[:1])
+    labels = torch.where(data.labelled, data.train_y, torch.full_like(data.train_y, IGNORE_INDEX))
+    gen = torch.Generator().manual_seed(seed)
+
+    def step(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x = data.train_x[idx]
+        if cached is not None:
+            t_out = cached.take(idx)
+        else:
+            if cfg.train.augment:
+                x = random_shift(x, generator=gen)
+            t_out = run_teacher(teacher, x, layer, batch_size=len(x), desc=None)  # type: ignore[arg-type]
+        loss, parts = objective(student, x, labels[idx], t_out)
+        return loss, {**parts, "n": len(idx)}
+
+    try:
+        return fit(student, step, cfg.train, torch.arange(len(data.train_x)), len(data.train_x),
+                   lambda: accuracy(student, data.val_x, data.val_y), checkpoint, "distilling student", seed,
+                   extra=objective, generators=(gen,))
+    finally:
+        if objective.tap is not None:
+            objective.tap.remove()

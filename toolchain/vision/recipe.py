@@ -1,0 +1,169 @@
+"""The vision recipe (``kind: vision``, the default): typed sections with their defaults here, in one place.
+
+Shared conventions (unknown keys are errors, one-line messages, paths relative to the recipe file) come from
+:mod:`edgedistill.toolchain.recipe`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from edgedistill.toolchain.recipe import Fraction, RecipeBase, Section
+
+
+class DataConfig(Section):
+    """Where images come from and how they are split."""
+
+    kind: Literal["digits", "imagefolder"] = "digits"
+    root: Path | None = Field(None, description="imagefolder: a folder with one sub-folder per class")
+    image_size: int = Field(32, ge=8, le=1024)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    val_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.2
+    labelled_per_class: int | None = Field(
+        None, ge=1, description="students see labels for only this many train images per class; "
+        "the rest of train is an unlabelled transfer set that only the teacher labels (None = all labelled)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.kind == "imagefolder" and self.root is None:
+            raise ValueError("root: required when kind is 'imagefolder'")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction: must leave at least 10% for training")
+        return self
+
+
+class TrainConfig(Section):
+    """Optimisation settings shared by teacher training and student distillation."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    augment: bool = Field(False, description="random shifts; ignored for offline KD, whose teacher cache is fixed")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke tests)")
+
+
+class ModelConfig(Section):
+    """A timm model by name plus constructor kwargs (``num_classes`` comes from the data)."""
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Path | None = Field(None, description="local .safetensors (or timm .pth/.bin state dict)")
+
+    @model_validator(mode="after")
+    def _no_num_classes(self) -> ModelConfig:
+        if "num_classes" in self.kwargs:
+            raise ValueError("kwargs.num_classes: leave it out; it is taken from the data")
+        return self
+
+
+class TeacherConfig(ModelConfig):
+    train: TrainConfig = TrainConfig(epochs=30, lr=1e-3, augment=True)
+
+
+class ResponseKD(Section):
+    """Hinton et al. 2015: ``alpha * T^2 * KL(p_T || p_S) + (1 - alpha) * CE``."""
+
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+
+
+class FeatureKD(Section):
+    """FitNets hint (Romero et al. 2015) from a student layer to a teacher layer through a learned adapter."""
+
+    weight: float = Field(0.0, ge=0)
+    student_layer: str = "blocks.2"
+    teacher_layer: str = "blocks.3"
+    adapter: Literal["conv1x1", "linear"] = "conv1x1"
+
+
+class AttentionKD(Section):
+    """Attention transfer (Zagoruyko & Komodakis 2017) between the same pair of layers as the hint."""
+
+    weight: float = Field(0.0, ge=0)
+    p: float = Field(2.0, gt=0)
+
+
+class RelationKD(Section):
+    """Relational KD (Park et al. 2019) on penultimate embeddings."""
+
+    distance_weight: float = Field(0.0, ge=0)
+    angle_weight: float = Field(0.0, ge=0)
+
+
+class DistillConfig(Section):
+    mode: Literal["offline", "online"] = "offline"
+    cache_dir: Path | None = Field(None, description="offline teacher cache (default: ~/.cache/edgedistill)")
+    train: TrainConfig = TrainConfig(epochs=40, lr=3e-3)
+    response: ResponseKD = ResponseKD()
+    feature: FeatureKD = FeatureKD()
+    attention: AttentionKD = AttentionKD()
+    relation: RelationKD = RelationKD()
+    baseline: bool = Field(True, description="also train a CE-only student with the same budget")
+
+
+OnnxVariant = Literal["fp32", "int8_static_u8s8", "int8_static_s8s8", "int8_dynamic"]
+
+
+class OnnxExport(Section):
+    opset: int = Field(18, ge=13)
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    variants: list[OnnxVariant] = ["fp32", "int8_static_u8s8", "int8_static_s8s8", "int8_dynamic"]
+    calibration_samples: int = Field(256, ge=1)
+
+
+TfliteVariant = Literal["fp32", "int8_static", "int8_dynamic", "int8_weight_only"]
+
+
+class TfliteExport(Section):
+    """litert-torch conversion (fixed batch 1); :mod:`edgedistill.toolchain.vision.export.tflite` has the variants."""
+
+    variants: list[TfliteVariant] = ["fp32", "int8_static", "int8_dynamic", "int8_weight_only"]
+    layout: Literal["nchw", "nhwc"] = Field(
+        "nchw", description="input layout of the .tflite graph; nhwc transposes inside it (mobile/camera pipelines)")
+    calibration_samples: int = Field(128, ge=1, description="training images that calibrate int8_static")
+
+
+ExportFormat = Literal["onnx", "tflite"]
+
+
+class ExportConfig(Section):
+    formats: list[ExportFormat] = Field(["onnx", "tflite"], min_length=1)
+    onnx: OnnxExport = OnnxExport()
+    tflite: TfliteExport = TfliteExport()
+
+    @model_validator(mode="after")
+    def _unique_formats(self) -> ExportConfig:
+        if len(set(self.formats)) != len(self.formats):
+            raise ValueError(f"formats: each format once, got {self.formats}")
+        return self
+
+
+class BenchConfig(Section):
+    threads: list[int | Literal["all"]] = [1, "all"]
+    warmup: int = Field(20, ge=0)
+    runs: int = Field(200, ge=1)
+    accuracy_tolerance: float = Field(
+        0.01, ge=0, le=1, description="an artifact 'keeps accuracy' if within this of its PyTorch source")
+    include_pytorch: bool = True
+    devices: list[str] = Field(
+        ["host"], min_length=1, description="device specs: host, PROFILE-constrained, PROFILE-estimated, "
+        "qemu-arm64[:PROFILE], ssh://user@host[:port]?profile=P, adb[://SERIAL] (`edgedistill devices` lists them)")
+    profiles: list[Path] = Field(
+        default_factory=list, description="extra device profile YAML files or folders (beside the built-ins)")
+
+
+class VisionRecipe(RecipeBase):
+    kind: Literal["vision"] = "vision"
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig
+    student: ModelConfig
+    distill: DistillConfig = DistillConfig()
+    export: ExportConfig = ExportConfig()
+    bench: BenchConfig = BenchConfig()

@@ -1,0 +1,443 @@
+"""The vision pipeline's stages, in the order they run (the framework: :mod:`edgedistill.toolchain.pipeline`).
+
+Run-directory layout (relative to the run root)::
+
+    recipe.yaml  manifest.json  report.json  report.md
+    data/split.json  data/test.npz                       the split definition and the saved test split
+    teacher/teacher.safetensors  teacher/metrics.json    reference artifact + training metrics
+    students/{baseline,kd}.safetensors  students/*.json   CE-only and distilled students
+    export/student-<variant>.onnx  export/student-tflite-<variant>.tflite  export/artifacts.json
+                                                         every artifact, with its parity vs the KD student
+    bench/<name>-t<threads>.json  bench/results.json      one agent document per measurement
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgedistill.benchmarks.gate import check
+from edgedistill.benchmarks.harness import BenchItem, measure_devices, plan_devices, resolve_threads
+from edgedistill.benchmarks.report import vision as report_mod
+from edgedistill.core.fileio import read_json, sha256_file, sha256_json, write_json
+from edgedistill.runtimes.torch_ref import load_reference
+from edgedistill.toolchain import pipeline
+from edgedistill.toolchain.pipeline import Stage
+from edgedistill.toolchain.progress import make_progress
+from edgedistill.toolchain.rundir import RunDir
+from edgedistill.toolchain.vision import models
+from edgedistill.toolchain.vision.data import VisionData, load_vision_data
+from edgedistill.toolchain.vision.distill.cache import cache_key, cached_teacher_outputs, default_cache_dir
+from edgedistill.toolchain.vision.distill.trainer import accuracy, freeze, train_student, train_supervised
+from edgedistill.toolchain.vision.export import onnx as onnx_export
+from edgedistill.toolchain.vision.export.parity import INT8_MIN_TOP1_AGREEMENT, TFLITE_INT8_MIN_TOP1_AGREEMENT, compare
+from edgedistill.toolchain.vision.recipe import (
+    DataConfig,
+    ExportConfig,
+    OnnxExport,
+    OnnxVariant,
+    TfliteExport,
+    TfliteVariant,
+    VisionRecipe,
+)
+
+TEACHER = "teacher/teacher.safetensors"
+STUDENTS = {"baseline": "students/baseline.safetensors", "kd": "students/kd.safetensors"}
+REPORT = report_mod
+
+
+@dataclass
+class Context(pipeline.Context):
+    """A vision stage's context: the framework's, plus the data split (loaded on first use)."""
+
+    recipe: VisionRecipe
+
+    @cached_property
+    def data(self) -> VisionData:
+        return load_vision_data(self.recipe.data)
+
+
+def data_hash(ctx: Context) -> str:
+    return sha256_json({"data": ctx.recipe.section("data"), "split": ctx.data.split_hash})
+
+
+def stage_data(ctx: Context) -> None:
+    h = data_hash(ctx)
+    if ctx.skip("data", h):
+        return
+    split, test = ctx.run.path("data", "split.json"), ctx.run.path("data", "test.npz")
+    write_json(split, ctx.data.split)
+    ctx.data.save_test(test)
+    d = ctx.data
+    ctx.run.record("data", h, [split, test], {
+        "split_hash": d.split_hash, "classes": d.class_names, "n_train": len(d.train_x),
+        "n_train_labelled": int(d.labelled.sum()), "n_val": len(d.val_x), "n_test": len(d.test_x)})
+    ctx.console.print(f"  {len(d.train_x)} train ({int(d.labelled.sum())} labelled for students), "
+                      f"{len(d.val_x)} val, {len(d.test_x)} test, {d.num_classes} classes")
+
+
+def _teacher_hash(ctx: Context) -> str:
+    t = ctx.recipe.teacher
+    ckpt = sha256_file(t.checkpoint) if t.checkpoint and t.checkpoint.is_file() else None
+    return sha256_json({"data": data_hash(ctx), "teacher": ctx.recipe.section("teacher"), "ckpt": ckpt,
+                        "seed": ctx.recipe.seed})
+
+
+def stage_teacher(ctx: Context) -> None:
+    h = _teacher_hash(ctx)
+    if ctx.skip("teacher", h):
+        return
+    cfg, d = ctx.recipe.teacher, ctx.data
+    torch.manual_seed(ctx.recipe.seed)
+    model = models.build(cfg, d.num_classes)
+    info: dict[str, Any] = {"model": cfg.name, "params": sum(p.numel() for p in model.parameters())}
+    if cfg.checkpoint is None:
+        ckpt = ctx.run.path("teacher", f"train-state-{h[:12]}.pt")  # keyed: a changed recipe never resumes it
+        if ctx.force:
+            ckpt.unlink(missing_ok=True)
+        res = train_supervised(model, d, cfg.train, torch.arange(len(d.train_x)), ckpt, "training teacher",
+                               ctx.recipe.seed)
+        info.update(trained_here=True, val_accuracy=res.val_accuracy, train_seconds=res.train_seconds,
+                    steps=res.steps, history=res.history)
+    else:
+        info.update(trained_here=False, checkpoint=str(cfg.checkpoint), val_accuracy=accuracy(model, d.val_x, d.val_y))
+    info["test_accuracy"] = accuracy(model, d.test_x, d.test_y)
+    out = ctx.run.path(TEACHER)
+    models.save_reference(model, cfg, d.num_classes, out)
+    metrics = ctx.run.path("teacher", "metrics.json")
+    write_json(metrics, info)
+    ctx.run.record("teacher", h, [out, metrics], {"test_accuracy": info["test_accuracy"]})
+    _drop_train_states(ctx.run.path("teacher"))
+    ctx.console.print(f"  teacher test accuracy {info['test_accuracy']:.4f}")
+
+
+def _drop_train_states(folder: Path, prefix: str = "") -> None:
+    """Remove resumable training states once their stage finished (they hold optimizer moments: large)."""
+    for p in folder.glob(f"{prefix}train-state-*.pt"):
+        p.unlink()
+
+
+def _distill_hash(ctx: Context) -> str:
+    r = ctx.recipe
+    distill = {k: v for k, v in r.section("distill").items() if k != "cache_dir"}
+    return sha256_json({"teacher": ctx.run.output_sha("teacher", TEACHER), "data": data_hash(ctx),
+                        "student": r.section("student"), "distill": distill, "seed": r.seed})
+
+
+def _teacher_outputs(ctx: Context) -> tuple[Any, dict[str, Any]]:
+    """Offline: the cached teacher outputs for the train split (teacher built only on a miss)."""
+    cfg, d = ctx.recipe.distill, ctx.data
+    layer = cfg.feature.teacher_layer if (cfg.feature.weight > 0 or cfg.attention.weight > 0) else None
+    key = cache_key(ctx.run.output_sha("teacher", TEACHER), data_hash(ctx), layer)
+    cache_dir = cfg.cache_dir or default_cache_dir()
+    out, path, hit = cached_teacher_outputs(key, cache_dir, d.train_x, layer,
+                                            lambda: freeze(load_reference(ctx.run.path(TEACHER))))
+    return out, {"path": str(path), "hit": hit, "bytes": path.stat().st_size, "key": key}
+
+
+def _train_one(ctx: Context, role: str, h: str, cached: Any = None, teacher: Any = None) -> dict[str, Any]:
+    """Train the ``baseline`` or ``kd`` student unless a finished one with hash ``h`` is on disk."""
+    r, d = ctx.recipe, ctx.data
+    weights, metrics = ctx.run.path(STUDENTS[role]), ctx.run.path("students", f"{role}.json")
+    if not ctx.force and _student_intact(weights, metrics, h):
+        return read_json(metrics)
+    torch.manual_seed(r.seed)
+    student = models.build(r.student, d.num_classes)
+    ckpt = ctx.run.path("students", f"{role}-train-state-{h[:12]}.pt")
+    if ctx.force:
+        ckpt.unlink(missing_ok=True)  # --force redoes the work: never resume it
+    if role == "baseline":  # CE on the labelled subset only, with the KD student's step budget
+        res = train_supervised(student, d, r.distill.train.model_copy(update={"augment": False}),
+                               torch.nonzero(d.labelled).flatten(), ckpt, "training CE-only baseline", r.seed)
+    else:
+        res = train_student(student, d, r.distill, ckpt, r.seed, cached=cached, teacher=teacher)
+    models.save_reference(student, r.student, d.num_classes, weights)
+    info = {"config_hash": h, "weights_sha256": sha256_file(weights), "role": role, "val_accuracy": res.val_accuracy,
+            "test_accuracy": accuracy(student, d.test_x, d.test_y), "steps": res.steps,
+            "train_seconds": res.train_seconds, "samples_per_second": res.samples_per_second,
+            "params": sum(p.numel() for p in student.parameters()), "history": res.history}
+    write_json(metrics, info)
+    _drop_train_states(ckpt.parent, f"{role}-")
+    return info
+
+
+def _student_intact(weights: Path, metrics: Path, h: str) -> bool:
+    """A finished student: its metadata has this stage hash and names the weights' own sha256 (weights written
+    beside stale metadata by a killed run, or edited since, are retrained)."""
+    if not (weights.is_file() and metrics.is_file()):
+        return False
+    try:
+        meta = read_json(metrics)
+    except ValueError:
+        return False
+    return meta.get("config_hash") == h and meta.get("weights_sha256") == sha256_file(weights)
+
+
+def stage_distill(ctx: Context) -> None:
+    h = _distill_hash(ctx)
+    if ctx.skip("distill", h):
+        return
+    cfg = ctx.recipe.distill
+    info: dict[str, Any] = {"mode": cfg.mode}
+    outputs: list[Path] = []
+    if cfg.baseline:
+        info["baseline"] = _train_one(ctx, "baseline", h)
+        outputs += [ctx.run.path(STUDENTS["baseline"]), ctx.run.path("students", "baseline.json")]
+    if cfg.mode == "offline":
+        cached, info["cache"] = _teacher_outputs(ctx)
+        ctx.console.print(f"  teacher cache {'hit' if info['cache']['hit'] else 'written'}: {info['cache']['path']}")
+        info["kd"] = _train_one(ctx, "kd", h, cached=cached)
+    else:
+        info["kd"] = _train_one(ctx, "kd", h, teacher=freeze(load_reference(ctx.run.path(TEACHER))))
+    outputs += [ctx.run.path(STUDENTS["kd"]), ctx.run.path("students", "kd.json")]
+    summary = {k: {"test_accuracy": v["test_accuracy"]} for k, v in info.items() if k in ("baseline", "kd")}
+    ctx.run.record("distill", h, outputs, {"mode": cfg.mode, "cache": info.get("cache"), **summary})
+    for role in ("baseline", "kd"):
+        if role in info:
+            ctx.console.print(f"  {role} student test accuracy {info[role]['test_accuracy']:.4f}")
+
+
+def stage_export(ctx: Context) -> None:
+    r = ctx.recipe
+    h = sha256_json({"student": ctx.run.output_sha("distill", STUDENTS["kd"]), "export": r.section("export"),
+                     "data": data_hash(ctx)})
+    if ctx.skip("export", h):
+        return
+    student = load_reference(ctx.run.path(STUDENTS["kd"]))
+    job = _Export(student, ctx.data, ctx.run, "student", "kd", "PyTorch KD student", r.seed,
+                  f"{r.student.name} (KD student, {STUDENTS['kd']})")
+    _run_export(job, r.export, h)
+    _print_parity(ctx.console, job.records)
+
+
+def export_local(name: str, checkpoint: Path, num_classes: int, cfg: ExportConfig, data_cfg: DataConfig,
+                 out: Path, kwargs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """``edgedistill export --model``: export a timm model + local checkpoint into ``out`` (no run needed).
+
+    Parity is checked on ``data_cfg``'s test split and int8 is calibrated on its train split, exactly as in a run;
+    ``out`` gets the artifacts, ``artifacts.json`` and a ``manifest.json`` recording each file.
+    """
+    model = models.create(name, num_classes, kwargs)
+    models.load_weights(model, checkpoint)
+    data = load_vision_data(data_cfg)
+    run = RunDir(out)
+    h = sha256_json({"model": name, "kwargs": kwargs or {}, "checkpoint": sha256_file(checkpoint),
+                     "export": cfg.model_dump(mode="json"), "data": data.split_hash})
+    job = _Export(model.eval(), data, run, name, "checkpoint", f"PyTorch {name} ({checkpoint.name})", 0,
+                  f"{name} ({checkpoint})", subdir="")
+    _run_export(job, cfg, h)
+    return job.records
+
+
+@dataclass
+class _Export:
+    """One export: the model and data every format needs, and the artifacts written so far."""
+
+    model: nn.Module
+    data: VisionData
+    run: RunDir
+    prefix: str  # artifact file names: <prefix>-<variant>.onnx, <prefix>-tflite-<variant>.tflite
+    source: str  # the records' "source": "kd" in a run
+    reference: str  # what parity compares against, in words
+    seed: int
+    model_name: str  # names the model in conversion errors
+    subdir: str = "export"
+    records: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def ref(self) -> np.ndarray:
+        with torch.no_grad():
+            return self.model(self.data.test_x).numpy()
+
+    def path(self, name: str) -> Path:
+        return self.run.path(self.subdir, name) if self.subdir else self.run.path(name)
+
+    def calibration(self, n: int) -> np.ndarray:
+        """``n`` training images ``(n, C, H, W)``, a fixed random subset."""
+        g = torch.Generator().manual_seed(self.seed)
+        return self.data.train_x[torch.randperm(len(self.data.train_x), generator=g)[:n]].numpy()
+
+    def add(self, path: Path, fmt: str, variant: str, min_top1: float, **extra: Any) -> None:
+        """Score ``path`` on the test split with its runtime and record it with its parity."""
+        from edgedistill.runtimes import open_session, runtime_for
+
+        logits = open_session(runtime_for(path), path, threads=os.cpu_count() or 1).run_all(self.data.test_x.numpy())
+        precision = "fp32" if variant == "fp32" else "int8"
+        self.records.append({
+            "name": path.stem, "file": str(path.relative_to(self.run.root)), "format": fmt, "variant": variant,
+            "precision": precision, "source": self.source, **extra,
+            "parity": compare(self.ref, logits, precision, self.reference, min_top1).to_dict()})
+        self.outputs.append(path)
+
+
+def _run_export(job: _Export, cfg: ExportConfig, config_hash: str) -> None:
+    """Every format in ``cfg.formats``, then artifacts.json and the manifest entry."""
+    if "onnx" in cfg.formats:
+        _export_onnx(job, cfg.onnx)
+    if "tflite" in cfg.formats:
+        _export_tflite(job, cfg.tflite)
+    listing = job.path("artifacts.json")
+    write_json(listing, job.records)
+    job.run.record("export", config_hash, [*job.outputs, listing],
+                   {"artifacts": [a["name"] for a in job.records], "export_seconds": job.seconds})
+
+
+def _export_onnx(job: _Export, cfg: OnnxExport) -> None:
+    calib = job.calibration(cfg.calibration_samples)
+    fp32 = job.path(f"{job.prefix}-fp32.onnx")
+    with make_progress() as prog:
+        task = prog.add_task("exporting ONNX", total=len(cfg.variants), status="")
+        onnx_export.export_fp32(job.model, job.data.test_x[:1], fp32, cfg.opset, cfg.exporter)
+        for variant in cfg.variants:
+            prog.update(task, status=variant)
+            path = fp32 if variant == "fp32" else job.path(f"{job.prefix}-{variant}.onnx")
+            if variant != "fp32":
+                onnx_export.quantize(fp32, variant, path, calib)
+            job.add(path, "onnx", variant, INT8_MIN_TOP1_AGREEMENT)
+            prog.advance(task)
+    if "fp32" not in cfg.variants:
+        fp32.unlink()
+
+
+def _export_tflite(job: _Export, cfg: TfliteExport) -> None:
+    """litert-torch variants; fp32 first when a post-conversion (ai-edge-quantizer) variant needs it."""
+    from edgedistill.toolchain.vision.export import tflite
+
+    tflite.require()
+    calib = job.calibration(cfg.calibration_samples) if "int8_static" in cfg.variants else None
+    fp32 = job.path(f"{job.prefix}-tflite-fp32.tflite")
+    order = sorted(cfg.variants, key=lambda v: v != "fp32")
+    if any(v in tflite.AEQ_RECIPES for v in order) and "fp32" not in order:
+        order.insert(0, "fp32")
+    with make_progress() as prog:
+        task = prog.add_task("exporting TFLite", total=len(order), status="")
+        for variant in order:
+            prog.update(task, status=variant)
+            path = job.path(f"{job.prefix}-tflite-{variant}.tflite")
+            t0 = time.perf_counter()
+            tflite.export_variant(job.model, job.data.test_x[:1], variant, path, fp32, calib, cfg.layout,
+                                  job.model_name)
+            job.seconds[path.stem] = round(time.perf_counter() - t0, 2)
+            if variant in cfg.variants:
+                job.add(path, "tflite", variant, TFLITE_INT8_MIN_TOP1_AGREEMENT, layout=cfg.layout)
+            prog.advance(task)
+    if "fp32" not in cfg.variants:
+        fp32.unlink(missing_ok=True)
+
+
+def _print_parity(console: Any, records: list[dict[str, Any]]) -> None:
+    for a in records:
+        p = a["parity"]
+        console.print(f"  {a['name']}: max|Δ| {p['max_abs_diff']:.2e}, top-1 agreement "
+                      f"{p['top1_agreement']:.4f} ({'ok' if p['ok'] else 'FAILS ' + p['criterion']})")
+
+
+def _bench_items(ctx: Context) -> list[BenchItem]:
+    items = []
+    if ctx.recipe.bench.include_pytorch:
+        items.append(BenchItem("teacher", ctx.run.path(TEACHER)))
+        for role, rel in STUDENTS.items():
+            if ctx.run.path(rel).is_file():
+                items.append(BenchItem(f"{role}-student", ctx.run.path(rel)))
+    for a in read_json(ctx.run.path("export", "artifacts.json")):
+        items.append(BenchItem(a["name"], ctx.run.root / a["file"]))
+    return items
+
+
+def stage_bench(ctx: Context) -> None:
+    cfg = ctx.recipe.bench
+    items = _bench_items(ctx)
+    threads = resolve_threads(cfg.threads, os.cpu_count() or 1)
+    h = sha256_json({"items": {i.name: sha256_file(i.path) for i in items}, "bench": ctx.recipe.section("bench"),
+                     "threads": threads})
+    if ctx.skip("bench", h):
+        return
+    test = ctx.run.path("data", "test.npz")
+    plan = plan_devices(cfg.devices, cfg.threads, cfg.profiles)
+    with make_progress() as prog:
+        task = prog.add_task("benchmarking", total=len(items) * max(1, sum(map(len, plan.values()))), status="")
+        devices = measure_devices(items, cfg.devices, cfg.threads, test, ctx.run.path("bench", "x").parent,
+                                  cfg.warmup, cfg.runs, cfg.profiles, progress=lambda: prog.advance(task),
+                                  force=ctx.force)
+    host = devices.get("host") or devices.get("local") or {}
+    results, threads = host.get("results", {}), host.get("threads", threads)
+    out = ctx.run.path("bench", "results.json")
+    write_json(out, {"threads": threads, "results": results, "devices": devices})
+    failed_devices = {d: e["error"] for d, e in devices.items() if e["error"]}
+    for d, err in failed_devices.items():
+        ctx.console.print(f"  [yellow]device {d} failed:[/yellow] {err}")
+    ctx.run.record("bench", h, [out], {"threads": threads, "devices": list(devices),
+                                       "failed": [n for n, r in results.items() if r["error"]],
+                                       "failed_devices": failed_devices})
+
+
+def stage_report(ctx: Context) -> dict[str, Any]:
+    """Assemble report.json and report.md from the stages' files (always re-run: it is cheap)."""
+    run = ctx.run
+    inputs = report_mod.ReportInputs(
+        recipe=ctx.recipe.name,
+        run_dir=str(run.root),
+        teacher=read_json(run.path("teacher", "metrics.json")),
+        students={role: read_json(run.path("students", f"{role}.json"))
+                  for role in STUDENTS if run.path("students", f"{role}.json").is_file()},
+        artifacts=read_json(run.path("export", "artifacts.json")) if run.stage("export") else [],
+        bench=read_json(run.path("bench", "results.json")) if run.stage("bench") else None,
+        accuracy_tolerance=ctx.recipe.bench.accuracy_tolerance,
+        files={o["path"]: o for s in run.manifest()["stages"].values() for o in s["outputs"]},
+        data=(run.stage("data") or {}).get("info", {}),
+        distill=(run.stage("distill") or {}).get("info", {}),
+    )
+    report = report_mod.build(inputs)
+    report["gate"] = {"budgets": ctx.recipe.section("gate"), "failures": check(report, ctx.recipe.gate)}
+    report_mod.write(report, run.path("report.json"), run.path("report.md"))
+    return report
+
+
+def export_options(recipe: VisionRecipe, formats: str | None, variants: str | None,
+                   layout: str | None) -> VisionRecipe:
+    """The recipe with ``edgedistill export``'s --formats / --variants / --layout applied and checked."""
+    return recipe.model_copy(update={"export": export_config(recipe.export, formats, variants, layout)})
+
+
+def export_config(base: ExportConfig, formats: str | None, variants: str | None, layout: str | None) -> ExportConfig:
+    from typing import get_args
+
+    def split(text: str) -> list[str]:
+        return [v.strip() for v in text.split(",") if v.strip()]
+
+    cfg = base
+    if formats is not None:
+        if not split(formats) or any(f not in ("onnx", "tflite") for f in split(formats)):
+            raise ValueError(f"--formats: expected a comma-separated list of onnx, tflite; got {formats!r}")
+        cfg = cfg.model_copy(update={"formats": list(dict.fromkeys(split(formats)))})
+    if variants is not None:
+        known = {"onnx": get_args(OnnxVariant), "tflite": get_args(TfliteVariant)}
+        names = split(variants)
+        if unknown := [v for v in names if not any(v in k for k in known.values())] or ([] if names else [""]):
+            raise ValueError(f"--variants: unknown {unknown}; onnx has {', '.join(known['onnx'])}; tflite has "
+                             f"{', '.join(known['tflite'])}")
+        for fmt in cfg.formats:
+            keep = [v for v in names if v in known[fmt]]
+            if not keep:
+                raise ValueError(f"--variants: none of {names} is a {fmt} variant ({', '.join(known[fmt])})")
+            cfg = cfg.model_copy(update={fmt: getattr(cfg, fmt).model_copy(update={"variants": keep})})
+    if layout is not None:
+        if layout not in ("nchw", "nhwc"):
+            raise ValueError(f"--layout: expected nchw or nhwc, got {layout!r}")
+        cfg = cfg.model_copy(update={"tflite": cfg.tflite.model_copy(update={"layout": layout})})
+    return cfg
+
+
+STAGES = (Stage("data", stage_data, "distill"), Stage("teacher", stage_teacher, "distill"),
+          Stage("distill", stage_distill, "distill"), Stage("export", stage_export, "export"),
+          Stage("bench", stage_bench, "bench"), Stage("report", stage_report, "report"))
