@@ -16,7 +16,7 @@ WHEELS := $(HOME)/.cache/edgedistill/wheels
 NOAMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DCMAKE_C_FLAGS='$(NOAMX)' -DCMAKE_CXX_FLAGS='$(NOAMX)'
 
-.PHONY: demo test lint setup test-setup clean
+.PHONY: demo test lint setup test-setup clean converter
 
 setup: $(STAMP)
 
@@ -28,8 +28,16 @@ $(STAMP): pyproject.toml Makefile
 	  CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/pip wheel --disable-pip-version-check -q --no-deps --no-cache-dir \
 	    -w $(WHEELS) "$(LLAMA)"; }
 	$(BIN)/pip install --disable-pip-version-check -q --find-links $(WHEELS) -e ".[$(EXTRAS)]"
+	@$(MAKE) --no-print-directory converter
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
+
+# llama.cpp's own HF → GGUF converter, from the sdist of the llama-cpp-python installed above (its version is read
+# from the installed package), extracted once per machine into ~/.cache/edgedistill/llama.cpp-convert-<version>.
+# Not fatal: GGUF export fetches it on first use and says why when it cannot.
+converter:
+	@$(BIN)/python -m edgedistill.toolchain.llm.export.gguf >/dev/null \
+	  || echo "could not fetch llama.cpp's converter now; GGUF export will retry on first use"
 
 # Services and caches the tests use: sshd for the SSH transport, qemu + debootstrap for the emulated arm64
 # device (its rootfs is built once per machine and cached). Where apt or root is unavailable the dependent

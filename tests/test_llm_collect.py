@@ -14,7 +14,7 @@ import pytest
 
 from edgedistill.toolchain.llm.distill.collect import Prompt, collect, read_journal, targets
 from edgedistill.toolchain.llm.distill.server import free_port, start_server, stop_server
-from edgedistill.toolchain.llm.export.gguf import write_gguf
+from edgedistill.toolchain.llm.export.gguf import convert
 from edgedistill.toolchain.llm.recipe import EndpointConfig
 from tests.llm_fixtures import TinyLM, tiny_lm  # noqa: F401  (session fixture)
 
@@ -24,7 +24,7 @@ def _prompts(tiny_lm: TinyLM, n: int) -> list[Prompt]:  # noqa: F811
 
 
 def test_collect_resumes_after_server_killed(tiny_lm: TinyLM, tmp_path: Path) -> None:  # noqa: F811
-    gguf = write_gguf(tiny_lm.dir, tmp_path / "teacher-f32.gguf", "f32")
+    gguf = convert(tiny_lm.dir, tmp_path / "teacher-f32.gguf", "f32")
     port, journal = free_port(), tmp_path / "collected.jsonl"
     prompts = _prompts(tiny_lm, 14)
     cfg = EndpointConfig(base_url=f"http://127.0.0.1:{port}/v1", max_tokens=16, concurrency=2, max_retries=1,

@@ -1,28 +1,47 @@
-"""HF Llama → GGUF → llama.cpp: F32 parity with PyTorch, llama.cpp's quantiser, fidelity like its perplexity tool."""
+"""HF Llama → GGUF through llama.cpp's own converter → llama.cpp: F32 parity with PyTorch (tokens and logits over a
+long sequence), llama.cpp's quantiser, fidelity like its perplexity tool; fetching the converter safely."""
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgedistill.runtimes.base import open_session, runtime_for
-from edgedistill.toolchain.llm.export.fidelity import GGUF_F32_MAX_ABS_DIFF, Q8_MIN_SAME_TOP, fidelity, torch_logits
-from edgedistill.toolchain.llm.export.gguf import permute_qk, quantize, tensor_types, write_gguf
+from edgedistill.runtimes.llama_cpp import LlamaCppSession
+from edgedistill.toolchain.llm.export import gguf as gguf_mod
+from edgedistill.toolchain.llm.export.fidelity import (
+    GGUF_F32_MAX_ABS_DIFF,
+    PARITY_MIN_POSITIONS,
+    PARITY_TEXTS,
+    Q8_MIN_SAME_TOP,
+    fidelity,
+    long_parity,
+    long_sequence,
+    parity,
+    token_parity,
+    torch_logits,
+)
+from edgedistill.toolchain.llm.export.gguf import (
+    GGUFError,
+    convert,
+    identify_pre_tokenizer,
+    metadata,
+    quantize,
+    tensor_types,
+)
 from edgedistill.toolchain.llm.tokenizer import encode
 from tests.llm_fixtures import TinyLM, tiny_lm  # noqa: F401  (session fixture)
-
-
-def test_permute_qk_interleaves_rotary_halves() -> None:
-    w = np.arange(8, dtype=np.float32).reshape(8, 1)  # one head, head_dim 8: halves [0..3] [4..7]
-    assert permute_qk(w, 1).ravel().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
 
 
 @pytest.fixture(scope="module")
 def ggufs(tiny_lm: TinyLM, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
     d = tmp_path_factory.mktemp("gguf")
-    out = {v: write_gguf(tiny_lm.dir, d / f"m-{v}.gguf", v) for v in ("f32", "f16")}
+    out = {v: convert(tiny_lm.dir, d / f"m-{v}.gguf", v) for v in ("f32", "f16")}
     for v in ("q8_0", "q4_k_m"):
         out[v] = quantize(out["f32"], d / f"m-{v}.gguf", v)
     return out
@@ -33,17 +52,26 @@ def _ids(tiny_lm: TinyLM, n: int = 6) -> list[list[int]]:  # noqa: F811
 
 
 def test_f32_gguf_matches_pytorch(tiny_lm: TinyLM, ggufs: dict[str, Path]) -> None:  # noqa: F811
+    """The project's own tokenizer (ByteLevel BPE, unknown to llama.cpp's hash list) converts as ``gpt-2``, and the
+    F32 file meets the parity contract: identical tokens on every text, logits within the fp32 bound over a
+    sequence of PARITY_MIN_POSITIONS tokens (past the model's 256 trained positions)."""
     assert runtime_for(ggufs["f32"]) == "llama.cpp"
-    sess = open_session("llama.cpp", ggufs["f32"], threads=2)
-    sess_f32kv = type(sess)(ggufs["f32"], threads=2, kv_f32=True)
+    assert metadata(ggufs["f32"])["tokenizer.ggml.pre"] == "gpt-2"
+    sess_f32kv = LlamaCppSession(ggufs["f32"], threads=2, n_ctx=PARITY_MIN_POSITIONS, kv_f32=True)
     text = tiny_lm.test[0].prompt
     ids = [tiny_lm.tok.bos_token_id, *tiny_lm.tok.encode(text, add_special_tokens=False)]
     assert sess_f32kv.tokenize(text) == ids  # llama.cpp tokenises exactly like `tokenizers`
+    tokens = token_parity(tiny_lm.tok, sess_f32kv.tokenize)
+    assert tokens.identical == len(PARITY_TEXTS), [PARITY_TEXTS[i] for i in tokens.mismatches]
     seqs = _ids(tiny_lm)
     fid = fidelity(seqs, torch_logits(tiny_lm.model, seqs), [sess_f32kv.logits(s) for s in seqs])
     assert fid.max_abs_diff <= GGUF_F32_MAX_ABS_DIFF, fid
     assert fid.same_top_token == 1.0
-    sess.close()
+    long_ids = long_sequence(seqs, PARITY_MIN_POSITIONS, tiny_lm.tok.bos_token_id)
+    assert len(long_ids) == PARITY_MIN_POSITIONS
+    long = long_parity(torch_logits(tiny_lm.model, [long_ids])[0], sess_f32kv.logits(long_ids))
+    par = parity("f32", tokens, long, fid, "llama.cpp")
+    assert par.ok and long.within_fp32 and long.positions == PARITY_MIN_POSITIONS, par
     sess_f32kv.close()
 
 
@@ -105,3 +133,107 @@ def test_agent_measures_a_gguf_per_token(tiny_lm: TinyLM, ggufs: dict[str, Path]
     hits = sum(int((r[:-1].argmax(-1) == np.asarray(s[1:])).sum()) for r, s in zip(
         torch_logits(tiny_lm.model, seqs), seqs, strict=True))
     assert doc["accuracy"] == pytest.approx(hits / doc["n_eval"], abs=2 / doc["n_eval"])
+
+
+# -- the converter: fetched once per machine, extracted safely; the pre-tokenizer from tokenizer.json ----------
+def _tokenizer_json(pre: dict, normalizer: dict | None = None, model: str = "BPE") -> dict:
+    return {"model": {"type": model, "vocab": {}, "merges": []}, "pre_tokenizer": pre, "normalizer": normalizer}
+
+
+def _split(regex: str) -> dict:
+    return {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+
+
+def test_pre_tokenizer_is_identified_from_the_definition(tiny_lm: TinyLM, tmp_path: Path) -> None:  # noqa: F811
+    assert identify_pre_tokenizer(tiny_lm.dir / "tokenizer.json") == "gpt-2"  # train_bpe: ByteLevel alone
+    cases = {
+        "llama-bpe": _tokenizer_json(_split(gguf_mod.LLAMA3_REGEX)),
+        "qwen2": _tokenizer_json(_split(gguf_mod.QWEN2_REGEX), {"type": "NFC"}),
+        None: _tokenizer_json(_split(r"\s+|\w+")),  # a regex llama.cpp has no pre-tokenizer for
+    }
+    for want, tj in cases.items():
+        (tmp_path / "tokenizer.json").write_text(json.dumps(tj))
+        assert identify_pre_tokenizer(tmp_path / "tokenizer.json") == want, want
+    odd = [_tokenizer_json({"type": "ByteLevel", "add_prefix_space": True, "use_regex": True}),  # prefix space
+           _tokenizer_json(_split(gguf_mod.LLAMA3_REGEX), {"type": "Lowercase"}),  # llama.cpp does not lowercase
+           _tokenizer_json({"type": "Metaspace"}), _tokenizer_json({"type": "ByteLevel"}, model="WordPiece")]
+    for tj in odd:
+        (tmp_path / "tokenizer.json").write_text(json.dumps(tj))
+        assert identify_pre_tokenizer(tmp_path / "tokenizer.json") is None, tj
+
+
+def test_unknown_pre_tokenizer_fails_naming_the_tokenizer_file(tiny_lm: TinyLM, tmp_path: Path) -> None:  # noqa: F811
+    """A BPE tokenizer that llama.cpp's hash does not know and whose definition matches no known pre-tokenizer is
+    refused (never converted with a guessed pre-tokenizer)."""
+    src = tmp_path / "m"
+    src.mkdir()
+    for f in tiny_lm.dir.iterdir():
+        if f.is_file():
+            (src / f.name).write_bytes(f.read_bytes())
+    tj = json.loads((src / "tokenizer.json").read_text())
+    tj["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": r"\s+|\w+|[^\s\w]+"}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    (src / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(GGUFError, match=r"tokenizer\.json defines none that edgedistill recognises"):
+        convert(src, tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists() and not list(tmp_path.glob(".out*"))  # nothing half-written
+
+
+def test_convert_refuses_pickles_and_missing_tokenizers(tiny_lm: TinyLM, tmp_path: Path) -> None:  # noqa: F811
+    (tmp_path / "config.json").write_text((tiny_lm.dir / "config.json").read_text())
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(GGUFError, match=f"{tmp_path}: no \\*.safetensors"):
+        convert(tmp_path, tmp_path / "x.gguf")
+    (tmp_path / "model.safetensors").write_bytes((tiny_lm.dir / "model.safetensors").read_bytes())
+    with pytest.raises(GGUFError, match="no tokenizer.json or tokenizer.model"):
+        convert(tmp_path, tmp_path / "x.gguf")
+    with pytest.raises(GGUFError, match="quantise to q8_0 with quantize"):
+        convert(tmp_path, tmp_path / "x.gguf", "q8_0")
+
+
+def _sdist(path: Path, extra: list[tarfile.TarInfo]) -> Path:
+    """A fake llama-cpp-python sdist: the converter's files, one file that must not be extracted, and ``extra``."""
+    root = "llama_cpp_python-9.9.9/vendor/llama.cpp/"
+    with tarfile.open(path, "w:gz") as tf:
+        for name in ("convert_hf_to_gguf.py", "conversion/__init__.py", "gguf-py/gguf/__init__.py",
+                     "src/llama.cpp", "gguf-py/tests/test.py"):
+            data = b"# " + name.encode()
+            info = tarfile.TarInfo(root + name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for info in extra:
+            tf.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
+    return path
+
+
+def test_converter_extraction_is_safe(tmp_path: Path) -> None:
+    good = _sdist(tmp_path / "good.tar.gz", [])
+    gguf_mod._extract_converter(good, tmp_path / "out")
+    got = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert got == ["conversion/__init__.py", "convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py"]
+    root = "llama_cpp_python-9.9.9/vendor/llama.cpp/"
+    dotdot = tarfile.TarInfo(root + "conversion/../../../../evil.py")
+    dotdot.size = 1
+    link = tarfile.TarInfo(root + "conversion/link.py")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    for bad, why in ((dotdot, "unsafe path"), (link, "not a regular file")):
+        with pytest.raises(GGUFError, match=why):
+            gguf_mod._extract_converter(_sdist(tmp_path / "bad.tar.gz", [bad]), tmp_path / "bad")
+    assert not (tmp_path.parent / "evil.py").exists()
+
+
+def test_converter_is_fetched_for_the_installed_llama_cpp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One converter per machine, for the llama-cpp-python this venv runs (not under the per-test cache)."""
+    import llama_cpp
+
+    monkeypatch.delenv(gguf_mod.CONVERTER_ENV, raising=False)
+    d = gguf_mod.ensure_converter()
+    assert d == Path.home() / ".cache" / "edgedistill" / f"llama.cpp-convert-{llama_cpp.__version__}"
+    assert (d / "convert_hf_to_gguf.py").is_file() and (d / "gguf-py" / "gguf" / "__init__.py").is_file()
+    assert gguf_mod.ensure_converter() == d  # idempotent: the second call finds it
+    monkeypatch.setenv(gguf_mod.CONVERTER_ENV, "/nonexistent")
+    with pytest.raises(GGUFError, match="no convert_hf_to_gguf.py there"):
+        gguf_mod.ensure_converter()

@@ -30,6 +30,10 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+class RunStateError(ValueError):
+    """A run directory's files disagree with its manifest; the message names them and the command that fixes it."""
+
+
 @dataclass
 class RunDir:
     """A run directory rooted at ``root``. Paths inside the manifest are relative to it."""
@@ -73,6 +77,25 @@ class RunDir:
             if not p.is_file() or p.stat().st_size != out["bytes"] or sha256_file(p) != out["sha256"]:
                 return False
         return True
+
+    def changed_outputs(self, name: str) -> list[str]:
+        """Outputs of stage ``name`` whose bytes no longer match what the manifest recorded (missing, resized,
+        edited, corrupted)."""
+        bad = []
+        for out in (self.stage(name) or {"outputs": []})["outputs"]:
+            p = self.root / out["path"]
+            if not p.is_file():
+                bad.append(f"{out['path']} (missing)")
+            elif p.stat().st_size != out["bytes"] or sha256_file(p) != out["sha256"]:
+                bad.append(f"{out['path']} (changed: sha256 differs from the manifest)")
+        return bad
+
+    def require_intact(self, name: str) -> None:
+        """Raise :class:`RunStateError` when a stage's recorded outputs changed since it ran: a later stage must
+        never measure or judge files the manifest does not vouch for."""
+        if bad := self.changed_outputs(name):
+            raise RunStateError(f"{self.root}: {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''} since the {name} "
+                                f"stage wrote it; re-run `edgedistill {name} --out {self.root} --force` (or `run`)")
 
     def record(self, name: str, config_hash: str, outputs: list[Path], info: dict[str, Any] | None = None) -> None:
         """Record a finished stage with its outputs (hashed now) and free-form ``info``."""

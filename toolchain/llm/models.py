@@ -1,14 +1,27 @@
-"""Llama teacher and student: build from a recipe's shape or load a local HF checkpoint; initialise a student
-from the teacher by layer selection; align vocabularies that differ only by padding."""
+"""Teacher and student causal LMs: build a Llama from a recipe's shape or load a local HF checkpoint of a supported
+family; initialise a student from the teacher by layer selection; align vocabularies that differ only by padding.
+
+Supported families (:data:`FAMILIES`, by ``config.json``'s ``model_type``), each loaded by
+``AutoModelForCausalLM`` from local safetensors only:
+
+* ``llama``: Llama 2 (MHA, sentencepiece tokenizer) and Llama 3.x (GQA, ``rope_scaling`` ``llama3``, tied
+  embeddings in 1B/3B);
+* ``mistral``: Mistral 7B (GQA; v0.2+ has no sliding window, which llama.cpp's Llama graph does not implement);
+* ``qwen2``: Qwen2/2.5 (bias on q/k/v, tied embeddings in small sizes, embedding rows padded beyond the tokenizer).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, PretrainedConfig, PreTrainedModel
 
 from edgedistill.toolchain.llm.recipe import LlamaArch
+
+#: model_type → the checkpoints it covers (the allow-list of teachers and students)
+FAMILIES = {"llama": "Llama 2, Llama 3.x", "mistral": "Mistral", "qwen2": "Qwen2, Qwen2.5"}
 
 
 class ModelError(ValueError):
@@ -28,14 +41,51 @@ def build_llama(arch: LlamaArch, vocab_size: int, bos: int | None, eos: int, pad
     return model.float()
 
 
-def load_llama(path: Path, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    """A local HF Llama checkpoint (offline, never a hub id)."""
-    if not (Path(path) / "config.json").is_file():
+def config_like(teacher: PretrainedConfig, arch: LlamaArch, vocab_size: int | None = None) -> PretrainedConfig:
+    """A student config in the teacher's family with ``arch``'s shape (widths, layers, heads); everything else
+    (rope theta and scaling, norms, biases, tying, positions, token ids) is the teacher's, so
+    :func:`init_from_teacher` can fill it from that teacher."""
+    shape = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+    cfg = {k: v for k, v in teacher.to_dict().items() if k not in ("architectures", "_name_or_path", "torch_dtype",
+                                                                   "dtype")}
+    cfg.update({k: getattr(arch, k) for k in shape}, head_dim=arch.hidden_size // arch.num_attention_heads,
+               vocab_size=vocab_size or teacher.vocab_size)
+    if cfg.get("layer_types"):  # per-layer attention kinds (Qwen2): those of the teacher layers the student copies
+        picked = every_other_layer(teacher.num_hidden_layers, arch.num_hidden_layers)
+        cfg["layer_types"] = [teacher.layer_types[i] for i in picked]
+    return type(teacher).from_dict(cfg)
+
+
+def build_like(teacher: PreTrainedModel, arch: LlamaArch, vocab_size: int | None = None,
+               seed: int = 0) -> PreTrainedModel:
+    """A fresh student of the teacher's family with ``arch``'s shape (float32)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config_like(teacher.config, arch, vocab_size)).float()
+
+
+def model_type(path: Path) -> str:
+    """``config.json``'s ``model_type`` of a local checkpoint folder."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
         raise ModelError(f"{path}: not a Hugging Face model folder (no config.json); give a local checkpoint path")
-    model = LlamaForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
-    if model.config.model_type != "llama":
-        raise ModelError(f"{path}: model_type is {model.config.model_type!r}; this pipeline needs a Llama model")
-    return model
+    return str(json.loads(cfg.read_text(encoding="utf-8")).get("model_type"))
+
+
+def load_causal_lm(path: Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A local HF checkpoint of a supported family (offline, never a hub id; safetensors only, never a pickle)."""
+    from transformers import AutoModelForCausalLM
+
+    mt = model_type(path)
+    if mt not in FAMILIES:
+        raise ModelError(f"{path}: model_type {mt!r} is not supported; use one of "
+                         f"{', '.join(f'{k} ({v})' for k, v in FAMILIES.items())}")
+    if not any(Path(path).glob("*.safetensors")):
+        raise ModelError(f"{path}: no *.safetensors weights (pickled .bin checkpoints are not loaded); convert "
+                         "them with save_pretrained(..., safe_serialization=True)")
+    return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True, dtype=dtype)
+
 
 
 def every_other_layer(n_teacher: int, n_student: int) -> list[int]:
@@ -46,24 +96,43 @@ def every_other_layer(n_teacher: int, n_student: int) -> list[int]:
     return [int(i * step) for i in range(n_student)]
 
 
-def init_from_teacher(student: LlamaForCausalLM, teacher: LlamaForCausalLM) -> list[int]:
+def _head_dim(c: PretrainedConfig) -> int:
+    return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+
+
+def init_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel) -> list[int]:
     """Copy embeddings, final norm, head and evenly spaced blocks from ``teacher``; returns the layers used.
 
-    Widths must match (hidden size, heads); the MLP may be narrower, in which case its first rows/columns are kept.
+    Both must be of one family (``model_type``) with equal widths (hidden size, heads, head size); the MLP may be
+    narrower (its first rows/columns are kept) and the vocabularies may differ by padding rows (the shared first
+    rows are copied). A tied student head is its embedding (copied); an untied one gets the teacher's head.
     """
     sc, tc = student.config, teacher.config
-    for f in ("hidden_size", "num_attention_heads", "num_key_value_heads", "vocab_size"):
+    if sc.model_type != tc.model_type:
+        raise ModelError(f"student.init: teacher-layers needs one family (student {sc.model_type}, teacher "
+                         f"{tc.model_type}); build the student like the teacher or use init: random")
+    for f in ("hidden_size", "num_attention_heads", "num_key_value_heads"):
         if getattr(sc, f) != getattr(tc, f):
             raise ModelError(f"student.init: teacher-layers needs equal {f} (student {getattr(sc, f)}, "
                              f"teacher {getattr(tc, f)}); use init: random")
+    if _head_dim(sc) != _head_dim(tc):
+        raise ModelError(f"student.init: teacher-layers needs equal head_dim (student {_head_dim(sc)}, teacher "
+                         f"{_head_dim(tc)}); use init: random")
     layers = every_other_layer(tc.num_hidden_layers, sc.num_hidden_layers)
+    v = min(sc.vocab_size, tc.vocab_size)
+    s_emb, t_emb = student.get_input_embeddings().weight, teacher.get_input_embeddings().weight
+    s_head, t_head = student.get_output_embeddings().weight, teacher.get_output_embeddings().weight
     with torch.no_grad():
-        student.model.embed_tokens.weight.copy_(teacher.model.embed_tokens.weight)
+        s_emb[:v].copy_(t_emb[:v])
+        if s_head.data_ptr() != s_emb.data_ptr():  # untied student: the teacher's head (its embedding, if tied)
+            s_head[:v].copy_(t_head[:v])
         student.model.norm.weight.copy_(teacher.model.norm.weight)
-        student.lm_head.weight.copy_(teacher.lm_head.weight)
         for s_layer, t_idx in zip(student.model.layers, layers, strict=True):
             t_sd = teacher.model.layers[t_idx].state_dict()
             for name, p in s_layer.state_dict().items():
+                if name not in t_sd:
+                    raise ModelError(f"student.init: the teacher's layers have no {name!r} (the student's config "
+                                     "differs from the teacher's, e.g. attention bias); use init: random")
                 src = t_sd[name]
                 p.copy_(src[tuple(slice(0, n) for n in p.shape)])
     return layers

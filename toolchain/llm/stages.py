@@ -157,7 +157,7 @@ def stage_teacher(ctx: Context) -> None:
     h = _teacher_hash(ctx)
     if ctx.skip("teacher", h):
         return
-    from edgedistill.toolchain.llm.models import build_llama, load_llama, param_count
+    from edgedistill.toolchain.llm.models import build_llama, load_causal_lm, param_count
     from edgedistill.toolchain.llm.train import train_lm
 
     cfg, tok = ctx.recipe.teacher, ctx.tok
@@ -173,7 +173,7 @@ def stage_teacher(ctx: Context) -> None:
         info.update(steps=res.steps, train_seconds=res.seconds, tokens_per_second=res.per_second,
                     resumed_from=res.resumed_from, history=res.history)
     else:
-        model = load_llama(cfg.path)
+        model = load_causal_lm(cfg.path)
         info["checkpoint"] = str(cfg.path)
     info.update(params=param_count(model), val_nll=val_nll(model, ctx.encoded("val"), tok.pad_token_id))
     metrics = ctx.run.path("teacher", "metrics.json")
@@ -217,16 +217,16 @@ def _teacher_sha(ctx: Context) -> str:
 
 # -- students --------------------------------------------------------------------------------------------------
 def _new_student(ctx: Context, teacher: torch.nn.Module) -> tuple[torch.nn.Module, list[int] | None, int]:
-    """The student before training (a local checkpoint, or a fresh LlamaConfig initialised from the teacher), the
-    teacher layers it copied, and the vocabulary size both share (embedding rows beyond it are padding)."""
-    from edgedistill.toolchain.llm.models import align_vocab, build_llama, init_from_teacher, load_llama
+    """The student before training (a local checkpoint, or a fresh model of the teacher's family with
+    ``student.arch``'s widths, layers and heads, initialised from the teacher), the teacher layers it copied, and the
+    vocabulary size both share (embedding rows beyond it are padding)."""
+    from edgedistill.toolchain.llm.models import align_vocab, build_like, init_from_teacher, load_causal_lm
 
     r, tok = ctx.recipe, ctx.tok
     if r.student.path is not None:
-        student, layers = load_llama(r.student.path), None
+        student, layers = load_causal_lm(r.student.path), None
     else:
-        student = build_llama(r.student.arch, teacher.config.vocab_size, tok.bos_token_id, tok.eos_token_id,
-                              tok.pad_token_id, r.seed)
+        student = build_like(teacher, r.student.arch, teacher.config.vocab_size, r.seed)
         layers = init_from_teacher(student, teacher) if r.student.init == "teacher-layers" else None
     vocab = align_vocab(teacher.config.vocab_size, student.config.vocab_size, len(tok))
     return student, layers, vocab
@@ -307,7 +307,7 @@ def train_kd_students(ctx: Context, h: str, accelerator: Any = None) -> dict[str
     """Train every loss's student that is not already done (one process, or each rank under ``accelerator``);
     returns ``{"students": {name: meta}, "cache": info}``. Only the main process writes files."""
     from edgedistill.toolchain.llm.distill.kd import train_kd
-    from edgedistill.toolchain.llm.models import load_llama
+    from edgedistill.toolchain.llm.models import load_causal_lm
 
     cfg, tok = ctx.recipe.distill, ctx.tok
     main = accelerator is None or accelerator.is_main_process
@@ -316,7 +316,7 @@ def train_kd_students(ctx: Context, h: str, accelerator: Any = None) -> dict[str
     def get_teacher() -> Any:
         nonlocal teacher
         if teacher is None:
-            teacher = load_llama(ctx.teacher_dir).eval()
+            teacher = load_causal_lm(ctx.teacher_dir).eval()
         return teacher
 
     info: dict[str, Any] = {"students": {}, "cache": None}
@@ -370,13 +370,13 @@ def _launch_distill(ctx: Context, h: str) -> dict[str, Any]:
     """``distill.parallel``: build the teacher cache here (once), then train the students under ``accelerate launch``
     with ``num_processes`` ranks (:mod:`edgedistill.toolchain.llm.launch`); the ranks write the students."""
     from edgedistill.toolchain.llm.distill.server import free_port
-    from edgedistill.toolchain.llm.models import load_llama
+    from edgedistill.toolchain.llm.models import load_causal_lm
 
     cfg = ctx.recipe.distill
     cache_info = None
     if cfg.mode == "offline":
         for loss in cfg.losses:
-            _, cache_info = _teacher_cache(ctx, loss, lambda: load_llama(ctx.teacher_dir).eval())
+            _, cache_info = _teacher_cache(ctx, loss, lambda: load_causal_lm(ctx.teacher_dir).eval())
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--num_processes", str(cfg.num_processes), "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
@@ -409,11 +409,11 @@ def stage_blackbox(ctx: Context) -> None:
     h = _blackbox_hash(ctx)
     if not cfg.enabled or ctx.skip("blackbox", h):
         return
-    from edgedistill.toolchain.llm.distill.collect import Prompt, collect, targets
+    from edgedistill.toolchain.llm.distill.collect import Prompt, collect, source_id, targets
     from edgedistill.toolchain.llm.distill.server import serving
     from edgedistill.toolchain.llm.distill.sft import train_sft
-    from edgedistill.toolchain.llm.export.gguf import write_gguf
-    from edgedistill.toolchain.llm.models import load_llama
+    from edgedistill.toolchain.llm.export.gguf import convert
+    from edgedistill.toolchain.llm.models import load_causal_lm
 
     train = ctx.splits.train[:cfg.max_prompts] if cfg.max_prompts else ctx.splits.train
     prompts = [Prompt(e.id, e.prompt) for e in train]
@@ -424,24 +424,25 @@ def stage_blackbox(ctx: Context) -> None:
     t0 = time.perf_counter()
     if cfg.endpoint.base_url:
         stats = collect(prompts, journal, cfg.endpoint)
-        served = cfg.endpoint.base_url
+        served, source = cfg.endpoint.base_url, source_id(cfg.endpoint)
     else:
-        gguf = write_gguf(ctx.teacher_dir, ctx.run.path("blackbox", "teacher-f32.gguf"), "f32",
-                          ctx.run.path(TOKENIZER_DIR))
+        gguf = convert(ctx.teacher_dir, ctx.run.path("blackbox", "teacher-f32.gguf"), "f32",
+                       ctx.run.path(TOKENIZER_DIR))
         n_ctx = ctx.recipe.data.max_length + cfg.endpoint.max_tokens + 16
         with serving(gguf, n_ctx=max(512, n_ctx), threads=2, log=ctx.run.path("blackbox", "server.log"),
                      alias=cfg.endpoint.model) as url:
-            stats = collect(prompts, journal, cfg.endpoint, base_url=url)
-        served = f"llama_cpp.server on 127.0.0.1 ({gguf.name})"
+            stats = collect(prompts, journal, cfg.endpoint, base_url=url, served=sha256_path(gguf))
+        served, source = f"llama_cpp.server on 127.0.0.1 ({gguf.name})", source_id(cfg.endpoint,
+                                                                                    served=sha256_path(gguf))
     collect_s = time.perf_counter() - t0
-    got = targets(journal)
+    got = targets(journal, source, prompts)
     pairs = [(e.prompt, got[e.id]) for e in train if e.id in got]
     ctx.console.print(f"  collected {len(pairs)}/{len(prompts)} teacher replies from {served} in {collect_s:.0f} s "
                       f"({stats.failed} failed)")
     if len(pairs) < len(prompts):  # partial work is never recorded as done: a re-run asks only the missing ones
         raise RuntimeError(f"{journal}: only {len(pairs)}/{len(prompts)} prompts answered ({stats.failed} failed; "
                            "the journal records why); re-run to retry the rest")
-    teacher = load_llama(ctx.teacher_dir).eval()
+    teacher = load_causal_lm(ctx.teacher_dir).eval()
     student, layers, _ = _new_student(ctx, teacher)
     del teacher
     ckpt = _train_state(ctx, "blackbox", h)
@@ -488,53 +489,77 @@ def best_student(ctx: Context) -> str:
 
 
 def stage_export(ctx: Context) -> None:
+    from edgedistill.toolchain.llm.export.fidelity import PARITY_VERSION
+    from edgedistill.toolchain.llm.export.gguf import llama_cpp_version
+
     r, best = ctx.recipe, best_student(ctx)
     sdir = ctx.run.path("students", best)
     h = sha256_json({"student": sha256_path(sdir), "best": best, "export": r.section("export"),
-                     "data": data_hash(ctx), "teacher": _teacher_sha(ctx)})
+                     "data": data_hash(ctx), "teacher": _teacher_sha(ctx), "parity": PARITY_VERSION,
+                     "llama_cpp": llama_cpp_version() if r.export.gguf else None})
     if ctx.skip("export", h):
         return
     from edgedistill.runtimes.llama_cpp import LlamaCppSession, quiet_stderr
-    from edgedistill.toolchain.llm.export.fidelity import fidelity, torch_logits
-    from edgedistill.toolchain.llm.export.gguf import quantize, tensor_types, write_gguf
-    from edgedistill.toolchain.llm.models import load_llama
+    from edgedistill.toolchain.llm.export.fidelity import (
+        PARITY_MIN_POSITIONS,
+        fidelity,
+        long_parity,
+        long_sequence,
+        parity,
+        token_parity,
+        torch_logits,
+    )
+    from edgedistill.toolchain.llm.export.gguf import convert, metadata, quantize, tensor_types
+    from edgedistill.toolchain.llm.models import load_causal_lm
 
     test = ctx.encoded("test")[:r.export.fidelity_samples]
     ids, starts = [e.input_ids for e in test], [e.n_prompt for e in test]
-    ref = torch_logits(load_llama(sdir), ids)
+    student = load_causal_lm(sdir)
+    ref = torch_logits(student, ids)
+    # the parity contract's long check: test sequences back to back, longer than data.max_length
+    long_ids = long_sequence([e.input_ids for e in ctx.encoded("test")], PARITY_MIN_POSITIONS, ctx.tok.bos_token_id)
+    long_ref = torch_logits(student, [long_ids])[0]
     # every PyTorch model on the same sequences: perplexity, and each student's KLD / same-top vs the teacher
-    teacher = torch_logits(load_llama(ctx.teacher_dir), ids)
+    teacher = torch_logits(load_causal_lm(ctx.teacher_dir), ids)
     pytorch = {"teacher": {"perplexity": fidelity(ids, teacher, teacher, starts).perplexity}}
     for name in student_names(ctx):
         folder = ctx.run.path("students", name)
-        f = fidelity(ids, teacher, ref if folder == sdir else torch_logits(load_llama(folder), ids), starts)
+        f = fidelity(ids, teacher, ref if folder == sdir else torch_logits(load_causal_lm(folder), ids), starts)
         pytorch[name] = {"perplexity": f.perplexity, "kld_vs_teacher": f.kld_mean,
                          "same_top_vs_teacher": f.same_top_token}
+    del student
     tdir, records, outputs = ctx.run.path(TOKENIZER_DIR), [], []
     order = [v for v in ("f32", "f16") if v in r.export.gguf or v == "f32"] + \
         [v for v in r.export.gguf if v not in ("f32", "f16")]
     paths: dict[str, Path] = {}
     t0 = time.perf_counter()
-    for v in order:
+    for v in order if r.export.gguf else []:
         out = ctx.run.path("export", f"student-{v}.gguf")
         with quiet_stderr():  # llama.cpp's quantiser logs every tensor to fd 2
-            paths[v] = write_gguf(sdir, out, v, tdir) if v in ("f32", "f16") else quantize(paths["f32"], out, v)
+            paths[v] = convert(sdir, out, v, tdir) if v in ("f32", "f16") else quantize(paths["f32"], out, v)
     export_s = time.perf_counter() - t0
+    n_ctx = max(len(long_ids), r.data.max_length)
     for v in r.export.gguf:
-        sess = LlamaCppSession(paths[v], threads=2, n_ctx=max(512, r.data.max_length))
+        # the F32 file with an F32 KV cache is the fp32 reference artifact; the others run as deployed (F16 KV)
+        sess = LlamaCppSession(paths[v], threads=2, n_ctx=n_ctx, kv_f32=v == "f32")
         fid = fidelity(ids, ref, [sess.logits(s) for s in ids], starts)
+        par = parity(v, token_parity(ctx.tok, sess.tokenize), long_parity(long_ref, sess.logits(long_ids)), fid,
+                     "llama.cpp (the GGUF's own vocabulary)")
+        kv = sess.describe()["kv_cache"]
         sess.close()
         types = sorted(set(tensor_types(paths[v]).values()))
         records.append({"name": f"student-{v}", "file": str(paths[v].relative_to(ctx.run.root)), "format": "gguf",
                         "variant": v, "source": best, "tensor_types": types, "size_bytes": paths[v].stat().st_size,
-                        "fidelity": fid.to_dict()})
+                        "pre_tokenizer": metadata(paths[v])["tokenizer.ggml.pre"], "kv_cache": kv,
+                        "fidelity": fid.to_dict() | par.to_dict()})
         outputs.append(paths[v])
         ctx.console.print(f"  student-{v}: ppl {fid.perplexity:.3f}, KLD {fid.kld_mean:.2e}, "
-                          f"same-top {fid.same_top_token:.4f}, {paths[v].stat().st_size / 1024:.0f} KB")
-    if "f32" not in r.export.gguf:
+                          f"same-top {fid.same_top_token:.4f}, {paths[v].stat().st_size / 1024:.0f} KB; "
+                          f"{_parity_line(par)}")
+    if "f32" in paths and "f32" not in r.export.gguf:
         paths["f32"].unlink()
     if r.export.onnx:
-        onnx_records, onnx_outputs, onnx_s = _export_onnx(ctx, sdir, best, ids, ref, starts)
+        onnx_records, onnx_outputs, onnx_s = _export_onnx(ctx, sdir, best, ids, ref, starts, long_ids, long_ref)
         records += onnx_records
         outputs += onnx_outputs
         export_s += onnx_s
@@ -542,14 +567,24 @@ def stage_export(ctx: Context) -> None:
     write_json(listing, {"best_student": best, "reference": f"PyTorch {best} student", "pytorch": pytorch,
                          "artifacts": records, "export_seconds": export_s})
     ctx.run.record("export", h, [*outputs, listing], {"best_student": best,
-                                                      "artifacts": [a["name"] for a in records]})
+                                                      "artifacts": [a["name"] for a in records],
+                                                      "parity_failed": [a["name"] for a in records
+                                                                        if not a["fidelity"]["ok"]]})
 
 
-def _export_onnx(ctx: Context, sdir: Path, best: str, ids: list[list[int]], ref: list[Any], starts: list[int]
-                 ) -> tuple[list[dict[str, Any]], list[Path], float]:
-    """ONNX (KV cache) of the best student through optimum, then its int8 file; each with fidelity."""
+def _parity_line(par: Any) -> str:
+    tokens = f"tokens {round(par.tokens_identical * par.tokens_texts)}/{par.tokens_texts}" + \
+        (" (by construction)" if par.tokens_by_construction else "")
+    head = "parity ok" if par.ok else f"[yellow]parity FAILS[/yellow] ({par.criterion})"
+    return f"{head}: {tokens}, max|Δ| {par.long_max_abs_diff:.1e} over {par.long_positions} positions"
+
+
+def _export_onnx(ctx: Context, sdir: Path, best: str, ids: list[list[int]], ref: list[Any], starts: list[int],
+                 long_ids: list[int], long_ref: Any) -> tuple[list[dict[str, Any]], list[Path], float]:
+    """ONNX (KV cache) of the best student through optimum, then its int8 file; each with fidelity and the parity
+    contract (the decoder takes token ids from the HF tokenizer: its tokens are identical by construction)."""
     from edgedistill.runtimes.ort_llm import OrtLLMSession
-    from edgedistill.toolchain.llm.export.fidelity import fidelity
+    from edgedistill.toolchain.llm.export.fidelity import PARITY_TEXTS, TokenParity, fidelity, long_parity, parity
     from edgedistill.toolchain.llm.export.onnx import export_onnx, quantize_onnx
 
     variants = ctx.recipe.export.onnx
@@ -560,16 +595,20 @@ def _export_onnx(ctx: Context, sdir: Path, best: str, ids: list[list[int]], ref:
         files["int8_dynamic"] = quantize_onnx(files["fp32"], ctx.run.path("export", "student-onnx-int8_dynamic"))
     seconds = time.perf_counter() - t0
     records, outputs = [], []
+    same_tokens = TokenParity(len(PARITY_TEXTS), len(PARITY_TEXTS))
     for v in variants:
         sess = OrtLLMSession(files[v], threads=2)
         fid = fidelity(ids, ref, [sess.logits(s) for s in ids], starts)
+        par = parity(v, same_tokens, long_parity(long_ref, sess.logits(long_ids)), fid,
+                     "HF tokenizer (the decoder takes its token ids)", by_construction=True)
         size = sum(f.stat().st_size for f in files[v].parent.iterdir() if f.is_file())
         records.append({"name": f"student-onnx-{v}", "file": str(files[v].relative_to(ctx.run.root)),
                         "format": "onnx", "variant": v, "source": best, "size_bytes": size,
-                        "fidelity": fid.to_dict()})
+                        "fidelity": fid.to_dict() | par.to_dict()})
         outputs += sorted(f for f in files[v].parent.iterdir() if f.is_file())
         ctx.console.print(f"  student-onnx-{v}: ppl {fid.perplexity:.3f}, KLD {fid.kld_mean:.2e}, "
-                          f"same-top {fid.same_top_token:.4f}, max|Δ| {fid.max_abs_diff:.1e}, {size / 1024:.0f} KB")
+                          f"same-top {fid.same_top_token:.4f}, max|Δ| {fid.max_abs_diff:.1e}, {size / 1024:.0f} KB; "
+                          f"{_parity_line(par)}")
     if "fp32" not in variants:
         shutil.rmtree(fp32_dir)
     return records, outputs, seconds
@@ -676,6 +715,7 @@ def _score_runs(ctx: Context, matrix: dict[str, Any]) -> None:
 
 def stage_bench(ctx: Context) -> None:
     b = ctx.recipe.bench
+    ctx.run.require_intact("export")
     items = bench_items(ctx)
     h = sha256_json({"items": {i.name: sha256_path(i.path) for i in items}, "bench": ctx.recipe.section("bench"),
                      "data": data_hash(ctx), "export": ctx.recipe.export.fidelity_samples})

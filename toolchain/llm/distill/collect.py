@@ -2,15 +2,18 @@
 
 * bounded concurrency (a thread pool of ``concurrency`` workers);
 * retries with exponential backoff (``backoff_s · 2^attempt``, jittered) on timeouts, connection errors, 429, 5xx;
-* an append-only JSONL journal keyed by prompt id: one line per finished prompt, written with a single
-  ``write`` and fsynced. A re-run skips ids that already have an ``ok`` line and repairs a torn last line, so a
-  kill at any moment loses nothing and duplicates nothing;
+* an append-only JSONL journal: one line per finished prompt, written with a single ``write`` and fsynced, keyed
+  by the prompt id, a hash of the prompt's text and the *source* (the endpoint, model, API, template and sampling
+  settings, or the served file's hash). A re-run skips prompts that already have an ``ok`` line from the same
+  source and text and repairs a torn last line, so a kill at any moment loses nothing and duplicates nothing;
+  replies from another endpoint, model or template are never taken as this run's targets;
 * empty or malformed replies are recorded as ``failed`` (with the reason), never as targets;
 * the API key is read from the environment variable the recipe names, and is never written anywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgedistill.core.fileio import sha256_json
 from edgedistill.toolchain.llm.recipe import EndpointConfig
 
 
@@ -90,12 +94,29 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def targets(path: Path) -> dict[str, str]:
-    """Prompt id → collected output, from ``ok`` lines only (first one wins)."""
+def source_id(cfg: EndpointConfig, base_url: str | None = None, served: str | None = None) -> str:
+    """What produced a reply: ``served`` (e.g. the served GGUF's sha256) or the endpoint's URL, plus the model,
+    API, template and sampling settings. Never the API key."""
+    return sha256_json({"served": served, "url": None if served else (base_url or cfg.base_url), "model": cfg.model,
+                        "api": cfg.api, "template": cfg.prompt_template, "max_tokens": cfg.max_tokens,
+                        "temperature": cfg.temperature})[:24]
+
+
+def prompt_sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def targets(path: Path, source: str | None = None, prompts: Iterable[Prompt] | None = None) -> dict[str, str]:
+    """Prompt id → collected output, from ``ok`` lines only (first one wins). With ``source``, only replies from
+    that source; with ``prompts``, only replies to exactly those prompt texts."""
+    texts = {p.id: prompt_sha(p.text) for p in prompts} if prompts is not None else None
     out: dict[str, str] = {}
     for rec in read_journal(path):
-        if rec.get("status") == "ok" and rec["id"] not in out:
-            out[rec["id"]] = rec["output"]
+        if rec.get("status") != "ok" or rec["id"] in out or (source is not None and rec.get("source") != source):
+            continue
+        if texts is not None and texts.get(rec["id"]) != rec.get("prompt_sha"):
+            continue
+        out[rec["id"]] = rec["output"]
     return out
 
 
@@ -138,7 +159,7 @@ def _retryable(err: Exception) -> bool:
 
 
 def _one(client, cfg: EndpointConfig, p: Prompt, journal: Journal, stats: CollectStats,  # type: ignore[no-untyped-def]
-         lock: threading.Lock) -> None:
+         lock: threading.Lock, source: str) -> None:
     attempt = 0
     while True:
         attempt += 1
@@ -159,26 +180,29 @@ def _one(client, cfg: EndpointConfig, p: Prompt, journal: Journal, stats: Collec
             with lock:
                 stats.errors[reason] = stats.errors.get(reason, 0) + 1
             break
-    journal.append(rec)
+    journal.append({**rec, "source": source, "prompt_sha": prompt_sha(p.text)})
     with lock:
         setattr(stats, rec["status"], getattr(stats, rec["status"]) + 1)
 
 
-def collect(prompts: Iterable[Prompt], out: Path, cfg: EndpointConfig, base_url: str | None = None) -> CollectStats:
-    """Ask the endpoint for every prompt without an ``ok`` line in ``out`` yet; failed ones are asked again."""
+def collect(prompts: Iterable[Prompt], out: Path, cfg: EndpointConfig, base_url: str | None = None,
+            served: str | None = None) -> CollectStats:
+    """Ask the endpoint for every prompt without an ``ok`` line from the same source in ``out`` yet; failed ones are
+    asked again. ``served`` identifies a locally served model (its file hash) whose URL changes between runs."""
     url = base_url or cfg.base_url
     if not url:
         raise ValueError("blackbox.endpoint.base_url: not set (null means the pipeline serves the teacher itself)")
     prompts = list(prompts)
     if len({p.id for p in prompts}) != len(prompts):
         raise ValueError("collect: prompt ids must be unique")
-    done = set(targets(out))
+    source = source_id(cfg, url, served)
+    done = set(targets(out, source, prompts))
     todo = [p for p in prompts if p.id not in done]
     stats = CollectStats(total=len(prompts), skipped=len(prompts) - len(todo))
     client, journal, lock, t0 = _client(cfg, url), Journal(out), threading.Lock(), time.perf_counter()
     try:
         with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
-            for f in [pool.submit(_one, client, cfg, p, journal, stats, lock) for p in todo]:
+            for f in [pool.submit(_one, client, cfg, p, journal, stats, lock, source) for p in todo]:
                 f.result()
     finally:
         journal.close()

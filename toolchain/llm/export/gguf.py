@@ -1,135 +1,284 @@
-"""Hugging Face Llama → GGUF (F32/F16) with ``gguf.GGUFWriter``, then llama.cpp's own quantiser.
+"""Hugging Face causal LM → GGUF (F32/F16) with llama.cpp's own converter, then llama.cpp's own quantiser.
 
-The conversion follows llama.cpp's ``convert_hf_to_gguf.py`` for Llama: its metadata keys, its tensor names
-(``gguf.get_tensor_name_map``), and its Q/K row permutation for llama.cpp's rotary layout (HF stores rotary
-halves, llama.cpp interleaved pairs). Norm weights (1-D) stay F32 in every file type.
+The converter is ``convert_hf_to_gguf.py`` (with its ``conversion/`` package and ``gguf-py/``) from the llama.cpp
+that the installed llama-cpp-python was built from: the same sdist, so the files it writes are the files this
+runtime reads. :func:`ensure_converter` fetches it once per machine (``make setup`` does; the first conversion
+does too) into ``~/.cache/edgedistill/llama.cpp-convert-<version>/`` — a machine-wide tool like the wheel folder,
+so it does not follow ``$EDGEDISTILL_CACHE`` (tests point that at a private folder); ``$EDGEDISTILL_LLAMA_CONVERTER``
+names another folder holding ``convert_hf_to_gguf.py``.
+
+:func:`convert` runs it in a subprocess of this Python through :mod:`edgedistill.toolchain.llm.export.hf_to_gguf`,
+lazily (peak memory follows the largest tensor, not the model). llama.cpp names a BPE tokenizer's pre-tokenizer by
+hashing its tokenisation of a fixed text against tokenizers it knows, so a tokenizer trained here is unknown to it;
+:func:`identify_pre_tokenizer` reads the pre-tokenizer from ``tokenizer.json`` itself, and the wrapper gives that
+name only when the hash is unknown. Whether llama.cpp then tokenises like the HF tokenizer is checked on
+:data:`~edgedistill.toolchain.llm.export.fidelity.PARITY_TEXTS` by the export stage (the artifact's fidelity row).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import json
-from pathlib import Path
-
-import numpy as np
-import torch
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 
 from edgedistill.core.fileio import atomic_path
 
 #: variant → llama.cpp ``llama_ftype`` (llama.h): the quantiser's target type
 QUANT_FTYPES = {"q8_0": 7, "q4_0": 2, "q4_k_m": 15}
-#: variants the writer produces directly
-WRITER_VARIANTS = ("f32", "f16")
+#: variants the converter writes directly (``--outtype``)
+CONVERTER_VARIANTS = ("f32", "f16")
+#: a folder holding ``convert_hf_to_gguf.py`` to use instead of the fetched one
+CONVERTER_ENV = "EDGEDISTILL_LLAMA_CONVERTER"
+#: files of the sdist's ``vendor/llama.cpp/`` that the converter needs (the rest is C++ and tests)
+_CONVERTER_FILES = ("convert_hf_to_gguf.py", "LICENSE")
+_CONVERTER_TREES = ("conversion/", "gguf-py/gguf/")
+_DONE = ".complete"
+#: tokenizer files that come from ``tokenizer_dir`` when it is given; everything else comes from the model folder
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+
+# Pre-tokenizer regexes as published in the models' own tokenizer.json files (the Split step before ByteLevel),
+# each with the name llama.cpp gives the same pre-tokenizer (``tokenizer.ggml.pre``).
+GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+#: split regex → llama.cpp pre-tokenizer name; a ByteLevel step with ``use_regex`` splits with GPT-2's regex
+PRE_TOKENIZERS = {GPT2_REGEX: "gpt-2", LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2"}
+#: normalizers llama.cpp's pre-tokenizer of that name also applies (or that change nothing it would see);
+#: Qwen2's tokenizer.json normalises to NFC, which llama.cpp does not: text already in NFC tokenises alike
+_NORMALIZERS = {"gpt-2": (None,), "llama-bpe": (None,), "qwen2": (None, "NFC")}
 
 
 class GGUFError(RuntimeError):
-    """Conversion or quantisation failed; the message names the file."""
+    """Conversion or quantisation failed; the message names the folder or file."""
 
 
-def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Reorder ``(n_head * head_dim, hidden)`` rows from HF's rotary halves to llama.cpp's interleaved pairs."""
-    rows = w.shape[0]
-    return (w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape))
+# -- the converter, once per machine ---------------------------------------------------------------------------
+def llama_cpp_version() -> str:
+    """The installed llama-cpp-python's version: the one place the converter's version comes from."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise GGUFError("llama-cpp-python is not installed (`make setup` builds it); GGUF export needs it") from None
+    return str(llama_cpp.__version__)
 
 
-def _vocab(tokenizer_dir: Path) -> tuple[list[str], list[int], list[str], dict]:
-    """Tokens (by id), token types (3 control, 1 normal), merges ``"a b"`` and the special-token config."""
-    tj = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text(encoding="utf-8"))
-    model = tj["model"]
-    if model.get("type") != "BPE":
-        raise GGUFError(f"{tokenizer_dir}: tokenizer model {model.get('type')!r}; only byte-level BPE is converted")
-    vocab: dict[str, int] = dict(model["vocab"])
-    specials = {a["content"]: a["id"] for a in tj.get("added_tokens", [])}
-    vocab.update(specials)
-    n = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(n)]
-    for t, i in vocab.items():
-        tokens[i] = t
-    types = [3 if t in specials else 1 for t in tokens]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    cfg_path = Path(tokenizer_dir) / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
-    return tokens, types, merges, {"vocab": vocab, **cfg}
+def converter_dir(version: str | None = None) -> Path:
+    """Where the converter lives: ``$EDGEDISTILL_LLAMA_CONVERTER``, else the machine cache (not
+    ``$EDGEDISTILL_CACHE``: the converter is a pinned tool, like the llama-cpp-python wheel, not run state)."""
+    if env := os.environ.get(CONVERTER_ENV):
+        return Path(env)
+    return Path.home() / ".cache" / "edgedistill" / f"llama.cpp-convert-{version or llama_cpp_version()}"
 
 
-def _token_id(tcfg: dict, key: str) -> int | None:
-    tok = tcfg.get(key)
-    tok = tok.get("content") if isinstance(tok, dict) else tok
-    return tcfg["vocab"].get(tok) if tok else None
+def ensure_converter(log: bool = False) -> Path:
+    """The folder holding ``convert_hf_to_gguf.py`` for the installed llama-cpp-python, fetched on first use:
+    ``pip download --no-deps --no-binary :all: llama-cpp-python==<version>`` and only the converter's files
+    extracted (no absolute paths, no ``..``, regular files only). Idempotent and safe against concurrent callers."""
+    if env := os.environ.get(CONVERTER_ENV):
+        if not (Path(env) / "convert_hf_to_gguf.py").is_file():
+            raise GGUFError(f"${CONVERTER_ENV}={env}: no convert_hf_to_gguf.py there")
+        return Path(env)
+    version = llama_cpp_version()
+    dest = converter_dir(version)
+    if (dest / _DONE).is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(dest.with_name(f".{dest.name}.lock")):
+        if (dest / _DONE).is_file():  # another process fetched it while this one waited
+            return dest
+        if log:
+            print(f"fetching llama.cpp's converter from the llama-cpp-python {version} sdist into {dest}",
+                  file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix=".llama-sdist-", dir=dest.parent) as tmp:
+            sdist = _download_sdist(version, Path(tmp))
+            staging = Path(tmp) / "converter"
+            _extract_converter(sdist, staging)
+            (staging / _DONE).write_text(json.dumps({"llama_cpp_python": version, "sdist": sdist.name}) + "\n")
+            shutil.rmtree(dest, ignore_errors=True)  # a partial folder from an interrupted older layout
+            staging.rename(dest)
+    return dest
 
 
-def write_gguf(model_dir: Path, out: Path, dtype: str = "f32", tokenizer_dir: Path | None = None) -> Path:
-    """Convert a local HF Llama folder (config.json + weights, tokenizer beside it or in ``tokenizer_dir``)."""
-    import gguf
-    from transformers import LlamaForCausalLM
-
-    if dtype not in WRITER_VARIANTS:
-        raise GGUFError(f"{out}: the writer makes f32/f16; quantise to {dtype} with quantize()")
-    model = LlamaForCausalLM.from_pretrained(str(model_dir), local_files_only=True, dtype=torch.float32)
-    c = model.config
-    tokens, types, merges, tcfg = _vocab(tokenizer_dir or model_dir)
-    if len(tokens) > c.vocab_size:
-        raise GGUFError(f"{model_dir}: tokenizer has {len(tokens)} tokens but the model only {c.vocab_size} rows")
-    tokens += [f"[PAD{i}]" for i in range(len(tokens), c.vocab_size)]  # padded embedding rows (Qwen-style)
-    types += [5] * (c.vocab_size - len(types))  # 5 = unused
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    ftype = gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
-    with atomic_path(out) as tmp:
-        w = gguf.GGUFWriter(str(tmp), "llama")
-        w.add_name(Path(model_dir).name)
-        w.add_file_type(int(ftype))
-        w.add_vocab_size(c.vocab_size)
-        w.add_context_length(c.max_position_embeddings)
-        w.add_embedding_length(c.hidden_size)
-        w.add_block_count(c.num_hidden_layers)
-        w.add_feed_forward_length(c.intermediate_size)
-        w.add_head_count(c.num_attention_heads)
-        w.add_head_count_kv(c.num_key_value_heads)
-        w.add_layer_norm_rms_eps(c.rms_norm_eps)
-        w.add_rope_freq_base(float(getattr(c, "rope_theta", 10000.0)))
-        w.add_rope_dimension_count(head_dim)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("gpt-2")
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        w.add_token_merges(merges)
-        for key, add in (("bos_token", w.add_bos_token_id), ("eos_token", w.add_eos_token_id),
-                         ("pad_token", w.add_pad_token_id)):
-            if (tid := _token_id(tcfg, key)) is not None:
-                add(tid)
-        w.add_add_bos_token(_token_id(tcfg, "bos_token") is not None)
-        _add_tensors(w, model, dtype, head_dim)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-    return out
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _add_tensors(w, model, dtype: str, head_dim: int) -> None:  # type: ignore[no-untyped-def]
-    import gguf
-
-    c = model.config
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, c.num_hidden_layers)
-    sd = model.state_dict()
-    if c.tie_word_embeddings:
-        sd.pop("lm_head.weight", None)  # llama.cpp reuses token_embd when output.weight is absent
-    for hf_name, t in sd.items():
-        if hf_name.endswith("rotary_emb.inv_freq"):
-            continue
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise GGUFError(f"no GGUF name for tensor {hf_name!r} (not a plain Llama checkpoint?)")
-        a = t.detach().float().numpy()
-        if hf_name.endswith("q_proj.weight"):
-            a = permute_qk(a, c.num_attention_heads)
-        elif hf_name.endswith("k_proj.weight"):
-            a = permute_qk(a, c.num_key_value_heads)
-        if dtype == "f16" and a.ndim > 1:
-            a = a.astype(np.float16)
-        w.add_tensor(name, np.ascontiguousarray(a))
+def _download_sdist(version: str, into: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--no-deps",
+           "--no-binary", ":all:", f"llama-cpp-python=={version}", "-d", str(into)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    found = sorted(into.glob("llama_cpp_python-*.tar.gz"))
+    if proc.returncode != 0 or not found:
+        raise GGUFError(f"cannot fetch llama.cpp's converter: `{' '.join(cmd[2:])}` failed (exit {proc.returncode}): "
+                        f"{proc.stderr.strip()[-800:]}\nOn a machine without PyPI, extract vendor/llama.cpp/"
+                        f"{{convert_hf_to_gguf.py,conversion,gguf-py}} of that sdist into a folder and set "
+                        f"${CONVERTER_ENV} to it")
+    return found[0]
 
 
+def _extract_converter(sdist: Path, dest: Path) -> None:
+    """Copy the converter's files out of the sdist; refuse absolute paths, ``..``, links and devices."""
+    n = 0
+    with tarfile.open(sdist, "r:gz") as tf:
+        members = tf.getmembers()
+        roots = [m.name[:-len("convert_hf_to_gguf.py")] for m in members
+                 if m.name.endswith("/vendor/llama.cpp/convert_hf_to_gguf.py")]
+        if len(roots) != 1:
+            raise GGUFError(f"{sdist.name}: no single vendor/llama.cpp/convert_hf_to_gguf.py in the sdist")
+        root = roots[0]
+        for m in members:
+            if not m.name.startswith(root):
+                continue
+            rel = PurePosixPath(m.name[len(root):])
+            if not (str(rel) in _CONVERTER_FILES or str(rel).startswith(_CONVERTER_TREES) or
+                    str(rel) == "gguf-py/LICENSE"):
+                continue
+            if rel.is_absolute() or ".." in rel.parts or PurePosixPath(m.name).is_absolute():
+                raise GGUFError(f"{sdist.name}: unsafe path {m.name!r} in the sdist")
+            if m.isdir():
+                continue
+            if not m.isfile():
+                raise GGUFError(f"{sdist.name}: {m.name!r} is not a regular file (link or device); refusing it")
+            target = dest.joinpath(*rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src = tf.extractfile(m)
+            assert src is not None
+            with src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+            n += 1
+    if not ((dest / "convert_hf_to_gguf.py").is_file() and (dest / "gguf-py" / "gguf" / "__init__.py").is_file()):
+        raise GGUFError(f"{sdist.name}: the converter's files are missing from the sdist ({n} extracted)")
+
+
+# -- the pre-tokenizer, from the tokenizer's own definition ----------------------------------------------------
+def identify_pre_tokenizer(tokenizer_json: Path) -> str | None:
+    """llama.cpp's name for the pre-tokenizer that ``tokenizer.json`` defines, or ``None`` when it is no
+    byte-level BPE tokenizer that splits like a known one (then only llama.cpp's own hash check can name it).
+
+    Recognised: ``ByteLevel(add_prefix_space=False, use_regex=True)`` alone (GPT-2: ``gpt-2``), and
+    ``Split(regex, Isolated)`` then ``ByteLevel(add_prefix_space=False, use_regex=False)`` with a regex of
+    :data:`PRE_TOKENIZERS` (Llama 3: ``llama-bpe``; Qwen2: ``qwen2``), with a normalizer that pre-tokenizer allows.
+    """
+    tj = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
+    if (tj.get("model") or {}).get("type") != "BPE" or (tj.get("model") or {}).get("byte_fallback"):
+        return None
+    pre = tj.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    regex = None
+    if len(steps) == 1 and steps[0].get("type") == "ByteLevel" and steps[0].get("use_regex", True):
+        regex, byte_level = GPT2_REGEX, steps[0]
+    elif (len(steps) == 2 and steps[0].get("type") == "Split" and steps[1].get("type") == "ByteLevel"
+          and not steps[1].get("use_regex", True) and steps[0].get("behavior") == "Isolated"
+          and not steps[0].get("invert", False)):
+        regex, byte_level = (steps[0].get("pattern") or {}).get("Regex"), steps[1]
+    else:
+        return None
+    name = PRE_TOKENIZERS.get(regex or "")
+    if name is None or byte_level.get("add_prefix_space", False):
+        return None
+    norm = tj.get("normalizer")
+    if (norm or {}).get("type") not in _NORMALIZERS[name]:
+        return None
+    return name
+
+
+# -- HF → GGUF ---------------------------------------------------------------------------------------------------
+def convert(model_dir: Path, out: Path, outtype: str = "f32", tokenizer_dir: Path | None = None,
+            lazy: bool = True, timeout_s: float | None = None, pre_tokenizer: str | None = None) -> Path:
+    """Convert a local HF folder (config.json + safetensors; the tokenizer beside it or in ``tokenizer_dir``) to
+    ``out`` with llama.cpp's converter (``--outtype f32|f16``), atomically. Quantise with :func:`quantize`.
+
+    ``pre_tokenizer`` names llama.cpp's pre-tokenizer for a tokenizer :func:`identify_pre_tokenizer` cannot
+    place (it too is used only when llama.cpp's hash check does not know the tokenizer); verify the result with
+    :func:`~edgedistill.toolchain.llm.export.fidelity.token_parity`."""
+    model_dir = Path(model_dir)
+    if outtype not in CONVERTER_VARIANTS:
+        raise GGUFError(f"{out}: the converter writes {'/'.join(CONVERTER_VARIANTS)}; quantise to {outtype} with "
+                        "quantize()")
+    if not (model_dir / "config.json").is_file():
+        raise GGUFError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
+    if not any(model_dir.glob("*.safetensors")):
+        raise GGUFError(f"{model_dir}: no *.safetensors weights (pickled weights are never loaded)")
+    tdir = Path(tokenizer_dir) if tokenizer_dir is not None else model_dir
+    if not ((tdir / "tokenizer.json").is_file() or (tdir / "tokenizer.model").is_file()):
+        raise GGUFError(f"{tdir}: no tokenizer.json or tokenizer.model; give the tokenizer folder")
+    pre = pre_tokenizer or (identify_pre_tokenizer(tdir / "tokenizer.json") if (tdir / "tokenizer.json").is_file()
+                            else None)
+    with tempfile.TemporaryDirectory(prefix=".gguf-src-", dir=Path(out).parent if Path(out).parent.is_dir()
+                                     else None) as staging, atomic_path(out) as tmp:
+        cmd, env = converter_command(_stage(model_dir, tdir, Path(staging)), tmp, outtype, pre, lazy,
+                                     name=model_dir.name)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise GGUFError(f"{model_dir}: llama.cpp's converter ran past {timeout_s:.0f} s") from None
+        if proc.returncode != 0:
+            raise GGUFError(_converter_error(model_dir, tdir, proc.stderr))
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            raise GGUFError(f"{model_dir}: llama.cpp's converter wrote nothing ({proc.stderr.strip()[-400:]})")
+    return Path(out)
+
+
+def converter_command(src: Path, out: Path, outtype: str, pre: str | None, lazy: bool = True,
+                      name: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The converter's command line and environment for a folder holding both model and tokenizer files (what
+    :func:`convert` runs; ``perf/gguf_convert_memory.py`` runs it to measure its peak memory)."""
+    cmd = [sys.executable, "-m", "edgedistill.toolchain.llm.export.hf_to_gguf", "--converter",
+           str(ensure_converter())]
+    cmd += ["--pre", pre] if pre else []
+    cmd += ["--", str(src), "--outtype", outtype, "--outfile", str(out), "--model-name", name or Path(src).name]
+    cmd += [] if lazy else ["--no-lazy"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return cmd, env
+
+
+def _stage(model_dir: Path, tdir: Path, staging: Path) -> Path:
+    """A folder of links: the model's config and safetensors (never pickles), and the tokenizer's files."""
+    src = staging / model_dir.name
+    src.mkdir()
+    for f in model_dir.iterdir():
+        if f.is_file() and not f.name.startswith(".") and not f.name.endswith((".bin", ".pt", ".pth", ".pkl")):
+            if tdir != model_dir and f.name in _TOKENIZER_FILES:
+                continue
+            (src / f.name).symlink_to(f.resolve())
+    if tdir != model_dir:
+        for name in _TOKENIZER_FILES:
+            if (tdir / name).is_file():
+                (src / name).symlink_to((tdir / name).resolve())
+    return src
+
+
+def _converter_error(model_dir: Path, tdir: Path, stderr: str) -> str:
+    tail = "\n".join(line for line in stderr.strip().splitlines()[-12:])
+    if "pre-tokenizer was not recognized" in stderr:
+        return (f"{model_dir}: llama.cpp does not know the tokenizer's pre-tokenizer, and {tdir / 'tokenizer.json'}"
+                f" defines none that edgedistill recognises (known: {', '.join(sorted(set(PRE_TOKENIZERS.values())))}"
+                "; a ByteLevel BPE, alone or after a Split with one of their regexes)")
+    if "is not supported" in stderr and "Model " in stderr:
+        arch = json.loads((model_dir / "config.json").read_text()).get("architectures")
+        return f"{model_dir}: llama.cpp's converter does not support architecture {arch}\n{tail}"
+    return f"{model_dir}: llama.cpp's converter failed:\n{tail}"
+
+
+# -- quantisation and inspection ---------------------------------------------------------------------------------
 def quantize(src: Path, out: Path, variant: str, threads: int = 2) -> Path:
     """Quantise a GGUF with llama.cpp's ``llama_model_quantize`` (Q8_0, Q4_0, Q4_K_M)."""
     import llama_cpp
@@ -152,3 +301,24 @@ def tensor_types(path: Path) -> dict[str, str]:
 
     r = gguf.GGUFReader(str(path))
     return {t.name: t.tensor_type.name for t in r.tensors}
+
+
+def metadata(path: Path, keys: tuple[str, ...] = ("general.architecture", "tokenizer.ggml.model",
+                                                  "tokenizer.ggml.pre")) -> dict[str, object]:
+    """Scalar/string metadata of a GGUF (e.g. which pre-tokenizer llama.cpp will apply)."""
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    out: dict[str, object] = {}
+    for k in keys:
+        f = r.fields.get(k)
+        if f is None:
+            out[k] = None
+            continue
+        v = f.parts[f.data[0]]
+        out[k] = bytes(v).decode("utf-8") if f.types and f.types[0] == gguf.GGUFValueType.STRING else v.tolist()[0]
+    return out
+
+
+if __name__ == "__main__":  # `make setup`: fetch the converter for the installed llama-cpp-python
+    print(ensure_converter(log=True))
