@@ -81,17 +81,18 @@ def _cached_key(path: Path) -> str | None:
         return None
 
 
-def _parity(host: Path, other: Path) -> dict[str, Any] | None:
-    """Max |Δ| and top-1 agreement of a device's eval logits against the host's (None when either is missing)."""
+def _parity(ref: Path | None, other: Path, label: str = "host") -> dict[str, Any] | None:
+    """Max |Δ| and top-1 agreement of a device's eval logits against ``ref`` (the host's, or the source model's);
+    None when either is missing."""
     import numpy as np
 
-    if not (host.is_file() and other.is_file()):
+    if ref is None or not (ref.is_file() and other.is_file()):
         return None
-    a, b = np.load(host), np.load(other)
+    a, b = np.load(ref, allow_pickle=False), np.load(other, allow_pickle=False)
     if a.shape != b.shape:
-        return {"error": f"logit shapes differ: host {a.shape}, device {b.shape}"}
-    return {"reference": "host", "max_abs_diff": float(np.abs(a - b).max()),
-            "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean()), "n": int(len(a))}
+        return {"reference": label, "error": f"logit shapes differ: {label} {a.shape}, device {b.shape}"}
+    return {"reference": label, "max_abs_diff": float(np.abs(a - b).max()),
+            "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).mean()), "n": int(len(a))}
 
 
 def plan_devices(devices: list[str], threads: list[int | str], profile_paths: list[Path] | None = None
@@ -109,10 +110,12 @@ def plan_devices(devices: list[str], threads: list[int | str], profile_paths: li
 def measure_devices(items: list[BenchItem], devices: list[str], threads: list[int | str], eval_npz: Path,
                     out_dir: Path, warmup: int, runs: int, profile_paths: list[Path] | None = None,
                     progress: Any = None, options: tuple[str, ...] = (), timeout_s: float | None = None,
-                    force: bool = False) -> dict[str, dict[str, Any]]:
+                    force: bool = False, reference: Path | None = None) -> dict[str, dict[str, Any]]:
     """Artifacts × devices. ``host`` keeps the single-device layout (``out_dir/<name>-t<T>.json``); any other
     device writes under ``out_dir/devices/<slug>/``. A device that fails (unreachable, not set up, disconnected)
-    is recorded with its reason and the others still run. Returns ``{spec: {"spec", "transport", "label",
+    is recorded with its reason and the others still run. With ``reference`` (the source model's eval logits, e.g.
+    the PyTorch student's), every device's parity is also measured against it: the host is just another device,
+    so a host whose int8 kernels misbehave is not taken as the truth. Returns ``{spec: {"spec", "transport", "label",
     "profile", "threads", "error", "results": {name: {"runs", "error", "parity_vs_host"}}}}``.
     """
     out: dict[str, dict[str, Any]] = {}
@@ -135,6 +138,7 @@ def measure_devices(items: list[BenchItem], devices: list[str], threads: list[in
             entry["results"] = measure(items, entry["threads"], eval_npz, ddir, w, r, progress, runner=transport.run,
                                        key_extra=extra, options=options, timeout_s=timeout_s, force=force)
             for name, res in entry["results"].items():
+                res["parity_vs_source"] = _parity(reference, ddir / f"{name}-logits.npy", "source")
                 if not host_layout:
                     res["parity_vs_host"] = _parity(out_dir / f"{name}-logits.npy", ddir / f"{name}-logits.npy")
         except Exception as err:  # one device failing must not stop the others

@@ -95,6 +95,23 @@ def get_profile(name: str, extra: list[Path] | None = None) -> DeviceProfile:
     return profiles[name]
 
 
+#: x86 instruction sets with an int8 dot product (VNNI); without one, ONNX Runtime's u8×s8 kernels accumulate
+#: pairs in int16 (vpmaddubsw) and saturate
+X86_INT8_DOT = frozenset({"avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8"})
+
+
+def is_x86(profile: DeviceProfile) -> bool:
+    return profile.isa.lower() in ("x86_64", "amd64", "x86", "i686") or profile.isa.lower().startswith("x86")
+
+
+def int8_saturates(profile: DeviceProfile) -> bool:
+    """True for an x86 CPU without VNNI: static int8 (u8 activations × s8 weights) saturates there unless the
+    weights use 7 bits (onnxruntime's ``reduce_range``). Measured: a MobileNetV3 whose U8S8 file kept 0.969 top-1
+    agreement on an AVX-512 VNNI host kept 0.919 under AVX2 (qemu -cpu Haswell); with reduce_range both gave
+    the same 0.956 (benchmarks/RESULTS.md, "int8 on x86 without VNNI")."""
+    return is_x86(profile) and not (set(profile.features) & X86_INT8_DOT)
+
+
 # ---- host detection -------------------------------------------------------------------------------------------
 
 def _cpuinfo() -> str:

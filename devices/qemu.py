@@ -187,6 +187,11 @@ def write_fake_cpu(root: Path, profile: DeviceProfile | None) -> None:
     text = "\n".join(_CPUINFO.format(i=i, features=feats, part=part) for i in range(cores))
     if (root / "proc/cpuinfo").is_file() and (root / "proc/cpuinfo").read_text() == text:
         return
+    with _lock():  # the rootfs is machine-wide: concurrent runs must not rewrite it under each other
+        _write_cpu_files(root, text, cores, profile)
+
+
+def _write_cpu_files(root: Path, text: str, cores: int, profile: DeviceProfile | None) -> None:
     write_text(root / "proc/cpuinfo", text)
     sysd = root / "sys/devices/system/cpu"
     shutil.rmtree(sysd, ignore_errors=True)

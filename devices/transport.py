@@ -10,6 +10,7 @@ spec                        what runs                                           
 ``rpi4-constrained?cores=1`` any profile spec with its cores / ``ram_mb`` overridden       (as above)
 ``rpi4-estimated``          no run: a roofline from the ONNX graph and the profile      estimated
 ``qemu-arm64[:rpi4]``       the agent under aarch64 user-mode emulation                 emulated
+``qemu-x86_64[:x86-avx2]``  the host's agent on an emulated x86 core (AVX2, no VNNI)    emulated
 ``ssh://user@host[:port]``  the agent on a board over SSH (``?profile=rpi4&key=...``)   measured
 ``adb[://SERIAL]``          the agent on an Android phone over adb (untested)           measured
 ==========================  ==========================================================  ===========
@@ -100,6 +101,7 @@ TRANSPORTS: Registry[type[Transport]] = Registry("device transport")
 # transport name -> module that registers it (imported on first use: ssh/adb clients load only when needed)
 _MODULES = {"local": "edgedistill.devices.constrained", "constrained": "edgedistill.devices.constrained",
             "estimated": "edgedistill.devices.estimate", "qemu-arm64": "edgedistill.devices.qemu",
+            "qemu-x86_64": "edgedistill.devices.qemu_x86",
             "ssh": "edgedistill.devices.ssh", "adb": "edgedistill.devices.adb"}
 
 
@@ -122,15 +124,16 @@ def parse_device(spec: str, profile_paths: list[Path] | None = None) -> Device:
             raise ValueError(f"{spec}: unknown device scheme {u.scheme!r}; use ssh:// or adb://")
         return Device(s, u.scheme, prof, opts)
     base, _, query = s.partition("?")
-    if base.startswith("qemu-arm64"):
-        name = base.partition(":")[2] or "rpi4"
-        return Device(s, "qemu-arm64", _override(get_profile(name, profile_paths), query, spec))
+    for emulator, default in (("qemu-arm64", "rpi4"), ("qemu-x86_64", "x86-avx2")):
+        if base == emulator or base.startswith(f"{emulator}:"):
+            name = base.partition(":")[2] or default
+            return Device(s, emulator, _override(get_profile(name, profile_paths), query, spec))
     for suffix in ("constrained", "estimated"):
         if base.endswith(f"-{suffix}"):
             prof = get_profile(base.removesuffix(f"-{suffix}"), profile_paths)
             return Device(s, suffix, _override(prof, query, spec))
     raise ValueError(f"{spec}: not a device spec; use host, PROFILE-constrained, PROFILE-estimated, qemu-arm64, "
-                     "ssh://user@host or adb (see `edgedistill devices`)")
+                     "qemu-x86_64, ssh://user@host or adb (see `edgedistill devices`)")
 
 
 def _override(profile: DeviceProfile, query: str, spec: str) -> DeviceProfile:

@@ -14,8 +14,58 @@ import numpy as np
 
 from edgedistill.runtimes.base import RUNTIMES, RuntimeError_, Session
 
+#: the metadata key holding ``{"model": timm name, "kwargs": {...}}`` as one JSON string: one key, because
+#: safetensors writes a metadata map in hash order, so two keys made equal weights give different file bytes
+META = "edgedistill.reference"
+#: the two keys files written before META (read, never written)
 META_NAME = "edgedistill.model"
 META_KWARGS = "edgedistill.kwargs"
+#: constructor arguments that would make timm load files or fetch weights: never taken from a recipe or a file
+DENIED_KWARGS = ("checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict",
+                 "cache_dir", "device")
+
+
+def allowed_timm_kwargs(name: str) -> set[str]:
+    """The constructor arguments ``name``'s timm builder accepts: the ``__init__`` parameters of the model classes
+    in the module that defines it (e.g. ``img_size``, ``depth``, ``embed_dim`` for ViTs), minus
+    :data:`DENIED_KWARGS`."""
+    import importlib
+    import inspect
+
+    import timm
+    from torch import nn
+
+    module = importlib.import_module(timm.models.model_entrypoint(name).__module__)
+    params: set[str] = {"num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate"}
+    for obj in vars(module).values():
+        if inspect.isclass(obj) and issubclass(obj, nn.Module) and obj.__module__ == module.__name__:
+            params |= set(inspect.signature(obj.__init__).parameters) - {"self", "args", "kwargs"}
+    return {p for p in params if not p.startswith(DENIED_KWARGS)}
+
+
+def check_timm_model(name: str, kwargs: dict[str, Any], where: str) -> None:
+    """Refuse a model name timm does not know and constructor kwargs outside its builder's allow-list (no file
+    loading, no downloads); values must be plain data. Raises ``ValueError`` naming ``where``."""
+    import timm
+
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise ValueError(f"{where}: unknown timm model {name!r}")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{where}: kwargs must be a mapping, got {type(kwargs).__name__}")
+    allowed = allowed_timm_kwargs(name)
+    for key, value in kwargs.items():
+        if key not in allowed:
+            why = "it would load a file or fetch weights" if str(key).startswith(DENIED_KWARGS) else \
+                f"not an argument of {name}'s builder"
+            raise ValueError(f"{where}: kwargs.{key}: refused ({why})")
+        if not _plain(value):
+            raise ValueError(f"{where}: kwargs.{key}: only numbers, strings, booleans and lists of them")
+
+
+def _plain(v: Any) -> bool:
+    if isinstance(v, list | tuple):
+        return all(_plain(x) for x in v)
+    return v is None or isinstance(v, bool | int | float | str)
 
 
 def save_reference(model: Any, name: str, kwargs: dict[str, Any], path: Path) -> None:
@@ -24,7 +74,7 @@ def save_reference(model: Any, name: str, kwargs: dict[str, Any], path: Path) ->
 
     from edgedistill.core.fileio import atomic_path
 
-    meta = {META_NAME: name, META_KWARGS: json.dumps(kwargs, sort_keys=True)}
+    meta = {META: json.dumps({"model": name, "kwargs": kwargs}, sort_keys=True)}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
@@ -42,9 +92,16 @@ def load_reference(path: Path) -> Any:
         state = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise RuntimeError_(f"{path}: unreadable or truncated safetensors file ({err})") from None
-    if META_NAME not in meta:
-        raise RuntimeError_(f"{path}: no '{META_NAME}' metadata; not a reference artifact saved by edgedistill")
-    model = timm.create_model(meta[META_NAME], pretrained=False, **json.loads(meta[META_KWARGS]))
+    if META not in meta and META_NAME not in meta:
+        raise RuntimeError_(f"{path}: no '{META}' metadata; not a reference artifact saved by edgedistill")
+    try:
+        ref = json.loads(meta[META]) if META in meta else {"model": meta[META_NAME],
+                                                           "kwargs": json.loads(meta.get(META_KWARGS, "{}"))}
+        name, kwargs = ref["model"], ref["kwargs"]
+        check_timm_model(name, kwargs, f"{path}: metadata")
+    except (ValueError, TypeError, KeyError) as err:
+        raise RuntimeError_(str(err) if str(err).startswith(str(path)) else f"{path}: metadata: {err}") from None
+    model = timm.create_model(name, pretrained=False, **kwargs)
     model.load_state_dict(state)
     return model.eval()
 

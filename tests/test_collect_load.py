@@ -72,7 +72,8 @@ def test_500_prompts_at_concurrency_16_through_two_server_restarts(teacher_gguf:
         stop_server(server)
     stats = result["stats"]
     assert restarts == 2 and stats.retries > 0, stats  # the restarts really cut requests off mid-flight
-    assert stats.ok == N_PROMPTS and stats.failed == 0, (stats, [r for r in read_journal(journal) if r["status"] != "ok"])
+    failed = [r for r in read_journal(journal) if r["status"] != "ok"]
+    assert stats.ok == N_PROMPTS and stats.failed == 0, (stats, failed)
     recs = read_journal(journal)
     answered = Counter(r["id"] for r in recs if r["status"] == "ok")
     assert len(answered) == N_PROMPTS and set(answered.values()) == {1}  # each exactly once, none lost

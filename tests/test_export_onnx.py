@@ -12,7 +12,13 @@ from edgedistill.runtimes import open_session
 from edgedistill.toolchain.vision.data import load_vision_data
 from edgedistill.toolchain.vision.distill.trainer import accuracy, train_supervised
 from edgedistill.toolchain.vision.export import onnx as onnx_export
-from edgedistill.toolchain.vision.export.parity import FP32_ATOL, FP32_RTOL, INT8_MIN_TOP1_AGREEMENT, compare
+from edgedistill.toolchain.vision.export.parity import (
+    FP32_ATOL,
+    FP32_RTOL,
+    INT8_MIN_TOP1_AGREEMENT,
+    INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT,
+    compare,
+)
 from edgedistill.toolchain.vision.models import create
 from edgedistill.toolchain.vision.recipe import DataConfig, TrainConfig
 
@@ -47,14 +53,55 @@ def test_fp32_parity(trained) -> None:  # type: ignore[no-untyped-def]
     assert p.top1_agreement == 1.0 and p.n == len(data.test_x)
 
 
+def _host_needs_reduce_range() -> bool:
+    from edgedistill.devices.profile import get_profile, int8_saturates
+
+    return int8_saturates(get_profile("host"))
+
+
 @pytest.mark.parametrize("variant", ["int8_static_u8s8", "int8_static_s8s8", "int8_dynamic"])
 def test_int8_top1_agreement(trained, variant: str) -> None:  # type: ignore[no-untyped-def]
+    """The export's own choice for this host (the ISA decides): 8-bit weights where the CPU has an int8 dot product
+    (VNNI, Arm), 7-bit (reduce_range) for static int8 on x86 without VNNI, each held to its bar."""
     _, data, ref, fp32, d = trained
-    out = onnx_export.quantize(fp32, variant, d / f"{variant}.onnx", data.train_x[:128].numpy())
+    rr = _host_needs_reduce_range() and variant.startswith("int8_static")
+    out = onnx_export.quantize(fp32, variant, d / f"{variant}.onnx", data.train_x[:128].numpy(), reduce_range=rr,
+                               fp32_stem=True)
     p = compare(ref, _logits(out, data.test_x), "int8", "torch")
-    assert p.top1_agreement >= INT8_MIN_TOP1_AGREEMENT, p
+    bar = INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT if rr else INT8_MIN_TOP1_AGREEMENT
+    assert p.top1_agreement >= bar, (p, "reduce_range" if rr else "8-bit weights", bar)
     assert p.max_abs_diff > 0  # it really is quantised
     assert out.stat().st_size < fp32.stat().st_size
+
+
+def test_static_int8_on_an_avx2_core(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """On an x86 core without VNNI (qemu-x86_64 -cpu Haswell: AVX2, no AVX-512), 8-bit static U8S8 saturates and
+    loses agreement, while the reduce_range file that the export picks for such a target computes the same logits
+    there as on this host and keeps its bar. Runs on any x86 host; the contrast needs a host with VNNI."""
+    from edgedistill.devices.local import AgentJob
+    from edgedistill.devices.profile import get_profile
+    from edgedistill.devices.transport import open_transport, parse_device
+
+    _, data, ref, fp32, d = trained
+    dev = parse_device("qemu-x86_64")
+    transport = open_transport(dev)
+    transport.prepare()  # fails (not skips) where the emulator is missing: `make test` installs it
+    test = tmp_path / "test.npz"
+    np.savez(test, x=data.test_x.numpy(), y=data.test_y.numpy())
+    got = {}
+    for rr in (False, True):
+        f = onnx_export.quantize(fp32, "int8_static_u8s8", tmp_path / f"u8s8-rr{int(rr)}.onnx",
+                                 data.train_x[:128].numpy(), reduce_range=rr, fp32_stem=True)
+        logits = tmp_path / f"rr{int(rr)}.npy"
+        transport.run(AgentJob(f, 1, test, None, 0, 1, True, logits))
+        got[rr] = (np.load(logits), _logits(f, data.test_x))
+    emulated, host = got[True]
+    assert compare(host, emulated, "int8", "host").top1_agreement == 1.0  # nothing saturates: same on both ISAs
+    assert compare(ref, emulated, "int8", "torch").top1_agreement >= INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT
+    emulated8, host8 = got[False]
+    if not _host_needs_reduce_range() and "vnni" in " ".join(get_profile("host").features):
+        # the failure reduce_range exists for: 8-bit products saturate on AVX2 and the logits move
+        assert np.abs(emulated8 - host8).max() > 1.0, np.abs(emulated8 - host8).max()
 
 
 def test_static_quantisation_needs_calibration(trained) -> None:  # type: ignore[no-untyped-def]

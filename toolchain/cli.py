@@ -46,20 +46,18 @@ def _fail(msg: str, code: int = 2) -> None:
 
 def _guard(fn):  # type: ignore[no-untyped-def]
     """Turn expected user-input errors into one line and exit code 2 (unless --debug)."""
-    from edgedistill.core.registry import UnknownNameError
+    from edgedistill.core.errors import UserError
     from edgedistill.runtimes.base import RuntimeError_
-    from edgedistill.toolchain.recipe import RecipeError
-    from edgedistill.toolchain.vision.data import DataError
-    from edgedistill.toolchain.vision.models import CheckpointError
 
-    expected = (RecipeError, DataError, CheckpointError, RuntimeError_, UnknownNameError, FileNotFoundError,
-                KeyError, ValueError)
+    # recipe, data, checkpoint, run-state and collect errors are ValueErrors; registry misses are KeyErrors;
+    # OSError: a path that is missing, a folder, or unreadable (its message names it)
+    expected = (UserError, ValueError, KeyError, OSError, RuntimeError_)
     try:
         return fn()
     except expected as err:
         if _state["debug"]:
             raise
-        _fail(str(err).strip("'\""))
+        _fail(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err))  # KeyError quotes its text
 
 
 def _context(recipe_ref: str | None, out: Path | None, force: bool):  # type: ignore[no-untyped-def]
@@ -396,20 +394,19 @@ def collect(
     out: Annotated[Path, typer.Option("--out", "-o", help="append-only JSONL journal (re-run to resume)")],
     base_url: Annotated[str | None, typer.Option(help="override blackbox.endpoint.base_url")] = None,
 ) -> None:
-    """Send prompts to an OpenAI-compatible endpoint; resumable, retried, failures recorded but never targets."""
+    """Send prompts to an OpenAI-compatible endpoint; resumable, retried, failures recorded but never targets.
+    Exit 2 (one line naming the endpoint and the reasons) when any prompt stays unanswered."""
 
     def go() -> None:
-        from edgedistill.toolchain.llm.data import read_jsonl
-        from edgedistill.toolchain.llm.distill.collect import Prompt
+        from edgedistill.toolchain.llm.distill.collect import CollectError, failure_summary, read_prompts
         from edgedistill.toolchain.llm.distill.collect import collect as run_collect
 
         r = _llm_recipe(recipe)
-        items = [Prompt(e.id, e.prompt or e.completion) for e in read_jsonl(prompts)]
-        st = run_collect(items, out, r.blackbox.endpoint, base_url)
+        st = run_collect(read_prompts(prompts), out, r.blackbox.endpoint, base_url)
         out_console.print(f"{st.ok} collected, {st.failed} failed, {st.skipped} already done, {st.retries} retries "
                           f"in {st.seconds:.1f} s → {out}")
         if st.failed:
-            raise typer.Exit(1)
+            raise CollectError(failure_summary(st, base_url or r.blackbox.endpoint.base_url or "?", out))
 
     _guard(go)
 

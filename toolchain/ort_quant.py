@@ -18,10 +18,23 @@ from edgedistill.runtimes.inputs import ArrayFeed
 from edgedistill.toolchain.progress import make_progress
 
 
+def first_conv(model_path: Path) -> str | None:
+    """The name of the graph's first Conv node (the stem that sees raw inputs), if any."""
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    return next((n.name for n in m.graph.node if n.op_type == "Conv"), None)
+
+
 def quantize(fp32_path: Path, variant: str, path: Path, calibration: np.ndarray | None = None,
-             input_name: str = "input") -> Path:
+             input_name: str = "input", reduce_range: bool = False, exclude: tuple[str, ...] = ()) -> Path:
     """Quantise ``fp32_path`` into ``path`` as ``variant``; static variants need ``calibration`` batches of the
-    graph's input ``input_name`` (images ``(N, 3, S, S)``)."""
+    graph's input ``input_name`` (images ``(N, 3, S, S)``).
+
+    ``reduce_range`` quantises static weights to 7 bits, for x86 CPUs without VNNI where 8-bit u8×s8 products
+    saturate (:func:`edgedistill.devices.profile.int8_saturates`); the results are then the same on every ISA.
+    ``exclude`` names nodes left in float (e.g. the stem convolution, which sees raw pixels).
+    """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -31,7 +44,7 @@ def quantize(fp32_path: Path, variant: str, path: Path, calibration: np.ndarray 
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         with atomic_path(path) as tmp:
             if variant == "int8_dynamic":
-                quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8)
+                quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
             elif variant in ("int8_static_u8s8", "int8_static_s8s8"):
                 if calibration is None:
                     raise ValueError(f"{variant}: static quantisation needs calibration images")
@@ -40,7 +53,8 @@ def quantize(fp32_path: Path, variant: str, path: Path, calibration: np.ndarray 
                     task = prog.add_task(f"calibrating {variant}", total=-(-len(calibration) // 8), status="")
                     feed = ArrayFeed(calibration, input_name, batch=8, on_next=lambda: prog.advance(task))
                     quantize_static(str(pre), str(tmp), feed, quant_format=QuantFormat.QDQ, activation_type=act,
-                                    weight_type=QuantType.QInt8, per_channel=True)
+                                    weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
+                                    nodes_to_exclude=list(exclude))
             else:
                 raise ValueError(f"unknown ONNX variant {variant!r}")
     return path

@@ -86,7 +86,7 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 def _one_line(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     field = _field_path(tuple(first["loc"]))
-    msg = first["msg"].removeprefix("Value error, ")
+    msg = " ".join(first["msg"].removeprefix("Value error, ").split())  # one line, whatever the validator wrote
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check spelling; see `edgedistill recipes --show NAME` for the schema)"
     elif first["type"] == "union_tag_invalid":
@@ -147,7 +147,8 @@ def load_recipe(ref: str | Path) -> RecipeBase:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(parse)"
-        raise RecipeError(f"{source}: {where}: invalid YAML ({getattr(err, 'problem', err)})") from None
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())  # one line
+        raise RecipeError(f"{source}: {where}: invalid YAML ({problem})") from None
     recipe = parse_recipe(data, source)
     return resolve_paths(recipe, path.parent if path.exists() else Path.cwd())
 

@@ -23,14 +23,15 @@ def device_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
             rows.append({**base, "model": None, "threads": None, "error": dev["error"]})
             continue
         for name, res in dev.get("results", {}).items():
-            parity = res.get("parity_vs_host")
+            parity, source = res.get("parity_vs_host"), res.get("parity_vs_source")
             if res.get("error") and not res.get("runs"):
                 rows.append({**base, "model": name, "threads": None, "error": res["error"]})
             for t, doc in res.get("runs", {}).items():
                 rows.append({**base, "model": name, "threads": int(t), "p50_ms": doc["latency_ms"]["p50"],
                              "peak_rss_mb": doc.get("peak_rss_mb"), "accuracy": doc.get("accuracy"),
                              "task_score": (doc.get("task") or {}).get("task_score"),
-                             "parity_vs_host": parity, "applied": doc.get("device", {}).get("applied"),
+                             "parity_vs_host": parity, "parity_vs_source": source,
+                             "applied": doc.get("device", {}).get("applied"),
                              "error": res.get("error")})
     return rows
 
@@ -43,20 +44,25 @@ def devices_markdown(rows: list[dict[str, Any]], latency: str = "p50 ms", accura
            "Each figure says how it was obtained: **measured** (real hardware), **constrained** (this host capped "
            "to the profile's cores and RAM), **emulated** (qemu: correct outputs, time not a latency), "
            "**estimated** (roofline from the profile). Never compare across labels as if alike.", "",
-           f"| device | label | model | threads | {latency} | peak RSS MB | {accuracy} | task score | parity vs host "
-           "| note |", "|---|---|---|---|---|---|---|---|---|---|"]
+           f"| device | label | model | threads | {latency} | peak RSS MB | {accuracy} | task score | parity vs source "
+           "| parity vs host | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("model") is None or r.get("threads") is None:
-            out.append(f"| {r['device']} | {r['label'] or '–'} | {r.get('model') or '–'} | – | – | – | – | – | – | "
-                       f"FAILED: {r['error']} |")
+            out.append(f"| {r['device']} | {r['label'] or '–'} | {r.get('model') or '–'} | – | – | – | – | – | – | – "
+                       f"| FAILED: {r['error']} |")
             continue
-        p = r.get("parity_vs_host") or {}
-        par = "–" if "max_abs_diff" not in p else f"Δ{p['max_abs_diff']:.1e} top1 {p['top1_agreement']:.3f}"
         p50 = fmt(r["p50_ms"], ".3f") + (" (emulated)" if r["label"] == "emulated" else "")
         out.append(f"| {r['device']} | {r['label']} | {r['model']} | {r['threads']} | {p50} | "
                    f"{fmt(r['peak_rss_mb'], '.0f')} | {fmt(r['accuracy'], '.4f')} | {fmt(r.get('task_score'), '.3f')} "
-                   f"| {par} | {r['error'] or ''} |")
+                   f"| {_parity_cell(r.get('parity_vs_source'))} | {_parity_cell(r.get('parity_vs_host'))} "
+                   f"| {r['error'] or ''} |")
     return out
+
+
+def _parity_cell(p: dict[str, Any] | None) -> str:
+    if not p or "max_abs_diff" not in p:
+        return "–" if not p else f"error: {p.get('error')}"
+    return f"Δ{p['max_abs_diff']:.1e} top1 {p['top1_agreement']:.3f}"
 
 
 def fmt(v: Any, spec: str) -> str:

@@ -84,7 +84,14 @@ def load_causal_lm(path: Path, dtype: torch.dtype = torch.float32) -> PreTrained
     if not any(Path(path).glob("*.safetensors")):
         raise ModelError(f"{path}: no *.safetensors weights (pickled .bin checkpoints are not loaded); convert "
                          "them with save_pretrained(..., safe_serialization=True)")
-    return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True, dtype=dtype)
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                                    dtype=dtype)
+    except Exception as err:  # torn shards (SafetensorError), bad index, shape mismatches: name the folder
+        if isinstance(err, ModelError):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"{path}: cannot load the checkpoint ({first})") from None
 
 
 

@@ -32,6 +32,23 @@ class ScoreConfig(Section):
 
     name: str | None = None
     pattern: str | None = Field(None, description="regex: the final answer is the last match's group 1 (or match)")
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoreConfig:
+        import re
+
+        from edgedistill.toolchain.llm.tasks import SCORERS, USER_SCORER, load_tasks
+
+        load_tasks()
+        if self.name is not None and self.name not in SCORERS and not USER_SCORER.match(self.name):
+            raise ValueError(f"name: unknown scorer {self.name!r}; choose one of: {', '.join(SCORERS.names())}, or "
+                             "give your own as package.module:function")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as err:
+                raise ValueError(f"pattern: not a regular expression ({err})") from None
+        return self
     fields: list[str] | None = Field(None, description="json-fields: the keys compared (default: the reference's)")
 
 

@@ -409,7 +409,14 @@ def stage_blackbox(ctx: Context) -> None:
     h = _blackbox_hash(ctx)
     if not cfg.enabled or ctx.skip("blackbox", h):
         return
-    from edgedistill.toolchain.llm.distill.collect import Prompt, collect, source_id, targets
+    from edgedistill.toolchain.llm.distill.collect import (
+        CollectError,
+        Prompt,
+        collect,
+        failure_summary,
+        source_id,
+        targets,
+    )
     from edgedistill.toolchain.llm.distill.server import serving
     from edgedistill.toolchain.llm.distill.sft import train_sft
     from edgedistill.toolchain.llm.export.gguf import convert
@@ -440,8 +447,7 @@ def stage_blackbox(ctx: Context) -> None:
     ctx.console.print(f"  collected {len(pairs)}/{len(prompts)} teacher replies from {served} in {collect_s:.0f} s "
                       f"({stats.failed} failed)")
     if len(pairs) < len(prompts):  # partial work is never recorded as done: a re-run asks only the missing ones
-        raise RuntimeError(f"{journal}: only {len(pairs)}/{len(prompts)} prompts answered ({stats.failed} failed; "
-                           "the journal records why); re-run to retry the rest")
+        raise CollectError(failure_summary(stats, served, journal))
     teacher = load_causal_lm(ctx.teacher_dir).eval()
     student, layers, _ = _new_student(ctx, teacher)
     del teacher

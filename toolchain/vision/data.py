@@ -7,6 +7,7 @@ manifest, and the test split is saved with the run (``data/test.npz``) so any ar
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
-from edgedistill.core.fileio import sha256_json
+from edgedistill.core.fileio import sha256_file, sha256_json
 from edgedistill.toolchain.vision.recipe import DataConfig
 
 
@@ -62,7 +63,7 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return x, torch.from_numpy(d.target.astype(np.int64)), [str(c) for c in d.target_names]
 
 
-def _imagefolder(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _imagefolder(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
     from torchvision import datasets, transforms
 
     if not root.is_dir():
@@ -72,16 +73,17 @@ def _imagefolder(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor, lis
         ds = datasets.ImageFolder(str(root), transform=tf)
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"{root}: {err}") from None
-    xs, ys = [], []
+    xs, ys, files = [], [], {}
     for i in range(len(ds)):
         path = ds.samples[i][0]
+        files[str(Path(path).relative_to(root))] = sha256_file(path)  # the bytes, not just the names
         try:
             x, y = ds[i]
         except Exception as err:  # PIL raises many types for a broken image
             raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
         xs.append(x[:3] if x.shape[0] >= 3 else x.expand(3, -1, -1))
         ys.append(y)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), list(ds.classes)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), list(ds.classes), sha256_json(files)
 
 
 def _preprocess(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
@@ -111,9 +113,10 @@ def load_vision_data(cfg: DataConfig) -> VisionData:
     if cfg.kind == "digits":
         x, y, names = _digits()
         source = "sklearn.datasets.load_digits"
+        content = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
     else:
         assert cfg.root is not None
-        x, y, names = _imagefolder(cfg.root, cfg.image_size)
+        x, y, names, content = _imagefolder(cfg.root, cfg.image_size)
         source = str(cfg.root)
     if len(names) < 2:
         raise DataError(f"{source}: need at least 2 classes, found {len(names)}")
@@ -131,6 +134,7 @@ def load_vision_data(cfg: DataConfig) -> VisionData:
     x = _preprocess(x, cfg)
     split = {
         "source": source,
+        "content_sha256": content,  # every stage's key covers the pixels: replace an image and they re-run
         "classes": names,
         "preprocess": cfg.model_dump(mode="json", include={"image_size", "mean", "std"}),
         "seed": cfg.seed,

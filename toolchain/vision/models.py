@@ -6,6 +6,7 @@ Checkpoints are read without unpickling arbitrary objects: ``.safetensors`` thro
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,11 +23,14 @@ class CheckpointError(ValueError):
 
 
 def create(name: str, num_classes: int, kwargs: dict | None = None) -> nn.Module:
+    """A timm model with random weights: the name must be timm's, the kwargs in its builder's allow-list
+    (:func:`edgedistill.runtimes.torch_ref.check_timm_model`: nothing that loads a file or fetches weights)."""
     import timm
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise ValueError(f"unknown timm model {name!r}; similar names: {', '.join(close) or '(none)'}")
+    torch_ref.check_timm_model(name, dict(kwargs or {}), name)
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **(kwargs or {}))
 
 
@@ -37,17 +41,29 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({err})") from None
-    except Exception as err:  # weights_only refuses pickled objects with an UnpicklingError
-        raise CheckpointError(f"{path}: refused to load (only tensors are allowed): {err}") from None
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing anything
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({_first_line(err)})") from None
+    except Exception as err:  # weights_only refuses pickled objects (UnpicklingError) and torn pickles
+        raise CheckpointError(f"{path}: refused to load (only tensors are allowed; this file holds other pickled "
+                              f"data or is damaged: {_first_line(err, last=True)})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _first_line(err: Exception, last: bool = False) -> str:
+    """A library error's gist in one line (torch's unpickler errors run to a page of advice)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if last:  # torch puts the actual reason ("Unsupported global: ...") after its advice, which we don't repeat
+        lines = [ln for ln in lines if "WeightsUnpickler error" in ln or ln.startswith("Unsupported")] or lines
+        return lines[-1].split("WeightsUnpickler error:")[-1].strip().split(". ")[0] or type(err).__name__
+    return lines[0] if lines else type(err).__name__
 
 
 def build(cfg: ModelConfig, num_classes: int) -> nn.Module:

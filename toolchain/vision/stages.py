@@ -27,7 +27,8 @@ from torch import nn
 from edgedistill.benchmarks.gate import check
 from edgedistill.benchmarks.harness import BenchItem, measure_devices, plan_devices, resolve_threads
 from edgedistill.benchmarks.report import vision as report_mod
-from edgedistill.core.fileio import read_json, sha256_file, sha256_json, write_json
+from edgedistill.core.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
+from edgedistill.devices.profile import int8_saturates
 from edgedistill.runtimes.torch_ref import load_reference
 from edgedistill.toolchain import pipeline
 from edgedistill.toolchain.pipeline import Stage
@@ -38,7 +39,12 @@ from edgedistill.toolchain.vision.data import VisionData, load_vision_data
 from edgedistill.toolchain.vision.distill.cache import cache_key, cached_teacher_outputs, default_cache_dir
 from edgedistill.toolchain.vision.distill.trainer import accuracy, freeze, train_student, train_supervised
 from edgedistill.toolchain.vision.export import onnx as onnx_export
-from edgedistill.toolchain.vision.export.parity import INT8_MIN_TOP1_AGREEMENT, TFLITE_INT8_MIN_TOP1_AGREEMENT, compare
+from edgedistill.toolchain.vision.export.parity import (
+    INT8_MIN_TOP1_AGREEMENT,
+    INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT,
+    TFLITE_INT8_MIN_TOP1_AGREEMENT,
+    compare,
+)
 from edgedistill.toolchain.vision.recipe import (
     DataConfig,
     ExportConfig,
@@ -52,6 +58,8 @@ from edgedistill.toolchain.vision.recipe import (
 TEACHER = "teacher/teacher.safetensors"
 STUDENTS = {"baseline": "students/baseline.safetensors", "kd": "students/kd.safetensors"}
 REPORT = report_mod
+#: the PyTorch student's logits on the test split, saved by export: the source every device's parity is against
+REFERENCE_LOGITS = "reference-logits.npy"
 
 
 @dataclass
@@ -207,13 +215,16 @@ def stage_distill(ctx: Context) -> None:
 
 def stage_export(ctx: Context) -> None:
     r = ctx.recipe
+    targets = _targets(r.bench.devices, r.bench.profiles)
+    rr = r.export.onnx.reduce_range
+    int8 = any(int8_saturates(p) for p in targets) if rr == "auto" else rr
     h = sha256_json({"student": ctx.run.output_sha("distill", STUDENTS["kd"]), "export": r.section("export"),
-                     "data": data_hash(ctx)})
+                     "data": data_hash(ctx), "reduce_range": int8})
     if ctx.skip("export", h):
         return
     student = load_reference(ctx.run.path(STUDENTS["kd"]))
     job = _Export(student, ctx.data, ctx.run, "student", "kd", "PyTorch KD student", r.seed,
-                  f"{r.student.name} (KD student, {STUDENTS['kd']})")
+                  f"{r.student.name} (KD student, {STUDENTS['kd']})", targets=targets)
     _run_export(job, r.export, h)
     _print_parity(ctx.console, job.records)
 
@@ -232,7 +243,7 @@ def export_local(name: str, checkpoint: Path, num_classes: int, cfg: ExportConfi
     h = sha256_json({"model": name, "kwargs": kwargs or {}, "checkpoint": sha256_file(checkpoint),
                      "export": cfg.model_dump(mode="json"), "data": data.split_hash})
     job = _Export(model.eval(), data, run, name, "checkpoint", f"PyTorch {name} ({checkpoint.name})", 0,
-                  f"{name} ({checkpoint})", subdir="")
+                  f"{name} ({checkpoint})", subdir="", targets=_targets([], []))
     _run_export(job, cfg, h)
     return job.records
 
@@ -250,6 +261,8 @@ class _Export:
     seed: int
     model_name: str  # names the model in conversion errors
     subdir: str = "export"
+    #: where the artifacts will run: the host and the bench devices' profiles (int8 settings follow them)
+    targets: list[Any] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -267,6 +280,17 @@ class _Export:
         g = torch.Generator().manual_seed(self.seed)
         return self.data.train_x[torch.randperm(len(self.data.train_x), generator=g)[:n]].numpy()
 
+    def reduce_range(self, cfg: OnnxExport) -> bool:
+        """7-bit static weights: asked for, or (auto) when a target is x86 without VNNI."""
+        return bool(cfg.reduce_range) if cfg.reduce_range != "auto" else any(int8_saturates(p) for p in self.targets)
+
+    def reduce_range_reason(self, cfg: OnnxExport) -> str:
+        if cfg.reduce_range != "auto":
+            return f"export.onnx.reduce_range: {cfg.reduce_range}"
+        bad = [p.name for p in self.targets if int8_saturates(p)]
+        return (f"auto: {', '.join(bad)} is x86 without VNNI (8-bit u8×s8 saturates there)" if bad else
+                f"auto: every target ({', '.join(p.name for p in self.targets)}) has an int8 dot product or is Arm")
+
     def add(self, path: Path, fmt: str, variant: str, min_top1: float, **extra: Any) -> None:
         """Score ``path`` on the test split with its runtime and record it with its parity."""
         from edgedistill.runtimes import open_session, runtime_for
@@ -275,9 +299,33 @@ class _Export:
         precision = "fp32" if variant == "fp32" else "int8"
         self.records.append({
             "name": path.stem, "file": str(path.relative_to(self.run.root)), "format": fmt, "variant": variant,
-            "precision": precision, "source": self.source, **extra,
+            "precision": precision, "source": self.source, "checked_on": _host_isa(), **extra,
             "parity": compare(self.ref, logits, precision, self.reference, min_top1).to_dict()})
         self.outputs.append(path)
+
+
+def _host_isa() -> dict[str, Any]:
+    """The CPU the parity was checked on (its int8 behaviour depends on it)."""
+    from edgedistill.devices.profile import get_profile
+
+    p = get_profile("host")
+    return {"isa": p.isa, "features": p.features, "int8_saturates": int8_saturates(p)}
+
+
+def _targets(devices: list[str], profiles: list[Path]) -> list[Any]:
+    """The profiles of the host and of every bench device (a spec that does not parse is left to bench)."""
+    from edgedistill.devices.profile import get_profile
+    from edgedistill.devices.transport import parse_device
+
+    out = [get_profile("host")]
+    for spec in devices:
+        try:
+            prof = parse_device(spec, profiles).profile
+        except Exception:  # reported by the bench stage with its reason
+            continue
+        if prof.name not in [p.name for p in out]:
+            out.append(prof)
+    return out
 
 
 def _run_export(job: _Export, cfg: ExportConfig, config_hash: str) -> None:
@@ -286,9 +334,11 @@ def _run_export(job: _Export, cfg: ExportConfig, config_hash: str) -> None:
         _export_onnx(job, cfg.onnx)
     if "tflite" in cfg.formats:
         _export_tflite(job, cfg.tflite)
-    listing = job.path("artifacts.json")
+    listing, reference = job.path("artifacts.json"), job.path(REFERENCE_LOGITS)
     write_json(listing, job.records)
-    job.run.record("export", config_hash, [*job.outputs, listing],
+    with atomic_path(reference) as tmp, open(tmp, "wb") as f:  # what every device's outputs are compared with
+        np.save(f, job.ref.astype(np.float32), allow_pickle=False)
+    job.run.record("export", config_hash, [*job.outputs, listing, reference],
                    {"artifacts": [a["name"] for a in job.records], "export_seconds": job.seconds})
 
 
@@ -301,9 +351,13 @@ def _export_onnx(job: _Export, cfg: OnnxExport) -> None:
         for variant in cfg.variants:
             prog.update(task, status=variant)
             path = fp32 if variant == "fp32" else job.path(f"{job.prefix}-{variant}.onnx")
+            quant: dict[str, Any] = {}
             if variant != "fp32":
-                onnx_export.quantize(fp32, variant, path, calib)
-            job.add(path, "onnx", variant, INT8_MIN_TOP1_AGREEMENT)
+                rr = job.reduce_range(cfg) and variant.startswith("int8_static")
+                onnx_export.quantize(fp32, variant, path, calib, reduce_range=rr, fp32_stem=cfg.fp32_stem)
+                quant = {"reduce_range": rr, "fp32_stem": cfg.fp32_stem, "why": job.reduce_range_reason(cfg)}
+            bar = INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT if quant.get("reduce_range") else INT8_MIN_TOP1_AGREEMENT
+            job.add(path, "onnx", variant, bar, **({"quantization": quant} if quant else {}))
             prog.advance(task)
     if "fp32" not in cfg.variants:
         fp32.unlink()
@@ -356,6 +410,7 @@ def _bench_items(ctx: Context) -> list[BenchItem]:
 
 def stage_bench(ctx: Context) -> None:
     cfg = ctx.recipe.bench
+    ctx.run.require_intact("export")
     items = _bench_items(ctx)
     threads = resolve_threads(cfg.threads, os.cpu_count() or 1)
     h = sha256_json({"items": {i.name: sha256_file(i.path) for i in items}, "bench": ctx.recipe.section("bench"),
@@ -368,7 +423,7 @@ def stage_bench(ctx: Context) -> None:
         task = prog.add_task("benchmarking", total=len(items) * max(1, sum(map(len, plan.values()))), status="")
         devices = measure_devices(items, cfg.devices, cfg.threads, test, ctx.run.path("bench", "x").parent,
                                   cfg.warmup, cfg.runs, cfg.profiles, progress=lambda: prog.advance(task),
-                                  force=ctx.force)
+                                  force=ctx.force, reference=ctx.run.path("export", REFERENCE_LOGITS))
     host = devices.get("host") or devices.get("local") or {}
     results, threads = host.get("results", {}), host.get("threads", threads)
     out = ctx.run.path("bench", "results.json")

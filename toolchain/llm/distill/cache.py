@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from edgedistill.core.fileio import atomic_path, read_json, sha256_json, write_json
+from edgedistill.core.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
 from edgedistill.core.paths import cache_root
 from edgedistill.toolchain.llm.tokenizer import Encoded
 from edgedistill.toolchain.llm.train import collate
 from edgedistill.toolchain.progress import progress_bar
 from edgedistill.toolchain.training import IGNORE_INDEX
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: every shard's sha256 in the index (verified on load)
 
 
 def default_cache_dir() -> Path:
@@ -84,11 +84,25 @@ class TopKCache:
         return float(self.index["bytes_per_token"])
 
 
+class CacheCorrupt(ValueError):
+    """A cache folder's files disagree with its index (truncated, edited, missing): it is rebuilt."""
+
+
 def load_cache(folder: Path) -> TopKCache:
-    index = read_json(folder / "index.json")
+    """Load a cache written by :func:`build_cache`, checking every shard against the sha256 in its index."""
+    try:
+        index = read_json(folder / "index.json")
+    except (OSError, ValueError) as err:
+        raise CacheCorrupt(f"{folder / 'index.json'}: unreadable ({err})") from None
     logp, idx, offsets, base = [], [], [torch.zeros(1, dtype=torch.long)], 0
     for shard in index["shards"]:
-        t = load_file(str(folder / shard["file"]))
+        f = folder / shard["file"]
+        if not f.is_file() or sha256_file(f) != shard.get("sha256"):
+            raise CacheCorrupt(f"{f}: missing or does not match the cache index")
+        try:
+            t = load_file(str(f))
+        except Exception as err:  # safetensors raises its own error types for torn files
+            raise CacheCorrupt(f"{f}: unreadable ({err})") from None
         logp.append(t["logp"])
         idx.append(t["idx"].to(torch.int32) if t["idx"].dtype == torch.uint16 else t["idx"])
         offsets.append(t["offsets"][1:] + base)
@@ -104,8 +118,14 @@ def build_cache(key: str, cache_dir: Path, data: list[Encoded], pad_id: int, voc
     ``index.json`` is written last, so an interrupted build is rebuilt rather than half-read.
     """
     folder = Path(cache_dir) / key[:24]
-    if (folder / "index.json").is_file() and read_json(folder / "index.json").get("key") == key:
-        return load_cache(folder), True
+    if (folder / "index.json").is_file():
+        try:
+            cache = load_cache(folder)
+            if cache.index.get("key") == key and len(cache.offsets) == len(data) + 1:
+                return cache, True
+        except CacheCorrupt:
+            pass  # rebuilt below, never used
+        (folder / "index.json").unlink()
     teacher = load_teacher().eval()
     idx_dtype = torch.uint16 if vocab <= 65536 else torch.int32
     shards, buf_v, buf_i, counts, first, total = [], [], [], [0], 0, 0
@@ -118,7 +138,7 @@ def build_cache(key: str, cache_dir: Path, data: list[Encoded], pad_id: int, voc
         with atomic_path(folder / name) as tmp:
             save_file(tensors, str(tmp), metadata={"key": key})
         shards.append({"file": name, "first": first, "last": last, "tokens": int(tensors["offsets"][-1]),
-                       "bytes": (folder / name).stat().st_size})
+                       "bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)})
         buf_v, buf_i, counts, first = [], [], [0], last
 
     for s in progress_bar(range(0, len(data), batch_size), "caching teacher top-k"):

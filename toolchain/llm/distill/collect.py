@@ -33,6 +33,10 @@ class MalformedReply(ValueError):
     """The endpoint answered, but with nothing usable as a training target."""
 
 
+class CollectError(ValueError):
+    """Collection left prompts unanswered; the message names the endpoint, the reasons and the journal."""
+
+
 @dataclass(frozen=True)
 class Prompt:
     id: str
@@ -48,6 +52,38 @@ class CollectStats:
     retries: int = 0
     seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
+
+
+def read_prompts(path: Path) -> list[Prompt]:
+    """``{"id": ..., "input": ...}`` lines (``"prompt"`` or ``"text"`` also name the text; ``id`` defaults to the
+    line number); a bad line is one error naming the file and line."""
+    out = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CollectError(f"{path}: cannot read prompts ({err})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CollectError(f"{path}: line {n}: not JSON ({err.msg})") from None
+        text = next((row.get(k) for k in ("input", "prompt", "text") if isinstance(row, dict)
+                     and isinstance(row.get(k), str)), None)
+        if text is None:
+            raise CollectError(f'{path}: line {n}: expected an object with a string "input" (or "prompt"/"text")')
+        out.append(Prompt(str(row.get("id", f"line-{n:06d}")), text))
+    if not out:
+        raise CollectError(f"{path}: no prompts")
+    return out
+
+
+def failure_summary(stats: CollectStats, url: str, journal: Path) -> str:
+    """One line: how many prompts failed at ``url`` and why (the journal has each one's reason)."""
+    reasons = ", ".join(f"{k} ×{v}" for k, v in sorted(stats.errors.items(), key=lambda kv: -kv[1]))
+    return (f"{url}: {stats.failed} of {stats.total} prompts unanswered ({reasons or 'no reason recorded'}); "
+            f"{journal} records each reason; re-run to ask only those again")
 
 
 class Journal:

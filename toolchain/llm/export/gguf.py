@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from edgedistill.core.errors import UserError
 from edgedistill.core.fileio import atomic_path
 
 #: variant → llama.cpp ``llama_ftype`` (llama.h): the quantiser's target type
@@ -60,7 +61,7 @@ PRE_TOKENIZERS = {GPT2_REGEX: "gpt-2", LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "
 _NORMALIZERS = {"gpt-2": (None,), "llama-bpe": (None,), "qwen2": (None, "NFC")}
 
 
-class GGUFError(RuntimeError):
+class GGUFError(UserError, RuntimeError):
     """Conversion or quantisation failed; the message names the folder or file."""
 
 

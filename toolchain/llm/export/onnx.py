@@ -16,10 +16,12 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from edgedistill.core.errors import UserError
+
 MODEL_FILE = "model.onnx"
 
 
-class ONNXExportError(RuntimeError):
+class ONNXExportError(UserError, RuntimeError):
     """The optimum exporter is missing or failed; the message names the model folder."""
 
 

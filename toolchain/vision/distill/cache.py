@@ -7,11 +7,13 @@ One safetensors file per key, tensors ``logits (N, K)``, ``embedding (N, D)`` an
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -62,19 +64,41 @@ def run_teacher(teacher: nn.Module, x: torch.Tensor, feature_layer: str | None, 
     return TeacherOutputs(torch.cat(logits), torch.cat(embs), torch.cat(feats) if feats else None)
 
 
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_cached(path: Path, key: str, n: int, feature_layer: str | None) -> TeacherOutputs | None:
+    """The cache file's outputs if it is whole and is what ``key`` asks for; else None (it is rebuilt)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        t = load_file(str(path))
+    except (SafetensorError, OSError, ValueError):
+        return None
+    ok = (meta.get("key") == key and meta.get("sha256") == _digest(t) and t["logits"].shape[0] == n
+          and t["embedding"].shape[0] == n and (("feature" in t) == (feature_layer is not None)))
+    return TeacherOutputs(t["logits"], t["embedding"], t.get("feature")) if ok else None
+
+
 def cached_teacher_outputs(key: str, cache_dir: Path, x: torch.Tensor, feature_layer: str | None,
                            load_teacher: Callable[[], nn.Module]) -> tuple[TeacherOutputs, Path, bool]:
-    """Return the teacher's outputs for ``x``, from ``cache_dir`` when present. ``load_teacher`` is called only on
-    a miss. Returns ``(outputs, cache file, hit)``."""
+    """Return the teacher's outputs for ``x``, from ``cache_dir`` when present and intact. ``load_teacher`` is
+    called only on a miss. Returns ``(outputs, cache file, hit)``.
+
+    The file records its key and a sha256 of its tensors: a truncated, edited or foreign file is rebuilt, never
+    used (the key covers the teacher's weights, the data's pixels and the feature layer)."""
     path = cache_dir / f"teacher-{key[:24]}.safetensors"
-    if path.is_file():
-        t = load_file(str(path))
-        if t["logits"].shape[0] == len(x):
-            return TeacherOutputs(t["logits"], t["embedding"], t.get("feature")), path, True
+    if path.is_file() and (hit := _load_cached(path, key, len(x), feature_layer)) is not None:
+        return hit, path, True
     out = run_teacher(load_teacher(), x, feature_layer, desc="caching teacher outputs")
     tensors = {"logits": out.logits.contiguous(), "embedding": out.embedding.contiguous()}
     if out.feature is not None:
         tensors["feature"] = out.feature.contiguous()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"key": key})
+        save_file(tensors, str(tmp), metadata={"key": key, "sha256": _digest(tensors)})
     return out, path, False

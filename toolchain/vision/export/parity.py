@@ -15,6 +15,7 @@ from edgedistill.core.tolerances import (  # noqa: F401  (re-exported: the bars 
     FP32_MAX_ABS_DIFF,
     FP32_RTOL,
     INT8_MIN_TOP1_AGREEMENT,
+    INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT,
     TFLITE_INT8_MIN_TOP1_AGREEMENT,
 )
 
