@@ -188,12 +188,17 @@ def export(
     ] = None,
     repro: Annotated[Path | None, typer.Option(
         help="if a TFLite conversion fails, write the smallest failing submodule and a repro script here")] = None,
+    hf: Annotated[Path | None, typer.Option(
+        "--hf", help="export this local Hugging Face causal-LM folder (Llama 2/3.x, Mistral, Qwen2.5; its own "
+        "tokenizer) instead of a run's student; --formats FORMAT[:VARIANT],... e.g. gguf:q4_k_m,onnx:fp32")] = None,
 ) -> None:
     """Export a run's student (vision: ONNX + TFLite; LLM: the best student as GGUF + ONNX) and check every
     artifact against its PyTorch source.
 
     With --model, export any local timm model + checkpoint instead, e.g. `edgedistill export --model
-    mobilenetv3_small_100 --checkpoint w.safetensors --num-classes 10 --formats tflite --out DIR`.
+    mobilenetv3_small_100 --checkpoint w.safetensors --num-classes 10 --formats tflite --out DIR`; with --hf, any
+    local LLM folder, e.g. `edgedistill export --hf ./Llama-3.2-1B --formats gguf:f32,gguf:q4_k_m,onnx:fp32 --out
+    DIR`: each file is checked against the folder (tokens on fixed texts, fp32 logits over 512 positions, KLD).
     """
 
     def go() -> None:
@@ -203,6 +208,19 @@ def export(
         from edgedistill.toolchain.vision.recipe import DataConfig, ExportConfig
 
         try:
+            if hf is not None:
+                if model is not None:
+                    raise ValueError("--hf and --model: give one (an LLM folder or a timm model)")
+                from edgedistill.toolchain.llm.export.artifacts import export_folder
+
+                records = export_folder(hf, formats or "gguf:f32,gguf:q8_0,gguf:q4_k_m,onnx:fp32", out,
+                                        log=lambda m: err_console.print(m, highlight=False))
+                _print_llm_artifacts(records)
+                out_console.print(f"artifacts: {out / 'artifacts.json'}")
+                if failed := [a["name"] for a in records if not a["fidelity"]["ok"]]:
+                    raise ValueError(f"{hf}: {', '.join(failed)} failed the parity contract (see "
+                                     f"{out / 'artifacts.json'})")
+                return
             if model is None:
                 ctx = _existing(out, force)
                 ctx.recipe = pipeline_of(ctx.recipe).impl.export_options(ctx.recipe, formats, variants, layout)
@@ -224,6 +242,18 @@ def export(
             raise ValueError(f"{err}\nrepro: {written.with_name('repro.py')} (details in {written})") from err
 
     _guard(go)
+
+
+def _print_llm_artifacts(records: list[dict]) -> None:
+    t = Table(title="exported artifacts")
+    for h in ("artifact", "variant", "tokens identical", "max |Δ| (positions)", "KLD", "same-top", "parity"):
+        t.add_column(h, overflow="fold")
+    for a in records:
+        f = a["fidelity"]
+        t.add_row(a["file"], a["variant"], f"{f['tokens_identical']:.2f}",
+                  f"{f['long_max_abs_diff']:.1e} ({f['long_positions']})", f"{f['kld_mean']:.2e}",
+                  f"{f['same_top_token']:.3f}", "ok" if f["ok"] else f"[red]fails {f['criterion']}[/red]")
+    out_console.print(t)
 
 
 DevicesOpt = Annotated[str | None, typer.Option(

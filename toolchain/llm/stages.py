@@ -505,17 +505,8 @@ def stage_export(ctx: Context) -> None:
                      "llama_cpp": llama_cpp_version() if r.export.gguf else None})
     if ctx.skip("export", h):
         return
-    from edgedistill.runtimes.llama_cpp import LlamaCppSession, quiet_stderr
-    from edgedistill.toolchain.llm.export.fidelity import (
-        PARITY_MIN_POSITIONS,
-        fidelity,
-        long_parity,
-        long_sequence,
-        parity,
-        token_parity,
-        torch_logits,
-    )
-    from edgedistill.toolchain.llm.export.gguf import convert, metadata, quantize, tensor_types
+    from edgedistill.toolchain.llm.export.artifacts import LLMExport, export_llm
+    from edgedistill.toolchain.llm.export.fidelity import PARITY_MIN_POSITIONS, fidelity, long_sequence, torch_logits
     from edgedistill.toolchain.llm.models import load_causal_lm
 
     test = ctx.encoded("test")[:r.export.fidelity_samples]
@@ -525,6 +516,7 @@ def stage_export(ctx: Context) -> None:
     # the parity contract's long check: test sequences back to back, longer than data.max_length
     long_ids = long_sequence([e.input_ids for e in ctx.encoded("test")], PARITY_MIN_POSITIONS, ctx.tok.bos_token_id)
     long_ref = torch_logits(student, [long_ids])[0]
+    del student
     # every PyTorch model on the same sequences: perplexity, and each student's KLD / same-top vs the teacher
     teacher = torch_logits(load_causal_lm(ctx.teacher_dir), ids)
     pytorch = {"teacher": {"perplexity": fidelity(ids, teacher, teacher, starts).perplexity}}
@@ -533,42 +525,10 @@ def stage_export(ctx: Context) -> None:
         f = fidelity(ids, teacher, ref if folder == sdir else torch_logits(load_causal_lm(folder), ids), starts)
         pytorch[name] = {"perplexity": f.perplexity, "kld_vs_teacher": f.kld_mean,
                          "same_top_vs_teacher": f.same_top_token}
-    del student
-    tdir, records, outputs = ctx.run.path(TOKENIZER_DIR), [], []
-    order = [v for v in ("f32", "f16") if v in r.export.gguf or v == "f32"] + \
-        [v for v in r.export.gguf if v not in ("f32", "f16")]
-    paths: dict[str, Path] = {}
-    t0 = time.perf_counter()
-    for v in order if r.export.gguf else []:
-        out = ctx.run.path("export", f"student-{v}.gguf")
-        with quiet_stderr():  # llama.cpp's quantiser logs every tensor to fd 2
-            paths[v] = convert(sdir, out, v, tdir) if v in ("f32", "f16") else quantize(paths["f32"], out, v)
-    export_s = time.perf_counter() - t0
-    n_ctx = max(len(long_ids), r.data.max_length)
-    for v in r.export.gguf:
-        # the F32 file with an F32 KV cache is the fp32 reference artifact; the others run as deployed (F16 KV)
-        sess = LlamaCppSession(paths[v], threads=2, n_ctx=n_ctx, kv_f32=v == "f32")
-        fid = fidelity(ids, ref, [sess.logits(s) for s in ids], starts)
-        par = parity(v, token_parity(ctx.tok, sess.tokenize), long_parity(long_ref, sess.logits(long_ids)), fid,
-                     "llama.cpp (the GGUF's own vocabulary)")
-        kv = sess.describe()["kv_cache"]
-        sess.close()
-        types = sorted(set(tensor_types(paths[v]).values()))
-        records.append({"name": f"student-{v}", "file": str(paths[v].relative_to(ctx.run.root)), "format": "gguf",
-                        "variant": v, "source": best, "tensor_types": types, "size_bytes": paths[v].stat().st_size,
-                        "pre_tokenizer": metadata(paths[v])["tokenizer.ggml.pre"], "kv_cache": kv,
-                        "fidelity": fid.to_dict() | par.to_dict()})
-        outputs.append(paths[v])
-        ctx.console.print(f"  student-{v}: ppl {fid.perplexity:.3f}, KLD {fid.kld_mean:.2e}, "
-                          f"same-top {fid.same_top_token:.4f}, {paths[v].stat().st_size / 1024:.0f} KB; "
-                          f"{_parity_line(par)}")
-    if "f32" in paths and "f32" not in r.export.gguf:
-        paths["f32"].unlink()
-    if r.export.onnx:
-        onnx_records, onnx_outputs, onnx_s = _export_onnx(ctx, sdir, best, ids, ref, starts, long_ids, long_ref)
-        records += onnx_records
-        outputs += onnx_outputs
-        export_s += onnx_s
+    job = LLMExport(sdir, ctx.tok, ctx.run.path(TOKENIZER_DIR), ctx.run.path("export"), ctx.run.root, best,
+                    list(r.export.gguf), list(r.export.onnx), ids, starts, long_ids,
+                    log=lambda m: ctx.console.print(m, highlight=False), ref=ref, long_ref=long_ref)
+    records, outputs, export_s = export_llm(job)
     listing = ctx.run.path("export", "artifacts.json")
     write_json(listing, {"best_student": best, "reference": f"PyTorch {best} student", "pytorch": pytorch,
                          "artifacts": records, "export_seconds": export_s})
@@ -576,48 +536,6 @@ def stage_export(ctx: Context) -> None:
                                                       "artifacts": [a["name"] for a in records],
                                                       "parity_failed": [a["name"] for a in records
                                                                         if not a["fidelity"]["ok"]]})
-
-
-def _parity_line(par: Any) -> str:
-    tokens = f"tokens {round(par.tokens_identical * par.tokens_texts)}/{par.tokens_texts}" + \
-        (" (by construction)" if par.tokens_by_construction else "")
-    head = "parity ok" if par.ok else f"[yellow]parity FAILS[/yellow] ({par.criterion})"
-    return f"{head}: {tokens}, max|Δ| {par.long_max_abs_diff:.1e} over {par.long_positions} positions"
-
-
-def _export_onnx(ctx: Context, sdir: Path, best: str, ids: list[list[int]], ref: list[Any], starts: list[int],
-                 long_ids: list[int], long_ref: Any) -> tuple[list[dict[str, Any]], list[Path], float]:
-    """ONNX (KV cache) of the best student through optimum, then its int8 file; each with fidelity and the parity
-    contract (the decoder takes token ids from the HF tokenizer: its tokens are identical by construction)."""
-    from edgedistill.runtimes.ort_llm import OrtLLMSession
-    from edgedistill.toolchain.llm.export.fidelity import PARITY_TEXTS, TokenParity, fidelity, long_parity, parity
-    from edgedistill.toolchain.llm.export.onnx import export_onnx, quantize_onnx
-
-    variants = ctx.recipe.export.onnx
-    t0 = time.perf_counter()
-    fp32_dir = ctx.run.path("export", "student-onnx-fp32")
-    files = {"fp32": export_onnx(sdir, fp32_dir)}
-    if "int8_dynamic" in variants:
-        files["int8_dynamic"] = quantize_onnx(files["fp32"], ctx.run.path("export", "student-onnx-int8_dynamic"))
-    seconds = time.perf_counter() - t0
-    records, outputs = [], []
-    same_tokens = TokenParity(len(PARITY_TEXTS), len(PARITY_TEXTS))
-    for v in variants:
-        sess = OrtLLMSession(files[v], threads=2)
-        fid = fidelity(ids, ref, [sess.logits(s) for s in ids], starts)
-        par = parity(v, same_tokens, long_parity(long_ref, sess.logits(long_ids)), fid,
-                     "HF tokenizer (the decoder takes its token ids)", by_construction=True)
-        size = sum(f.stat().st_size for f in files[v].parent.iterdir() if f.is_file())
-        records.append({"name": f"student-onnx-{v}", "file": str(files[v].relative_to(ctx.run.root)),
-                        "format": "onnx", "variant": v, "source": best, "size_bytes": size,
-                        "fidelity": fid.to_dict() | par.to_dict()})
-        outputs += sorted(f for f in files[v].parent.iterdir() if f.is_file())
-        ctx.console.print(f"  student-onnx-{v}: ppl {fid.perplexity:.3f}, KLD {fid.kld_mean:.2e}, "
-                          f"same-top {fid.same_top_token:.4f}, max|Δ| {fid.max_abs_diff:.1e}, {size / 1024:.0f} KB; "
-                          f"{_parity_line(par)}")
-    if "fp32" not in variants:
-        shutil.rmtree(fp32_dir)
-    return records, outputs, seconds
 
 
 def export_options(recipe: LLMRecipe, formats: str | None, variants: str | None, layout: str | None) -> LLMRecipe:
