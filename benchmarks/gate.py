@@ -1,13 +1,31 @@
-"""The CI gate: compare a report's recommended artifact against budgets; non-empty failures mean exit 1.
+"""The CI gate: budgets from the recipe checked against a run's report, with intervals, optionally against a
+baseline run, giving pass / fail / inconclusive.
 
-The same check serves every kind: each report's rows carry ``retention``, ``latency_ms`` and ``speedup`` keyed by
-thread count (vision: batch-1 latency, LLM: ms per generated token and generation tokens/s; see
-:class:`edgedistill.toolchain.recipe.GateConfig`).
+A *check* is one metric of one artifact on one device against one limit. Latency limits use the raw samples the
+agent returns (bootstrap intervals of the percentile, or of the candidate/baseline ratio); accuracy limits use
+per-example scores (a paired bootstrap against the baseline on the same test examples). A check **fails only when
+its interval clears the limit**, passes when the interval sits inside it, and is *inconclusive* in between or on
+thin data; the CLI then measures again once and exits 3 if still unsure. Relative limits compare with a baseline
+report; when both runs' artifacts are at hand the latencies come from interleaved rounds (baseline, candidate,
+candidate, baseline, ...) measured in the same job, whose per-round ratios cancel slow drift of a noisy machine.
+
+``evaluate(report, cfg, baseline, rounds)`` → :class:`GateResult`; ``check(report, budgets)`` is the simple
+recommended-artifact check (``min_retention`` / ``max_p50_ms`` / ``min_speedup``) every report also records.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
+
+from edgedistill.benchmarks import stats
+
+LOWER_BETTER = frozenset({"p50_ms", "p90_ms", "p99_ms", "peak_rss_mb", "size_kb", "kld"})
+PERCENTILE = {"p50_ms": 50, "p90_ms": 90, "p99_ms": 99}
+METRICS = ("p50_ms", "p90_ms", "p99_ms", "tokens_per_s", "peak_rss_mb", "size_kb", "accuracy", "retention", "kld",
+           "same_top", "speedup")
 
 
 class Budgets(Protocol):
@@ -16,6 +34,7 @@ class Budgets(Protocol):
     min_speedup: float | None
 
 
+# -- the recommended artifact, point values (every report records this) -------------------------------------------
 def check(report: dict[str, Any], budgets: Budgets, threads: int | None = None) -> list[str]:
     """One line per budget the recommended artifact misses (empty: the gate passes). ``threads`` defaults to the
     smallest thread count the report measured."""
@@ -42,3 +61,270 @@ def check(report: dict[str, Any], budgets: Budgets, threads: int | None = None) 
 
 def _f(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4g}"
+
+
+# -- per-artifact, per-device, per-metric checks with intervals ---------------------------------------------------
+@dataclass
+class Check:
+    name: str
+    artifact: str
+    device: str
+    metric: str
+    kind: str  # absolute | relative
+    threshold: float
+    verdict: str  # pass | fail | inconclusive | waived
+    value: float | None = None
+    baseline: float | None = None
+    ratio: float | None = None
+    interval: list[float] | None = None
+    samples: int | None = None
+    waived: str | None = None
+    warning: str | None = None
+    method: str = ""
+
+
+@dataclass
+class GateResult:
+    verdict: str
+    checks: list[Check] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # recommended-artifact budgets and freshness problems
+    geomean: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "checks": [asdict(c) for c in self.checks], "failures": self.failures,
+                "geomean": self.geomean, "warnings": self.warnings}
+
+    @property
+    def exit_code(self) -> int:
+        return {"pass": 0, "fail": 1, "inconclusive": 3}[self.verdict]
+
+
+def _targets(report: dict[str, Any], artifact_glob: str, device_glob: str) -> list[tuple[str, str]]:
+    """(artifact, device) pairs the budget covers: artifact rows of the report on the host, and device rows."""
+    arts = [m["name"] for m in report.get("models", [])
+            if m.get("role", m.get("kind")) == "artifact" and fnmatch.fnmatch(m["name"], artifact_glob)]
+    out = [(a, "host") for a in arts if fnmatch.fnmatch("host", device_glob)]
+    for row in report.get("devices", []):
+        dev = row.get("device")
+        if dev in ("host", "local") or row.get("model") not in arts or not fnmatch.fnmatch(dev, device_glob):
+            continue
+        if (row["model"], dev) not in out:
+            out.append((row["model"], dev))
+    return out
+
+
+def measurement(report: dict[str, Any], artifact: str, device: str) -> dict[str, Any] | None:
+    """Every metric of ``artifact`` on ``device`` the report holds, in one shape for both kinds."""
+    t = str(min(report.get("summary", {}).get("threads") or [1]))
+    rows = {m["name"]: m for m in report.get("models", [])}
+    teacher = rows.get("teacher", {})
+    if device in ("host", "local"):
+        row = rows.get(artifact)
+        if row is None:
+            return None
+        lat = (row.get("latency_ms") or {}).get(t) or {}
+        rss = row.get("peak_rss_mb")
+        llm = "task_score" in row
+        return {"samples": (row.get("latency_samples_ms") or {}).get(t), "p50_ms": lat.get("p50"),
+                "p90_ms": lat.get("p90"), "p99_ms": lat.get("p99"),
+                "peak_rss_mb": rss.get(t) if isinstance(rss, dict) else rss,
+                "size_kb": None if row.get("size_bytes") is None else row["size_bytes"] / 1024,
+                "accuracy": row.get("task_score") if llm else row.get("accuracy"), "retention": row.get("retention"),
+                "kld": row.get("kld"), "same_top": row.get("same_top_token"), "tokens_per_s": row.get("tg_tps"),
+                "speedup": (row.get("speedup") or {}).get(t), "per_example": row.get("per_example"),
+                "teacher_per_example": teacher.get("per_example")}
+    for r in report.get("devices", []):
+        if r.get("device") == device and r.get("model") == artifact and r.get("p50_ms") is not None:
+            llm = r.get("task_score") is not None
+            return {"samples": r.get("samples_ms"), "p50_ms": r.get("p50_ms"), "p90_ms": r.get("p90_ms"),
+                    "p99_ms": r.get("p99_ms"), "peak_rss_mb": r.get("peak_rss_mb"), "size_kb": None,
+                    "accuracy": r.get("task_score") if llm else r.get("accuracy"), "retention": None, "kld": None,
+                    "same_top": None, "tokens_per_s": None, "speedup": None, "per_example": None,
+                    "teacher_per_example": None}
+    return None
+
+
+def _verdict(lo: float, hi: float, limit: float, upper: bool) -> str:
+    """Against an upper limit: fail when the whole interval is above it, pass when it is all at or below."""
+    if upper:
+        return "fail" if lo > limit else "pass" if hi <= limit else "inconclusive"
+    return "fail" if hi < limit else "pass" if lo >= limit else "inconclusive"
+
+
+def _absolute(metric: str, m: dict[str, Any], limit: float, upper: bool, cfg: dict[str, Any]) -> dict[str, Any]:
+    conf, samples = cfg["confidence"], m.get("samples")
+    if metric in PERCENTILE and samples:
+        if len(samples) < cfg["min_samples"]:
+            return {"value": m[metric], "verdict": "inconclusive", "samples": len(samples),
+                    "warning": f"{len(samples)} samples < min_samples {cfg['min_samples']}"}
+        est, lo, hi = stats.percentile_interval(samples, PERCENTILE[metric], conf)
+        return {"value": est, "interval": [lo, hi], "samples": len(samples), "verdict": _verdict(lo, hi, limit, upper),
+                "method": f"bootstrap interval of the p{PERCENTILE[metric]}"}
+    if metric == "tokens_per_s" and samples and len(samples) >= cfg["min_samples"]:
+        _, lo_ms, hi_ms = stats.percentile_interval(samples, 50, conf)
+        est = m["tokens_per_s"] if m["tokens_per_s"] is not None else 1000 / stats.percentile_interval(samples, 50)[0]
+        return {"value": est, "interval": [1000 / hi_ms, 1000 / lo_ms], "samples": len(samples),
+                "verdict": _verdict(1000 / hi_ms, 1000 / lo_ms, limit, upper),
+                "method": "bootstrap interval of 1000 / median ms per token"}
+    if metric in ("accuracy", "retention") and m.get("per_example"):
+        ref = m.get("teacher_per_example") if metric == "retention" else None
+        if metric == "retention" and not ref:
+            return _point(metric, m, limit, upper)
+        est, lo, hi = stats.mean_interval(m["per_example"], conf, ref)
+        return {"value": est, "interval": [lo, hi], "samples": len(m["per_example"]),
+                "verdict": _verdict(lo, hi, limit, upper), "method": "bootstrap over test examples"}
+    return _point(metric, m, limit, upper)
+
+
+def _point(metric: str, m: dict[str, Any], limit: float, upper: bool) -> dict[str, Any]:
+    v = m.get(metric)
+    if v is None:
+        return {"value": None, "verdict": "inconclusive", "warning": f"no {metric} in the report"}
+    return {"value": v, "verdict": "fail" if (v > limit if upper else v < limit) else "pass",
+            "method": "point value (no samples for an interval)"}
+
+
+def _relative(metric: str, m: dict[str, Any], b: dict[str, Any], share: float, cfg: dict[str, Any],
+              rounds: dict[str, Any] | None) -> dict[str, Any]:
+    """Candidate vs baseline: ``max_regression`` (ratio metrics) or ``max_drop`` (accuracy, retention)."""
+    conf = cfg["confidence"]
+    if metric in ("accuracy", "retention"):
+        pc, pb = m.get("per_example"), b.get("per_example")
+        if pc and pb and len(pc) == len(pb):
+            d, lo, hi = stats.paired_difference_interval(pc, pb, conf)
+            scale = 1.0
+            if metric == "retention" and m.get("teacher_per_example"):
+                scale = 1 / max(sum(m["teacher_per_example"]) / len(m["teacher_per_example"]), 1e-12)
+            return {"value": m.get(metric), "baseline": b.get(metric), "ratio": d * scale,
+                    "interval": [lo * scale, hi * scale], "samples": len(pc),
+                    "verdict": _verdict(lo * scale, hi * scale, -share, upper=False),
+                    "method": "paired bootstrap of the difference over the same test examples"}
+        if m.get(metric) is None or b.get(metric) is None:
+            return {"verdict": "inconclusive", "warning": f"no {metric} in one of the reports"}
+        d = m[metric] - b[metric]
+        return {"value": m[metric], "baseline": b[metric], "ratio": d, "verdict": "fail" if d < -share else "pass",
+                "warning": "no per-example scores: point difference", "method": "point difference"}
+    upper = metric in LOWER_BETTER or metric in PERCENTILE
+    limit = 1 + share if upper else 1 - share
+    if metric in PERCENTILE or metric == "tokens_per_s":
+        q = PERCENTILE.get(metric, 50)
+        if rounds and rounds.get("candidate") and len(rounds["candidate"]) >= 3:
+            r, lo, hi = stats.paired_ratio_interval(rounds["candidate"], rounds["baseline"], q, conf)
+            method, n = f"interleaved rounds ({len(rounds['candidate'])}), bootstrap over rounds", sum(
+                map(len, rounds["candidate"]))
+            warning = None
+        elif m.get("samples") and b.get("samples"):
+            r, lo, hi = stats.ratio_interval(m["samples"], b["samples"], q, conf)
+            method, n = "independent bootstrap of the ratio", len(m["samples"])
+            warning = "baseline and candidate measured in different jobs: drift between them counts as change"
+            if min(len(m["samples"]), len(b["samples"])) < cfg["min_samples"]:
+                return {"ratio": r, "interval": [lo, hi], "samples": n, "verdict": "inconclusive",
+                        "warning": f"fewer than min_samples {cfg['min_samples']} samples"}
+        else:
+            return {"verdict": "inconclusive", "warning": "no latency samples in one of the reports"}
+        if metric == "tokens_per_s":  # throughput is the inverse of per-token latency
+            r, lo, hi = 1 / r, 1 / hi, 1 / lo
+        return {"value": m.get(metric), "baseline": b.get(metric), "ratio": r, "interval": [lo, hi], "samples": n,
+                "verdict": _verdict(lo, hi, limit, upper), "method": method, "warning": warning}
+    if m.get(metric) is None or not b.get(metric):
+        return {"verdict": "inconclusive", "warning": f"no {metric} in one of the reports"}
+    r = m[metric] / b[metric]
+    return {"value": m[metric], "baseline": b[metric], "ratio": r,
+            "verdict": "fail" if (r > limit if upper else r < limit) else "pass", "method": "point ratio"}
+
+
+def evaluate(report: dict[str, Any], cfg: dict[str, Any], baseline: dict[str, Any] | None = None,
+             rounds: dict[tuple[str, str], dict[str, Any]] | None = None) -> GateResult:
+    """Every budget of ``cfg`` (the recipe's ``gate`` section as data) on ``report``; relative limits against
+    ``baseline``; ``rounds[(artifact, device)]`` holds interleaved latency samples when they were measured."""
+    checks: list[Check] = []
+    result = GateResult("pass", failures=check(report, _Legacy(cfg)))
+    for budget in cfg.get("budgets", []):
+        for artifact, device in _targets(report, budget.get("artifacts", "*"), budget.get("devices", "host")):
+            m = measurement(report, artifact, device)
+            b = measurement(baseline, artifact, device) if baseline is not None else None
+            for metric in METRICS:
+                bound = budget.get(metric)
+                if not bound:
+                    continue
+                checks += _checks_for(artifact, device, metric, bound, m, b, cfg, (rounds or {}).get(
+                    (artifact, device)), baseline is not None)
+    for c in checks:
+        for w in cfg.get("waivers", []):
+            if (c.verdict == "fail" and c.metric == w["metric"] and fnmatch.fnmatch(c.artifact, w["artifacts"])
+                    and fnmatch.fnmatch(c.device, w.get("devices", "*"))):
+                c.verdict, c.waived = "waived", w["reason"]
+    result.checks = checks
+    result.geomean = _geomean(checks)
+    result.warnings = sorted({c.warning for c in checks if c.warning})
+    verdicts = {c.verdict for c in checks}
+    result.verdict = ("fail" if "fail" in verdicts or result.failures else
+                      "inconclusive" if "inconclusive" in verdicts else "pass")
+    return result
+
+
+@dataclass
+class _Legacy:
+    min_retention: float | None
+    max_p50_ms: float | None
+    min_speedup: float | None
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.min_retention, self.max_p50_ms, self.min_speedup = (cfg.get(k) for k in (
+            "min_retention", "max_p50_ms", "min_speedup"))
+
+
+def _checks_for(artifact: str, device: str, metric: str, bound: dict[str, Any], m: dict[str, Any] | None,
+                b: dict[str, Any] | None, cfg: dict[str, Any], rounds: dict[str, Any] | None,
+                has_baseline: bool) -> list[Check]:
+    out = []
+    where = f"{artifact} @ {device}"
+    for key, limit in (("max", bound.get("max")), ("min", bound.get("min"))):
+        if limit is None:
+            continue
+        name = f"{where}: {metric} {'<=' if key == 'max' else '>='} {limit:g}"
+        if m is None:
+            out.append(Check(name, artifact, device, metric, "absolute", limit, "inconclusive",
+                             warning=f"no measurement of {artifact} on {device}"))
+            continue
+        out.append(Check(name, artifact, device, metric, "absolute", limit, **_absolute(metric, m, limit,
+                                                                                         key == "max", cfg)))
+    for key in ("max_regression", "max_drop"):
+        share = bound.get(key)
+        if share is None:
+            continue
+        name = f"{where}: {metric} {key.replace('_', ' ')} {share:.3g}" + (" (share)" if key == "max_regression"
+                                                                             else " (points)")
+        if not has_baseline:
+            continue  # relative limits need --baseline; absolute ones still apply
+        if m is None or b is None:
+            out.append(Check(name, artifact, device, metric, "relative", share, "inconclusive",
+                             warning=f"{artifact} on {device} is missing from {'the baseline' if m else 'this run'}"))
+            continue
+        out.append(Check(name, artifact, device, metric, "relative", share, **_relative(metric, m, b, share, cfg,
+                                                                                         rounds)))
+    return out
+
+
+def _geomean(checks: list[Check]) -> dict[str, float]:
+    """Per metric, the geometric mean over artifacts of the candidate/baseline ratio (relative ratio checks)."""
+    by: dict[str, list[float]] = {}
+    for c in checks:
+        if c.kind == "relative" and c.ratio and c.ratio > 0 and c.metric not in ("accuracy", "retention"):
+            by.setdefault(c.metric, []).append(c.ratio)
+    return {k: math.exp(sum(map(math.log, v)) / len(v)) for k, v in by.items()}
+
+
+# -- freshness and comparability ----------------------------------------------------------------------------------
+#: environment keys that must match for a baseline comparison to mean anything
+FINGERPRINT_KEYS = ("cpu_model", "cpu_features", "runtimes", "threads")
+
+
+def environment_mismatch(candidate: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+    """What differs between two reports' environment fingerprints (empty: comparable)."""
+    a, b = candidate.get("environment") or {}, baseline.get("environment") or {}
+    if not a or not b:
+        return ["a report has no environment fingerprint (made before this version): re-run bench and report"]
+    return [f"{k}: {b.get(k)!r} (baseline) vs {a.get(k)!r} (this run)"
+            for k in FINGERPRINT_KEYS if a.get(k) != b.get(k)]

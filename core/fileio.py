@@ -27,12 +27,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # mkstemp makes it 0600; give it the mode a plain open() would (umask applied)
+            os.chmod(tmp_path, 0o666 & ~_umask())
         _fsync(tmp_path)
         os.replace(tmp_path, path)
         _fsync(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

@@ -16,7 +16,8 @@ under emulation, over SSH on a board or over adb on a phone. It
    concatenated. With ``--generate N`` it also continues the first N prompts of the eval file (``prompt_ids``,
    ``prompt_lengths``, ``eos``) greedily for up to ``--max-new-tokens`` and returns the generated token ids with
    time-to-first-token: the host decodes and scores them with the task's scorer (the agent knows no task).
-4. reports peak RSS: the process's high-water resident set (VmHWM; interpreter and runtime included),
+4. returns every timed sample (``samples_ms``, in order) beside the percentiles, for statistics on the host;
+5. reports peak RSS: the process's high-water resident set (VmHWM; interpreter and runtime included),
    and the RSS just before the model was loaded, so the model's own share can be read off.
 
 Usage: ``python -m edgedistill.devices.agent --artifact m.onnx --eval test.npz --threads 1``
@@ -104,6 +105,7 @@ def _measure_llm(sess: Any, args: argparse.Namespace, ev: Any) -> dict:
             times.append((time.perf_counter() - t) * 1e3)
     doc: dict = {"unit": "ms per generated token", **sess.bench(args.pp, args.tg, args.reps)}
     doc["latency_ms"] = _percentiles(times)
+    doc["samples_ms"] = [round(t, 5) for t in times]  # raw, in order: the gate's statistics need them
     if args.score and ev is not None:
         seqs = [list(map(int, row[:n])) for row, n in zip(ev["ids"], ev["lengths"], strict=True)]
         logits = [sess.logits(s) for s in seqs]
@@ -171,7 +173,8 @@ def measure(args: argparse.Namespace) -> dict:
     doc: dict = {"schema": SCHEMA, "artifact": os.path.basename(args.artifact),
                  "size_bytes": os.path.getsize(args.artifact), "session": sess.describe(),
                  "threads": args.threads, "batch": 1, "warmup": args.warmup, "runs": args.runs,
-                 "latency_ms": _percentiles(times), "load_ms": load_ms, "machine": _machine()}
+                 "latency_ms": _percentiles(times), "samples_ms": [round(t, 5) for t in times], "load_ms": load_ms,
+                 "machine": _machine()}
     if args.score and ev is not None:
         logits = sess.run_all(x)
         doc["accuracy"] = float((logits.argmax(1) == ev["y"]).mean())

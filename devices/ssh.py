@@ -60,10 +60,11 @@ class SshTransport(Transport):
     def ssh_argv(self, remote_cmd: list[str]) -> list[str]:
         """The local ``ssh`` argv that runs ``remote_cmd`` (quoted for the remote shell)."""
         target = f"{self.user}@{self.host}" if self.user else self.host
-        return ["ssh", *self._opts(), "-p", self.port, target, "--", shlex.join(remote_cmd)]
+        # "--" before the destination: whatever the spec says, it is never read as an ssh option
+        return ["ssh", *self._opts(), "-p", self.port, "--", target, shlex.join(remote_cmd)]
 
     def scp_argv(self, src: str, dst: str) -> list[str]:
-        return ["scp", "-q", "-B", *self._opts(), "-P", self.port, src, dst]
+        return ["scp", "-q", "-B", *self._opts(), "-P", self.port, "--", src, dst]
 
     def _remote_path(self, path: str) -> str:
         target = f"{self.user}@{self.host}" if self.user else self.host

@@ -117,6 +117,9 @@ def parse_device(spec: str, profile_paths: list[Path] | None = None) -> Device:
         if u.scheme == "ssh":
             if not u.hostname:
                 raise ValueError(f"{spec}: no host; write ssh://user@host[:port]")
+            for part, value in (("host", u.hostname), ("user", u.username or "")):
+                if value.startswith("-") or any(c.isspace() or c in "'\"`$;|&<>" for c in value):
+                    raise ValueError(f"{spec}: the {part} {value!r} is not a plain {part} name")
             opts.update(host=u.hostname, port=str(u.port or 22), user=u.username or "")
         elif u.scheme == "adb":
             opts.update(serial=u.netloc)

@@ -57,6 +57,22 @@ def test_run_writes_a_valid_report(run_dir: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_runs_html_report_renders_in_chromium(run_dir: Path, tmp_path: Path) -> None:
+    """The report.html a real run writes (the same code as `make demo`'s) opens offline in headless Chromium with
+    its tables and plots."""
+    from tests.test_report_html import _chromium, _Dom
+
+    page = run_dir / "report.html"
+    text = page.read_text(encoding="utf-8")
+    assert "could not render" not in text and "http://" not in text and "https://" not in text
+    dom = _Dom(_chromium(tmp_path, "--dump-dom", page.as_uri()).stdout)
+    assert len([i for i in dom.imgs if i.get("class") == "plot"]) >= 3
+    report = json.loads((run_dir / "report.json").read_text())
+    assert len(dom.tables["summary-table"]) == 1 + len(report["models"])
+    assert oct(page.stat().st_mode & 0o777) != "0o600"  # readable by a CI artifact uploader or a web server
+
+
+@pytest.mark.slow
 def test_manifest_records_every_output(run_dir: Path) -> None:
     from edgedistill.core.fileio import sha256_file
 
@@ -89,6 +105,40 @@ def test_gate_exit_codes(run_dir: Path) -> None:
     assert cli("gate", "--out", str(run_dir), "--min-retention", "0.0001").returncode == 0
     res = cli("gate", "--out", str(run_dir), "--max-p50-ms", "0.000001")
     assert res.returncode == 1 and "gate failed" in res.stderr
+
+
+@pytest.mark.slow
+def test_gate_against_a_baseline_run(run_dir: Path, tmp_path: Path) -> None:
+    """Budgets from the recipe, a baseline run (here a copy: nothing changed, so it passes, measured interleaved),
+    the CI outputs, then the refusals: a baseline from another environment (exit 2), a stale report (exit 1)."""
+    import shutil
+
+    cand, base = tmp_path / "cand", tmp_path / "base"
+    shutil.copytree(run_dir, cand)
+    shutil.copytree(run_dir, base)
+    recipe = yaml.safe_load((cand / "recipe.yaml").read_text())
+    recipe["gate"] = {"budgets": [{"artifacts": "student-*", "p50_ms": {"max_regression": "50%"},
+                                   "accuracy": {"max_drop": 0.05}, "size_kb": {"max": 100000}}], "rounds": 3}
+    (cand / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    outs = [tmp_path / n for n in ("gate.xml", "gate.md", "gate.json")]
+    res = cli("gate", "--out", str(cand), "--baseline", str(base), "--junit", str(outs[0]), "--markdown",
+              str(outs[1]), "--json", str(outs[2]))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    verdict = json.loads(outs[2].read_text())
+    methods = {c["metric"]: c["method"] for c in verdict["checks"]}
+    assert verdict["verdict"] == "pass" and methods["p50_ms"].startswith("interleaved rounds (3)")
+    assert methods["accuracy"].startswith("paired bootstrap")
+    assert "<testsuite" in outs[0].read_text() and "✅" in outs[1].read_text()
+    rep = json.loads((base / "report.json").read_text())
+    rep["environment"]["cpu_model"] = "some other CPU"
+    (base / "report.json").write_text(json.dumps(rep))
+    res = cli("gate", "--out", str(cand), "--baseline", str(base))
+    assert res.returncode == 2 and "measured in another environment" in res.stderr and "cpu_model" in res.stderr
+    rep = json.loads((cand / "report.json").read_text())
+    rep["generated_at"] = "2000-01-01T00:00:00+00:00"  # made before its own bench stage ran
+    (cand / "report.json").write_text(json.dumps(rep))
+    res = cli("gate", "--out", str(cand))
+    assert res.returncode == 1 and "stale report: the export stage ran after the report was made" in res.stdout
 
 
 def test_bad_recipe_is_one_line_exit_2(tmp_path: Path) -> None:

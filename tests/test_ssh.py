@@ -112,3 +112,14 @@ def test_ssh_argv_quotes_the_remote_command() -> None:
     tr = SshTransport(Device("ssh://x", "ssh", get_profile("rpi4"), {"host": "b", "port": "22", "user": "pi"}))
     argv = tr.ssh_argv(["echo", "a b; rm -rf /"])
     assert argv[-1] == "echo 'a b; rm -rf /'" and "StrictHostKeyChecking=yes" in argv and "BatchMode=yes" in argv
+    assert argv[argv.index("--") + 1] == "pi@b"  # the destination comes after "--": never an option
+    assert tr.scp_argv("a", "b")[-3:] == ["--", "a", "b"]
+
+
+@pytest.mark.parametrize("spec", ["ssh://-oProxyCommand=touch%20x@host", "ssh://pi@-oProxyCommand=x",
+                                  "ssh://pi;id@host"])
+def test_ssh_specs_cannot_smuggle_options(spec: str) -> None:
+    from edgedistill.devices.transport import parse_device
+
+    with pytest.raises(ValueError, match="is not a plain"):
+        parse_device(spec)

@@ -336,34 +336,45 @@ def report(out: RunDirOpt) -> None:
 @app.command()
 def gate(
     out: RunDirOpt,
+    baseline: Annotated[Path | None, typer.Option(
+        help="a baseline run directory (e.g. main's stored run) or its report.json: adds the budgets' relative "
+             "limits; with a run directory whose artifacts exist, latencies are re-measured interleaved")] = None,
+    junit: Annotated[Path | None, typer.Option(help="write JUnit XML here (one test case per check)")] = None,
+    markdown: Annotated[Path | None, typer.Option(
+        help="write a Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the verdict and every check as JSON")] = None,
+    rounds: Annotated[int | None, typer.Option(help="interleaved rounds (default: the recipe's gate.rounds)")] = None,
     min_retention: Annotated[float | None, typer.Option(help="override the recipe's gate.min_retention")] = None,
     max_p50_ms: Annotated[float | None, typer.Option(
         help="override gate.max_p50_ms (vision: batch-1 latency; LLM: ms per generated token)")] = None,
     min_speedup: Annotated[float | None, typer.Option(
         help="override gate.min_speedup (vision: teacher p50 / p50; LLM: tokens/s / the teacher's)")] = None,
 ) -> None:
-    """Check the recommended artifact against the recipe's gate budgets (vision and LLM runs); exit 1 when one is
-    missed (for CI)."""
+    """Check a run against the recipe's gate budgets (vision and LLM runs), optionally against a baseline run.
 
-    def go() -> None:
-        from edgedistill.benchmarks.gate import check
-        from edgedistill.core.fileio import read_json
+    Exit codes: 0 pass, 1 a budget or regression failed, 2 bad input (including a stale report or a baseline from
+    another environment), 3 inconclusive (the intervals straddle a limit even after one confirming re-measurement).
+    """
+
+    def go() -> int:
+        from edgedistill.toolchain.gating import run_gate
 
         ctx = _existing(out)
-        g = ctx.recipe.gate.model_copy(update={k: v for k, v in {
-            "min_retention": min_retention, "max_p50_ms": max_p50_ms, "min_speedup": min_speedup}.items()
-            if v is not None})
-        rep = ctx.run.root / "report.json"
-        if not rep.is_file():
-            raise FileNotFoundError(f"{rep}: no report yet; run `edgedistill report --out {out}`")
-        fails = check(read_json(rep), g)
-        for f in fails:
-            err_console.print(f"[red]gate failed:[/red] {f}")
-        if fails:
-            raise typer.Exit(1)
-        out_console.print("gate passed")
+        overrides = {k: v for k, v in {"min_retention": min_retention, "max_p50_ms": max_p50_ms,
+                                       "min_speedup": min_speedup}.items() if v is not None}
+        result, text = run_gate(ctx, baseline, rounds, overrides, junit, markdown, json_out, err_console)
+        out_console.print(text, highlight=False, markup=False)
+        for f in result.failures:
+            err_console.print(f"[red]gate failed:[/red] {f}", highlight=False)
+        for c in result.checks:
+            if c.verdict == "fail":
+                err_console.print(f"[red]gate failed:[/red] {c.name}", highlight=False)
+        out_console.print(f"gate {'passed' if result.verdict == 'pass' else result.verdict}")
+        return result.exit_code
 
-    _guard(go)
+    code = _guard(go)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

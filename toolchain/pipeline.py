@@ -8,7 +8,8 @@ module defines
 - ``Context``: a :class:`Context` subclass with the kind's lazily loaded data;
 - ``STAGES``: :class:`Stage` entries in run order, each tagged with the command that runs it;
 - ``REPORT``: the kind's report module in ``edgedistill.benchmarks.report`` (``table``, ``summary_lines``);
-- ``export_options(recipe, formats, variants, layout)``: the recipe with ``edgedistill export``'s options applied.
+- ``export_options(recipe, formats, variants, layout)``: the recipe with ``edgedistill export``'s options applied;
+- ``gate_items(ctx)``: the exported artifacts as :class:`GateItem` (for interleaved re-measurement).
 
 Each stage computes a config hash from its recipe sections and the content hashes of its inputs; when the manifest
 records the same hash with intact outputs, the stage is skipped. Adding a kind (detection, speech) costs one folder
@@ -20,6 +21,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -45,6 +47,18 @@ class Stage:
     name: str
     fn: Callable[[Any], Any]
     command: str
+
+
+@dataclass(frozen=True)
+class GateItem:
+    """An exported artifact as the gate re-measures it: the file, and the agent's runtime, options and eval file
+    the bench stage used."""
+
+    name: str
+    candidate: Path
+    runtime: str | None = None
+    options: tuple[str, ...] = ()
+    eval_npz: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,49 @@ class Context:
 def save_recipe(recipe: RecipeBase, run: RunDir) -> None:
     """Keep the recipe with the run, so single stages can run on the directory later."""
     write_text(run.recipe_path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+
+
+def finish_report(ctx: Context, report: dict[str, Any], report_mod: ModuleType) -> None:
+    """What every kind's report adds before it is written: the environment fingerprint, the sha256 of each file
+    the bench measured, when it was made, and the recipe's gate evaluated on it (absolute limits; ``edgedistill gate
+    --baseline`` adds the relative ones); then report.json, report.md and report.html."""
+    import datetime as dt
+
+    from edgedistill.benchmarks.gate import evaluate
+    from edgedistill.benchmarks.report.common import environment
+
+    bench = ctx.run.stage("bench") or {}
+    report["environment"] = environment(report["summary"].get("threads") or [], list(ctx.recipe.bench.devices))
+    report["measured"] = bench.get("info", {}).get("measured", {})
+    report["generated_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    cfg = ctx.recipe.section("gate")
+    report["gate"] = {"budgets": cfg, **evaluate(report, cfg).to_dict()}
+    report_mod.write(report, ctx.run.path("report.json"), ctx.run.path("report.md"))
+    try:
+        from edgedistill.benchmarks.report.html import write_html
+    except ImportError:  # the HTML writer is optional to a report
+        return
+    write_html(report, ctx.run.path("report.html"))
+
+
+def stale_report(ctx: Context, report: dict[str, Any]) -> list[str]:
+    """Why ``report`` no longer describes the run (empty: it does): an artifact changed since the export stage or
+    since it was measured, a stage ran after the report was made, or a measured file is not in the report."""
+    from edgedistill.core.fileio import sha256_path
+
+    problems = [f"{p} since the export stage wrote it" for p in ctx.run.changed_outputs("export")]
+    for item in (report.get("measured") or {}).values():
+        path = ctx.run.root / item["path"]
+        if not path.exists() or sha256_path(path) != item["sha256"]:
+            problems.append(f"{item['path']} changed since it was measured (re-run `edgedistill bench`)")
+    made = report.get("generated_at") or ""
+    for stage in ("export", "bench"):
+        done = (ctx.run.stage(stage) or {}).get("completed_at") or ""
+        if made and done > made:
+            problems.append(f"the {stage} stage ran after the report was made (re-run `edgedistill report`)")
+    if not report.get("measured") and ctx.run.stage("bench"):
+        problems.append("the report records no measured files (made before the bench stage finished?)")
+    return problems
 
 
 def run_stages(ctx: Context, names: tuple[str, ...] | None = None) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 BUILTIN_PACKAGE = "edgedistill.toolchain.recipes"
 DEFAULT_KIND = "vision"
@@ -37,17 +37,78 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 SafeName = Annotated[str, Field(pattern=SAFE_NAME, description="letters, digits, '.', '_', '-' (a file name)")]
 
 
-class GateConfig(Section):
-    """CI budgets, for every kind; ``edgedistill gate`` exits 1 when the recommended artifact misses one.
+def _fraction(v: Any) -> Any:
+    """``"10%"`` → 0.1; numbers pass through."""
+    if isinstance(v, str) and v.strip().endswith("%"):
+        try:
+            return float(v.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"expected a number or a percentage like '10%', got {v!r}") from None
+    return v
 
-    Vision: retention = accuracy / teacher accuracy, p50 = batch-1 latency, speed-up = teacher p50 / p50.
-    LLM: retention = task score / teacher task score, p50 = ms per generated token, speed-up = generation
-    tokens/s / the PyTorch teacher's. All at the smallest thread count measured.
+
+Share = Annotated[float, BeforeValidator(_fraction), Field(ge=0)]
+
+
+class Bound(Section):
+    """Limits on one metric: absolute (``max`` / ``min``) and relative to a baseline (``max_regression``: how much
+    worse it may get, ``10%`` or 0.1, for ratio metrics; ``max_drop``: points it may lose, for accuracy and
+    retention). A check fails only when its confidence interval clears the limit."""
+
+    max: float | None = None
+    min: float | None = None
+    max_regression: Share | None = None
+    max_drop: Share | None = None
+
+
+class Budget(Section):
+    """Bounds for the artifacts whose names match ``artifacts`` on the devices matching ``devices`` (globs).
+
+    Metrics: ``p50_ms``/``p90_ms``/``p99_ms`` (vision: batch-1 latency; LLM: ms per generated token),
+    ``tokens_per_s`` (LLM generation), ``peak_rss_mb``, ``size_kb``, ``accuracy`` (vision test accuracy, LLM task
+    score), ``retention`` (of the teacher's), ``kld`` and ``same_top`` (LLM fidelity), ``speedup``."""
+
+    artifacts: str = "*"
+    devices: str = "host"
+    p50_ms: Bound | None = None
+    p90_ms: Bound | None = None
+    p99_ms: Bound | None = None
+    tokens_per_s: Bound | None = None
+    peak_rss_mb: Bound | None = None
+    size_kb: Bound | None = None
+    accuracy: Bound | None = None
+    retention: Bound | None = None
+    kld: Bound | None = None
+    same_top: Bound | None = None
+    speedup: Bound | None = None
+
+
+class Waiver(Section):
+    """An accepted miss: a failing check on these artifacts/devices/metric is reported as waived, with the reason."""
+
+    artifacts: str
+    metric: str
+    devices: str = "*"
+    reason: str = Field(min_length=3)
+
+
+class GateConfig(Section):
+    """CI budgets, for every kind (``edgedistill gate``: exit 0 pass, 1 fail, 2 bad input, 3 inconclusive).
+
+    ``min_retention`` / ``max_p50_ms`` / ``min_speedup`` bound the recommended artifact (vision: accuracy
+    retention, batch-1 p50, teacher p50 / p50; LLM: task-score retention, ms per generated token, generation
+    tokens/s vs the PyTorch teacher). ``budgets`` bound every matching artifact on every matching device, with
+    intervals, and ``--baseline`` adds the relative limits.
     """
 
     min_retention: float | None = Field(None, gt=0)
     max_p50_ms: float | None = Field(None, gt=0)
     min_speedup: float | None = Field(None, gt=0)
+    budgets: list[Budget] = Field(default_factory=list)
+    waivers: list[Waiver] = Field(default_factory=list)
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="two-sided confidence of every interval")
+    min_samples: int = Field(30, ge=5, description="latency samples a check needs; fewer: inconclusive")
+    rounds: int = Field(5, ge=3, le=50, description="interleaved baseline/candidate rounds when both are at hand")
 
 
 class RecipeBase(Section):

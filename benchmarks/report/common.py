@@ -28,6 +28,8 @@ def device_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
                 rows.append({**base, "model": name, "threads": None, "error": res["error"]})
             for t, doc in res.get("runs", {}).items():
                 rows.append({**base, "model": name, "threads": int(t), "p50_ms": doc["latency_ms"]["p50"],
+                             "p90_ms": doc["latency_ms"].get("p90"), "p99_ms": doc["latency_ms"].get("p99"),
+                             "samples_ms": doc.get("samples_ms"),
                              "peak_rss_mb": doc.get("peak_rss_mb"), "accuracy": doc.get("accuracy"),
                              "task_score": (doc.get("task") or {}).get("task_score"),
                              "parity_vs_host": parity, "parity_vs_source": source,
@@ -67,6 +69,32 @@ def _parity_cell(p: dict[str, Any] | None) -> str:
 
 def fmt(v: Any, spec: str) -> str:
     return "–" if v is None else format(v, spec)
+
+
+def environment(threads: list[int], devices: list[str]) -> dict[str, Any]:
+    """What a measurement depends on: the CPU (model and the flags that change kernels), the runtimes' versions, the
+    thread counts and the devices. Two reports are comparable only when these match (the gate's baseline check)."""
+    import platform
+    from importlib import metadata
+
+    from edgedistill.devices.profile import get_profile
+
+    host = get_profile("host")
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith(("model name", "Hardware"))), "")
+    except OSError:
+        pass
+    versions = {}
+    for lib in ("onnxruntime", "ai-edge-litert", "llama-cpp-python", "torch"):
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            continue
+    return {"cpu_model": model or platform.processor() or platform.machine(), "cpu_features": host.features,
+            "cores": host.cores, "runtimes": versions, "threads": sorted(threads), "devices": list(devices),
+            "python": platform.python_version()}
 
 
 def md_table(header: list[str], body: list[list[str]]) -> list[str]:

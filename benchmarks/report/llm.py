@@ -68,7 +68,9 @@ def _row(name: str, kind: str, fmt_: str, doc: dict[str, Any] | None, error: str
         "tg_tps_sd": g("tg_tps_sd"), "ttft_ms": g("ttft_ms"), "peak_rss_mb": g("peak_rss_mb"),
         "size_bytes": g("size_bytes"), "runtime": g("session"), "next_token_accuracy": g("accuracy"),
         "latency_ms": {str(t): {k: doc["latency_ms"][k] for k in ("p50", "p90", "p99", "mean", "min")}}
-        if doc else {}, "speedup": {}, "bench_error": error, "samples": g("samples"),
+        if doc else {}, "latency_samples_ms": {str(t): doc.get("samples_ms")} if doc else {},
+        "per_example": task.get("per_example"),
+        "speedup": {}, "bench_error": error, "samples": g("samples"),
     }
 
 

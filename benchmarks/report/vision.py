@@ -65,13 +65,14 @@ def _rows(inp: ReportInputs) -> list[dict[str, Any]]:
 
 def _attach_bench(row: dict[str, Any], bench: dict[str, Any] | None) -> None:
     entry = (bench or {}).get("results", {}).get(row["name"])
-    row.update(latency_ms={}, peak_rss_mb={}, bench_error=None)
+    row.update(latency_ms={}, latency_samples_ms={}, peak_rss_mb={}, bench_error=None)
     if entry is None:
         return
     row["bench_error"] = entry["error"]
     for t, doc in entry["runs"].items():
         lat = doc["latency_ms"]
         row["latency_ms"][str(t)] = {k: lat[k] for k in ("p50", "p90", "p99", "mean", "min")}
+        row["latency_samples_ms"][str(t)] = doc.get("samples_ms")
         row["peak_rss_mb"][str(t)] = doc["peak_rss_mb"]
         row["size_bytes"] = doc["size_bytes"]
         if "accuracy" in doc:

@@ -35,7 +35,7 @@ from edgedistill.core.fileio import atomic_path, read_json, sha256_json, sha256_
 from edgedistill.toolchain import pipeline
 from edgedistill.toolchain.llm.data import Splits, load_splits
 from edgedistill.toolchain.llm.recipe import GGUFVariant, LLMRecipe, ONNXVariant
-from edgedistill.toolchain.pipeline import Stage
+from edgedistill.toolchain.pipeline import GateItem, Stage, finish_report
 
 TEACHER_DIR = "teacher/model"
 TOKENIZER_DIR = "data/tokenizer"
@@ -633,6 +633,8 @@ def _score_runs(ctx: Context, matrix: dict[str, Any]) -> None:
                     continue
                 preds = [ctx.tok.decode(ids, skip_special_tokens=True).strip() for ids in gen]
                 doc["task"] = ctx.score(preds, refs[:len(preds)])
+                doc["task"]["per_example"] = [ctx.score([p], [r])["task_score"] for p, r in zip(preds, refs,
+                                                                                             strict=False)]
                 doc["samples"] = [{"id": e.id, "prediction": p, "reference": e.output}
                                   for e, p in list(zip(ctx.splits.test, preds, strict=False))[:3]]
 
@@ -641,7 +643,9 @@ def stage_bench(ctx: Context) -> None:
     b = ctx.recipe.bench
     ctx.run.require_intact("export")
     items = bench_items(ctx)
-    h = sha256_json({"items": {i.name: sha256_path(i.path) for i in items}, "bench": ctx.recipe.section("bench"),
+    measured = {i.name: {"path": str(i.path.relative_to(ctx.run.root)) if i.path.is_relative_to(ctx.run.root)
+                         else str(i.path), "sha256": sha256_path(i.path)} for i in items}
+    h = sha256_json({"items": {n: m["sha256"] for n, m in measured.items()}, "bench": ctx.recipe.section("bench"),
                      "data": data_hash(ctx), "export": ctx.recipe.export.fidelity_samples})
     if ctx.skip("bench", h):
         return
@@ -676,14 +680,12 @@ def stage_bench(ctx: Context) -> None:
     failed_devices = {d: e["error"] for d, e in matrix.items() if e["error"]}
     for d, err in failed_devices.items():
         ctx.console.print(f"  [yellow]device {d} failed:[/yellow] {err}")
-    ctx.run.record("bench", h, [agg], {"failed": [n for n, r in host.items() if r["error"]],
+    ctx.run.record("bench", h, [agg], {"failed": [n for n, r in host.items() if r["error"]], "measured": measured,
                                        "devices": list(matrix), "failed_devices": failed_devices})
 
 
 def stage_report(ctx: Context) -> dict[str, Any]:
     """report.json and report.md from the stages' files (always re-run: it is cheap)."""
-    from edgedistill.benchmarks.gate import check
-
     run = ctx.run
 
     def opt(*parts: str) -> Any:
@@ -697,9 +699,13 @@ def stage_report(ctx: Context) -> dict[str, Any]:
         bench=opt("bench", "results.json") if run.stage("bench") else None,
         manifest=run.manifest(), threads=ctx.recipe.bench.threads,
         accuracy_tolerance=ctx.recipe.bench.accuracy_tolerance))
-    rep["gate"] = {"budgets": ctx.recipe.section("gate"), "failures": check(rep, ctx.recipe.gate)}
-    report_mod.write(rep, run.path("report.json"), run.path("report.md"))
+    finish_report(ctx, rep, report_mod)
     return rep
+
+
+def gate_items(ctx: Context) -> list[GateItem]:
+    return [GateItem(i.name, i.path, i.runtime, _agent_options(ctx, 0), ctx.run.path("bench", "eval-tokens.npz"))
+            for i in bench_items(ctx, artifacts_only=True)]
 
 
 STAGES = (Stage("data", stage_data, "distill"), Stage("teacher", stage_teacher, "distill"),

@@ -24,14 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgedistill.benchmarks.gate import check
 from edgedistill.benchmarks.harness import BenchItem, measure_devices, plan_devices, resolve_threads
 from edgedistill.benchmarks.report import vision as report_mod
 from edgedistill.core.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
 from edgedistill.devices.profile import int8_saturates
 from edgedistill.runtimes.torch_ref import load_reference
 from edgedistill.toolchain import pipeline
-from edgedistill.toolchain.pipeline import Stage
+from edgedistill.toolchain.pipeline import GateItem, Stage, finish_report
 from edgedistill.toolchain.progress import make_progress
 from edgedistill.toolchain.rundir import RunDir
 from edgedistill.toolchain.vision import models
@@ -408,12 +407,19 @@ def _bench_items(ctx: Context) -> list[BenchItem]:
     return items
 
 
+def _rel(path: Path, root: Path) -> str:
+    """A path as the report records it: relative to the run when inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+
 def stage_bench(ctx: Context) -> None:
     cfg = ctx.recipe.bench
     ctx.run.require_intact("export")
     items = _bench_items(ctx)
     threads = resolve_threads(cfg.threads, os.cpu_count() or 1)
-    h = sha256_json({"items": {i.name: sha256_file(i.path) for i in items}, "bench": ctx.recipe.section("bench"),
+    measured = {i.name: {"path": _rel(i.path, ctx.run.root), "sha256": sha256_file(i.path)} for i in items}
+    h = sha256_json({"items": {n: m["sha256"] for n, m in measured.items()}, "bench": ctx.recipe.section("bench"),
                      "threads": threads})
     if ctx.skip("bench", h):
         return
@@ -431,7 +437,7 @@ def stage_bench(ctx: Context) -> None:
     failed_devices = {d: e["error"] for d, e in devices.items() if e["error"]}
     for d, err in failed_devices.items():
         ctx.console.print(f"  [yellow]device {d} failed:[/yellow] {err}")
-    ctx.run.record("bench", h, [out], {"threads": threads, "devices": list(devices),
+    ctx.run.record("bench", h, [out], {"threads": threads, "devices": list(devices), "measured": measured,
                                        "failed": [n for n, r in results.items() if r["error"]],
                                        "failed_devices": failed_devices})
 
@@ -453,8 +459,12 @@ def stage_report(ctx: Context) -> dict[str, Any]:
         distill=(run.stage("distill") or {}).get("info", {}),
     )
     report = report_mod.build(inputs)
-    report["gate"] = {"budgets": ctx.recipe.section("gate"), "failures": check(report, ctx.recipe.gate)}
-    report_mod.write(report, run.path("report.json"), run.path("report.md"))
+    labels = np.load(run.path("data", "test.npz"), allow_pickle=False)["y"] if run.stage("data") else None
+    for row in report["models"]:  # per test image, 1 when right: the gate's paired bootstrap needs them
+        logits = run.path("bench", f"{row['name']}-logits.npy")
+        if labels is not None and logits.is_file():
+            row["per_example"] = (np.load(logits, allow_pickle=False).argmax(1) == labels).astype(int).tolist()
+    finish_report(ctx, report, report_mod)
     return report
 
 
@@ -491,6 +501,14 @@ def export_config(base: ExportConfig, formats: str | None, variants: str | None,
             raise ValueError(f"--layout: expected nchw or nhwc, got {layout!r}")
         cfg = cfg.model_copy(update={"tflite": cfg.tflite.model_copy(update={"layout": layout})})
     return cfg
+
+
+def gate_items(ctx: Context) -> list[GateItem]:
+    listing = ctx.run.path("export", "artifacts.json")
+    if not listing.is_file():
+        return []
+    return [GateItem(a["name"], ctx.run.root / a["file"], None, (), ctx.run.path("data", "test.npz"))
+            for a in read_json(listing)]
 
 
 STAGES = (Stage("data", stage_data, "distill"), Stage("teacher", stage_teacher, "distill"),

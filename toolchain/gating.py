@@ -1,0 +1,103 @@
+"""``edgedistill gate`` for any kind of run: freshness, baseline comparability, interleaved re-measurement when
+both runs' artifacts are at hand, one confirming re-measurement when the verdict is inconclusive, and the
+CI outputs. The statistics live in :mod:`edgedistill.benchmarks.gate`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from edgedistill.benchmarks.gate import PERCENTILE, GateResult, environment_mismatch, evaluate
+from edgedistill.benchmarks.gate_output import as_json, junit, markdown
+from edgedistill.benchmarks.interleave import Pair, interleave
+from edgedistill.core.errors import UserError
+from edgedistill.core.fileio import read_json, write_text
+from edgedistill.toolchain.pipeline import Context, pipeline_of, stale_report
+
+
+class GateInputError(UserError, ValueError):
+    """The gate cannot judge: no report, a baseline from another environment, an unreadable baseline."""
+
+
+def _load_baseline(ref: Path) -> tuple[dict[str, Any], Path | None]:
+    """A baseline report and, when ``ref`` is a run directory, its root (its artifacts can be re-measured)."""
+    path = ref / "report.json" if ref.is_dir() else ref
+    if not path.is_file():
+        raise GateInputError(f"{ref}: no report.json (give a run directory or its report.json)")
+    try:
+        return read_json(path), (ref if ref.is_dir() else None)
+    except ValueError as err:
+        raise GateInputError(f"{path}: not a JSON report ({err})") from None
+
+
+def _relative_latency(cfg: dict[str, Any]) -> bool:
+    return any((b.get(m) or {}).get("max_regression") is not None for b in cfg.get("budgets", [])
+               for m in (*PERCENTILE, "tokens_per_s"))
+
+
+def _pairs(ctx: Context, base: dict[str, Any], base_root: Path) -> list[Pair]:
+    """Artifacts present in both runs, with the agent options this kind's bench used."""
+    out = []
+    for item in pipeline_of(ctx.recipe).impl.gate_items(ctx):
+        b = (base.get("measured") or {}).get(item.name)
+        if b is None:
+            continue
+        bpath = base_root / b["path"]
+        if bpath.exists():
+            out.append(Pair(item.name, item.candidate, bpath, item.runtime, item.options, item.eval_npz))
+    return out
+
+
+def _pool(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
+    if a is None:
+        return b
+    return {name: {side: a[name][side] + b[name][side] for side in ("candidate", "baseline")} for name in b}
+
+
+def run_gate(ctx: Context, baseline: Path | None, rounds: int | None, overrides: dict[str, float],
+             junit_path: Path | None, md_path: Path | None, json_path: Path | None,
+             console: Any) -> tuple[GateResult, str]:
+    report_path = ctx.run.root / "report.json"
+    if not report_path.is_file():
+        raise GateInputError(f"{report_path}: no report yet; run `edgedistill report --out {ctx.run.root}`")
+    report = read_json(report_path)
+    cfg = {**ctx.recipe.section("gate"), **overrides}
+    base, base_root = _load_baseline(Path(baseline)) if baseline is not None else (None, None)
+    if base is not None and (mismatch := environment_mismatch(report, base)):
+        raise GateInputError(f"{baseline}: measured in another environment, so its numbers are not comparable "
+                             f"({'; '.join(mismatch)}); keep one baseline per runner kind")
+    measured = None
+    pairs = _pairs(ctx, base, base_root) if base is not None and base_root is not None and _relative_latency(
+        cfg) else []
+    b = ctx.recipe.bench
+    threads = min(report["summary"].get("threads") or [1])
+
+    def measure() -> dict[str, Any]:
+        console.print(f"gate: interleaving baseline and candidate, {len(pairs)} artifact(s) × {cfg['rounds']} rounds",
+                      highlight=False)
+        got = interleave(pairs, rounds or cfg["rounds"], threads, b.warmup, b.runs)
+        return {(name, "host"): v for name, v in got.items()}
+
+    if pairs:
+        measured = measure()
+    result = evaluate(report, cfg, base, measured)
+    if result.verdict == "inconclusive" and pairs:  # one confirming re-measurement, pooled with the first
+        measured = _pool(measured, measure())
+        result = evaluate(report, cfg, base, measured)
+        result.warnings.append("inconclusive at first: confirmed with a second set of interleaved rounds")
+    if problems := stale_report(ctx, report):
+        result.failures += [f"stale report: {p}" for p in problems]
+        result.verdict = "fail"
+    text = markdown(result, f"edgedistill gate — {ctx.recipe.name}")
+    if junit_path is not None:
+        write_text(junit_path, junit(result, f"edgedistill gate — {ctx.recipe.name}"))
+    if md_path is not None:
+        write_text(md_path, text)
+    if summary := os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(text)
+    if json_path is not None:
+        write_text(json_path, as_json(result, {"run": str(ctx.run.root), "baseline": str(baseline) if baseline
+                                               else None, "environment": report.get("environment")}))
+    return result, text
