@@ -44,6 +44,8 @@ class GraphCost:
     unknown_shapes: int = 0
     #: per node: (fp32 flops, int8 flops, bytes), for the per-node roofline
     per_node: list[tuple[float, float, float]] = field(default_factory=list)
+    #: per node: (operator, flops), in graph order (what the count was made of)
+    ops: list[tuple[str, float]] = field(default_factory=list)
 
 
 def _dims(vi: Any) -> list[int] | None:
@@ -127,6 +129,50 @@ def graph_cost(path: Path) -> GraphCost:
         cost.int8_flops += flops if int8 else 0.0
         cost.nodes += 1
         cost.per_node.append((0.0 if int8 else flops, flops if int8 else 0.0, float(nbytes)))
+        cost.ops.append((n.op_type, flops))
+    return cost
+
+
+_TFL_FREE = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS"}
+
+
+def tflite_cost(path: Path) -> GraphCost:
+    """Count FLOPs and bytes of every operator of a TFLite flatbuffer (batch 1), read through LiteRT's own
+    interpreter: CONV_2D ``2·|out|·kh·kw·Cin`` (weights OHWI), DEPTHWISE_CONV_2D ``2·|out|·kh·kw``,
+    FULLY_CONNECTED and BATCH_MATMUL ``2·|out|·K``, one FLOP per output element otherwise; an operator whose first
+    input is int8/uint8 computes in int8 (1-byte elements, the int8 peak); Q/DQ and reshapes are free."""
+    import numpy as np
+
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # boards with only tflite-runtime
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+    interp = Interpreter(model_path=str(path))
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    cost = GraphCost()
+    for op in interp._get_ops_details():  # the public API has no per-operator listing
+        name = op["op_name"]
+        if name in _TFL_FREE:
+            continue
+        ins = [tensors[i] for i in op["inputs"] if i >= 0]
+        outs = [tensors[i] for i in op["outputs"] if i >= 0]
+        out = math.prod(outs[0]["shape"]) if outs else 0
+        if name == "CONV_2D":
+            flops = 2.0 * out * math.prod(ins[1]["shape"][1:])
+        elif name == "DEPTHWISE_CONV_2D":
+            flops = 2.0 * out * ins[1]["shape"][1] * ins[1]["shape"][2]
+        elif name in ("FULLY_CONNECTED", "BATCH_MATMUL"):
+            flops = 2.0 * out * ins[1 if name == "FULLY_CONNECTED" else 0]["shape"][-1]
+        else:
+            flops = float(sum(math.prod(o["shape"]) for o in outs))
+        int8 = bool(ins) and np.dtype(ins[0]["dtype"]).itemsize == 1
+        nbytes = sum(math.prod(t["shape"]) * (1 if int8 else np.dtype(t["dtype"]).itemsize) for t in [*ins, *outs])
+        cost.flops += flops
+        cost.bytes += nbytes
+        cost.int8_flops += flops if int8 else 0.0
+        cost.nodes += 1
+        cost.per_node.append((0.0 if int8 else flops, flops if int8 else 0.0, float(nbytes)))
+        cost.ops.append((name, flops))
     return cost
 
 
@@ -205,11 +251,13 @@ class EstimateTransport(Transport):
             extra = {"unit": "ms per generated token", "context": GGUF_ESTIMATE_CONTEXT}
         elif job.artifact.suffix == ".onnx" and job.runtime != "onnxruntime-llm":
             cost = graph_cost(job.artifact)
+        elif job.artifact.suffix == ".tflite":
+            cost = tflite_cost(job.artifact)
         else:
             why = ("an ONNX decoder, whose shapes depend on the context" if job.runtime == "onnxruntime-llm"
                    else f"a {job.artifact.suffix} file")
-            raise AgentError(f"{job.artifact.name}: estimates need an ONNX vision graph or a GGUF language model "
-                             f"(got {why})")
+            raise AgentError(f"{job.artifact.name}: estimates need an ONNX or TFLite vision graph or a GGUF "
+                             f"language model (got {why})")
         est = estimate_ms(cost, self.device.profile, job.threads)
         ms = est["ms"]
         doc = {"schema": "edgedistill.agent/1", "artifact": job.artifact.name,

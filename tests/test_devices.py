@@ -117,7 +117,7 @@ def test_roofline_counts_conv_and_gemm_flops(model: tuple[Path, Path]) -> None:
     assert one == pytest.approx(4 * four)
     doc = EstimateTransport(parse_device("rpi4-estimated")).run(AgentJob(model[0], 4))
     assert doc["device"]["label"] == Label.ESTIMATED and doc["latency_ms"]["p50"] > 0
-    with pytest.raises(AgentError, match="estimates need an ONNX vision graph or a GGUF"):
+    with pytest.raises(AgentError, match="estimates need an ONNX or TFLite vision graph or a GGUF"):
         EstimateTransport(parse_device("rpi4-estimated")).run(AgentJob(model[0].with_suffix(".safetensors"), 1))
 
 
@@ -149,3 +149,26 @@ def test_profile_overrides_in_a_device_spec() -> None:
     assert parse_device("qemu-arm64:rpi5?cores=2").profile.cores == 2
     with pytest.raises(ValueError, match="'gpu=1' is not an override"):
         parse_device("rpi4-estimated?gpu=1")
+
+
+def test_tflite_estimate_counts_flops_by_hand(tmp_path: Path) -> None:
+    """A conv (3→4 channels, 3×3, padding 1, on 8×8) and a linear layer (256→10): the TFLite estimate's operator
+    FLOPs equal the arithmetic done by hand (2 per multiply-accumulate)."""
+    import torch
+
+    from edgedistill.devices.estimate import tflite_cost
+    from edgedistill.toolchain.vision.export import tflite
+
+    tflite.require()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Flatten(),
+                                torch.nn.Linear(256, 10)).eval()
+    path = tmp_path / "tiny.tflite"
+    tflite.export_variant(model, torch.zeros(1, 3, 8, 8), "fp32", path, path, None, "nhwc", "tiny")
+    cost = tflite_cost(path)
+    by = dict(cost.ops)
+    assert by["CONV_2D"] == 2 * (8 * 8 * 4) * (3 * 3 * 3)  # 13,824: every output × (kh·kw·Cin)
+    assert by["FULLY_CONNECTED"] == 2 * 10 * 256  # 5,120
+    assert cost.flops >= by["CONV_2D"] + by["FULLY_CONNECTED"] and cost.int8_flops == 0
+    doc = EstimateTransport(parse_device("rpi4-estimated")).run(AgentJob(path, 1))
+    assert doc["device"]["label"] == Label.ESTIMATED and doc["latency_ms"]["p50"] > 0

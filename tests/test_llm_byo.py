@@ -55,7 +55,7 @@ def test_your_own_llama3_folders_end_to_end(byo: Path) -> None:
     assert f32["ok"] and f32["tokens_identical"] == 1.0 and f32["long_positions"] >= 512, f32
     assert onnx["ok"] and onnx["long_positions"] >= 512, onnx
     rep = json.loads((byo / "run" / "report.json").read_text())
-    assert [m["name"] for m in rep["models"]][:2] == ["teacher", "kd-student"]
+    assert [m["name"] for m in rep["models"]][:3] == ["teacher", "baseline-student", "kd-student"]
     assert all(m["task_score"] is not None and 0 <= m["task_score"] <= 1 for m in rep["models"])
 
 

@@ -53,24 +53,30 @@ def test_llm_recipe_runs_end_to_end(llm_run: Path) -> None:
     (the task score from its own generations), report; a re-run skips every stage."""
     report = json.loads((llm_run / "report.json").read_text())
     names = [m["name"] for m in report["models"]]
-    assert names == ["teacher", "kd-fkl-student", "sft-student", "student-f32", "student-q8_0", "student-q4_k_m",
-                     "student-onnx-fp32", "student-onnx-int8_dynamic"]
+    assert names == ["teacher", "baseline-student", "kd-fkl-student", "sft-student", "student-f32", "student-q8_0",
+                     "student-q4_k_m", "student-onnx-fp32", "student-onnx-int8_dynamic"]
+    rows = {m["name"]: m for m in report["models"]}
     for m in report["models"]:
         assert m["bench_error"] is None, m["bench_error"]
         assert 0 <= m["task_score"] <= 1 and 0 <= m["rouge_l"] <= 1 and 0 <= m["exact_match"] <= 1
         assert m["pp_tps"] > 0 and m["tg_tps"] > 0 and m["ttft_ms"] > 0 and m["peak_rss_mb"] > 0
         assert m["latency_ms"]["1"]["p50"] > 0 and m["speedup"]["1"] > 0
         assert m["size_bytes"] > 0 and m["perplexity"] > 1
+        assert m["per_example"] and len(m["per_example"]) == 3  # the gate's paired bootstrap needs them
     for m in report["models"][1:]:  # students vs the teacher, artifacts vs their PyTorch student
         assert 0 <= m["same_top_token"] <= 1 and m["kld"] >= 0
-    assert all(m["kind"] == "artifact" for m in report["models"][3:])
-    assert report["models"][3]["same_top_token"] == 1.0  # F32 GGUF: the PyTorch student's own top tokens
-    onnx_fp32 = report["models"][6]
+    artifacts = [m for m in report["models"] if m["kind"] == "artifact"]
+    assert [m["name"] for m in artifacts] == names[4:]
+    assert rows["student-f32"]["same_top_token"] == 1.0  # F32 GGUF: the PyTorch student's own top tokens
+    onnx_fp32 = rows["student-onnx-fp32"]
     assert onnx_fp32["max_abs_diff"] < FP32_MAX_ABS_DIFF and onnx_fp32["runtime"]["runtime"] == "onnxruntime"
-    assert report["models"][0]["runtime"]["runtime"] == "pytorch"  # the teacher, measured by the same agent
-    assert report["summary"]["recommended"] in names[3:] or report["summary"]["recommended"] is None
-    assert report["models"][5]["size_bytes"] < report["models"][4]["size_bytes"] < report["models"][3]["size_bytes"]
-    assert report["summary"]["best_student"] in ("kd-fkl", "sft")
+    assert rows["teacher"]["runtime"]["runtime"] == "pytorch"  # the teacher, measured by the same agent
+    assert report["summary"]["recommended"] in names[4:] or report["summary"]["recommended"] is None
+    assert (rows["student-q4_k_m"]["size_bytes"] < rows["student-q8_0"]["size_bytes"]
+            < rows["student-f32"]["size_bytes"])
+    # the shipped student has the best validation task score of all three, the CE-only baseline included
+    val = {n: rows[f"{n}-student"]["val_task_score"] for n in ("baseline", "kd-fkl", "sft")}
+    assert report["summary"]["best_student"] in val and val[report["summary"]["best_student"]] == max(val.values())
     assert report["blackbox"]["collected"] == 8  # served the teacher's GGUF on 127.0.0.1 and collected every prompt
     assert report["distill"]["cache"]["bytes_per_token"] < 300
     assert "| teacher |" in (llm_run / "report.md").read_text()

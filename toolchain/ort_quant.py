@@ -17,6 +17,10 @@ from edgedistill.core.fileio import atomic_path
 from edgedistill.runtimes.inputs import ArrayFeed
 from edgedistill.toolchain.progress import make_progress
 
+#: calibration methods (onnxruntime.quantization.CalibrationMethod) and the options each takes
+CALIBRATION = {"minmax": ("MinMax", {}), "percentile": ("Percentile", {"CalibPercentile": 99.99}),
+               "entropy": ("Entropy", {})}
+
 
 def first_conv(model_path: Path) -> str | None:
     """The name of the graph's first Conv node (the stem that sees raw inputs), if any."""
@@ -26,16 +30,33 @@ def first_conv(model_path: Path) -> str | None:
     return next((n.name for n in m.graph.node if n.op_type == "Conv"), None)
 
 
+def last_linear(model_path: Path) -> str | None:
+    """The name of the graph's last Gemm/MatMul/Conv node (the classifier head), if any."""
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    return next((n.name for n in reversed(m.graph.node) if n.op_type in ("Gemm", "MatMul", "Conv")), None)
+
+
 def quantize(fp32_path: Path, variant: str, path: Path, calibration: np.ndarray | None = None,
-             input_name: str = "input", reduce_range: bool = False, exclude: tuple[str, ...] = ()) -> Path:
+             input_name: str = "input", reduce_range: bool = False, exclude: tuple[str, ...] = (),
+             method: str = "minmax") -> Path:
     """Quantise ``fp32_path`` into ``path`` as ``variant``; static variants need ``calibration`` batches of the
     graph's input ``input_name`` (images ``(N, 3, S, S)``).
 
     ``reduce_range`` quantises static weights to 7 bits, for x86 CPUs without VNNI where 8-bit u8×s8 products
     saturate (:func:`edgedistill.devices.profile.int8_saturates`); the results are then the same on every ISA.
-    ``exclude`` names nodes left in float (e.g. the stem convolution, which sees raw pixels).
+    ``exclude`` names nodes left in float (e.g. the stem convolution, which sees raw pixels). ``method`` picks the
+    static calibration: ``minmax`` (the default), ``percentile`` (99.99: outliers do not stretch the range) or
+    ``entropy`` (KL-optimal thresholds).
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
@@ -52,9 +73,12 @@ def quantize(fp32_path: Path, variant: str, path: Path, calibration: np.ndarray 
                 with make_progress() as prog:
                     task = prog.add_task(f"calibrating {variant}", total=-(-len(calibration) // 8), status="")
                     feed = ArrayFeed(calibration, input_name, batch=8, on_next=lambda: prog.advance(task))
+                    calib_name, calib_opts = CALIBRATION[method]
                     quantize_static(str(pre), str(tmp), feed, quant_format=QuantFormat.QDQ, activation_type=act,
                                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
-                                    nodes_to_exclude=list(exclude))
+                                    nodes_to_exclude=list(exclude),
+                                    calibrate_method=getattr(CalibrationMethod, calib_name),
+                                    extra_options=calib_opts)
             else:
                 raise ValueError(f"unknown ONNX variant {variant!r}")
     return path

@@ -101,6 +101,21 @@ def md_table(header: list[str], body: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in body)]
 
 
+def per_device_markdown(truth: dict[str, Any] | None) -> list[str]:
+    """What to ship to each device, why, and the artifacts that are right on one device and wrong on another."""
+    if not truth or not truth.get("recommended"):
+        return []
+    out = ["", "## What to ship, per device", "",
+           "Each device's own figures decide (parity against the source model; its latency with an interval). "
+           "Candidates whose intervals overlap are tied within noise and the smallest file wins.", "",
+           "| device | recommended | why |", "|---|---|---|"]
+    for dev, rec in truth["recommended"].items():
+        out.append(f"| {dev} | {rec.get('artifact') or '–'} | {rec['reason']} |")
+    if truth.get("flags"):
+        out += ["", "Artifacts that keep accuracy on some devices only:", "", *[f"- {f}" for f in truth["flags"]]]
+    return out
+
+
 def gate_markdown(report: dict[str, Any]) -> list[str]:
     """The report's gate section: the recipe's budgets and what the recommended artifact missed."""
     g = report.get("gate")

@@ -324,6 +324,43 @@ def _devices(report: dict[str, Any]) -> str | None:
     return f'<p class="note">{LABEL_NOTE}</p>' + _table(header, rows, table_id="devices-table")
 
 
+def _per_device(report: dict[str, Any]) -> str | None:
+    """What to ship to each device (its own figures decide), and artifacts right on one device but not another."""
+    truth = report.get("per_device") or {}
+    recs = truth.get("recommended") or {}
+    if not recs:
+        return None
+    body = _table(["device", "recommended", "why"], ([d, r.get("artifact") or "–", r.get("reason")]
+                                                       for d, r in recs.items()), table_id="per-device-table")
+    flags = truth.get("flags") or []
+    if flags:
+        body += "<ul>" + "".join(f"<li>{_esc(f)}</li>" for f in flags) + "</ul>"
+    return body
+
+
+def _tuning(report: dict[str, Any]) -> str | None:
+    """distill.tune's trials: a table and validation accuracy per trial."""
+    t = (report.get("summary") or {}).get("tuning") or {}
+    trials = t.get("trials") or []
+    if not trials:
+        return None
+    fig = Figure(figsize=(7, 3))
+    ax = fig.subplots()
+    for state, marker in (("complete", "o"), ("pruned", "x")):
+        pts = [(tr["number"], tr["value"]) for tr in trials if tr["state"] == state and tr.get("value") is not None]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), marker=marker, label=state)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy (higher is better)")
+    ax.legend()
+    rows = [[tr["number"], tr["state"], _g(tr.get("value"), ".4f"),
+             ", ".join(f"{k} {_g(v)}" for k, v in (tr.get("params") or {}).items()), tr.get("epochs")]
+            for tr in trials]
+    return (f"<p>chosen: {_esc(t.get('chosen'))}, in {_g(t.get('tune_seconds'), '.0f')} s</p>"
+            + _img(fig, "validation accuracy per tuning trial")
+            + _table(["trial", "state", "validation accuracy", "settings", "epochs"], rows, table_id="tuning-table"))
+
+
 def _failures(report: dict[str, Any]) -> str | None:
     errs = [(r.get("name"), r.get("bench_error")) for r in report.get("models") or [] if r.get("bench_error")]
     return "<ul>" + "".join(f"<li><b>{_esc(n)}</b>: {_esc(e)}</li>" for n, e in errs) + "</ul>" if errs else None
@@ -341,7 +378,8 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str | None]]] = [
     ("latency", "Latency distributions", _latency_distributions),
     ("size-retention", "Size vs retention", _size_retention),
     ("quantisation", "Quantisation vs fidelity", _quant_fidelity),
-    ("devices", "Devices", _devices), ("bench-failures", "Benchmark failures", _failures),
+    ("devices", "Devices", _devices), ("per-device", "What to ship, per device", _per_device),
+    ("tuning", "KD tuning", _tuning), ("bench-failures", "Benchmark failures", _failures),
     ("definitions", "Definitions", _definitions),
 ]
 

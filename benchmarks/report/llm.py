@@ -23,8 +23,11 @@ from edgedistill.benchmarks.report.common import (
     fmt,
     gate_markdown,
     md_table,
+    per_device_markdown,
     write_report,
 )
+from edgedistill.benchmarks.report.per_device import per_device
+from edgedistill.core.tolerances import ONNX_INT8_MIN_SAME_TOP, Q8_MIN_SAME_TOP
 
 SCHEMA = "edgedistill.llm-report/2"
 DEFINITIONS = {
@@ -111,6 +114,11 @@ def build(inp: ReportInputs) -> dict[str, Any]:
             r["keeps_accuracy"] = (r["task_score"] is not None and src is not None
                                    and r["task_score"] >= src - inp.accuracy_tolerance)
     rec, reason = _recommend(rows, inp.accuracy_tolerance)
+    devices = device_rows(inp.bench)
+    arts = {r["name"]: {"fp32": r["format"].split()[-1] in ("f32", "fp32"), "size_bytes": r.get("size_bytes"),
+                        "min_top1": _same_top_bar(r["format"]), "source_accuracy": None}
+            for r in rows if r["kind"] == "artifact"}
+    truth = per_device({"devices": devices}, arts, inp.accuracy_tolerance)
     best = by_name.get(rec) if rec else None
     summary = {"teacher_task_score": teacher["task_score"], "best_student": (inp.export or {}).get("best_student"),
                "recommended": rec, "recommended_reason": reason,
@@ -119,9 +127,18 @@ def build(inp: ReportInputs) -> dict[str, Any]:
     files = {o["path"]: o for s in inp.manifest.get("stages", {}).values() for o in s.get("outputs", [])}
     stages = inp.manifest.get("stages", {})
     return {"schema": SCHEMA, "recipe": inp.recipe, "run_dir": inp.run_dir, "definitions": DEFINITIONS,
-            "models": rows, "summary": summary, "devices": device_rows(inp.bench),
+            "models": rows, "summary": summary, "devices": devices, "per_device": truth,
             "distill": stages.get("distill", {}).get("info"), "blackbox": stages.get("blackbox", {}).get("info"),
             "files": files}
+
+
+def _same_top_bar(fmt_: str) -> float | None:
+    """The same-top-token bar a quantised LLM artifact is held to against its source (4-bit: none, as llama.cpp's
+    perplexity tool only reports it)."""
+    variant = fmt_.split()[-1]
+    if variant in ("f16", "q8_0"):
+        return Q8_MIN_SAME_TOP
+    return ONNX_INT8_MIN_SAME_TOP if variant == "int8_dynamic" else None
 
 
 def _recommend(rows: list[dict[str, Any]], tol: float) -> tuple[str | None, str]:
@@ -177,6 +194,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     if errs:
         lines += ["", "Bench failures:", *[f"- {n}: {e}" for n, e in errs]]
     lines += devices_markdown(report.get("devices") or [], latency="p50 ms/token", accuracy="next-token acc.")
+    lines += per_device_markdown(report.get("per_device"))
     lines += gate_markdown(report)
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
     return "\n".join(lines) + "\n"

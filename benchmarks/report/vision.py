@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.benchmarks.report.common import device_rows as device_rows
-from edgedistill.benchmarks.report.common import devices_markdown, fmt, gate_markdown, md_table, write_report
+from edgedistill.benchmarks.report.common import (
+    devices_markdown,
+    fmt,
+    gate_markdown,
+    md_table,
+    per_device_markdown,
+    write_report,
+)
+from edgedistill.benchmarks.report.per_device import per_device
 
 SCHEMA = "edgedistill.report/1"
 DEFINITIONS = {
@@ -49,6 +57,7 @@ class ReportInputs:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     distill: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)  # the export stage's info: which student shipped, why
 
 
 def _rows(inp: ReportInputs) -> list[dict[str, Any]]:
@@ -56,7 +65,8 @@ def _rows(inp: ReportInputs) -> list[dict[str, Any]]:
              "file": "teacher/teacher.safetensors", "accuracy": inp.teacher["test_accuracy"]}]
     for role, m in inp.students.items():
         rows.append({"name": f"{role}-student", "role": "student", "format": "pytorch", "precision": "fp32",
-                     "variant": role, "file": f"students/{role}.safetensors", "accuracy": m["test_accuracy"]})
+                     "variant": role, "file": f"students/{role}.safetensors", "accuracy": m["test_accuracy"],
+                     "val_accuracy": m.get("val_accuracy"), "tuned": m.get("tuned")})
     for a in inp.artifacts:
         rows.append({"role": "artifact", **{k: a[k] for k in ("name", "format", "precision", "variant", "source",
                                                               "file", "parity")}, "accuracy": None})
@@ -100,13 +110,30 @@ def build(inp: ReportInputs) -> dict[str, Any]:
             row["keeps_accuracy"] = (acc is not None and src is not None
                                      and acc >= src - inp.accuracy_tolerance and row["parity"]["ok"])
     rec, reason = _recommend(rows, inp.accuracy_tolerance)
+    devices = device_rows(inp.bench)
+    src = {r["variant"]: r["accuracy"] for r in rows if r["role"] == "student"}
+    arts = {r["name"]: {"fp32": r["precision"] == "fp32", "min_top1": _bar(r["parity"]),
+                        "size_bytes": r.get("size_bytes"), "source_accuracy": src.get(r["source"])}
+            for r in rows if r["role"] == "artifact"}
+    truth = per_device({"devices": devices}, arts, inp.accuracy_tolerance)
+    host = truth["recommended"].get("host") or truth["recommended"].get("local")
+    if host is not None:  # the host is one device among the others: the same rule decides there
+        rec, reason = host["artifact"], host["reason"]
     threads = sorted({int(t) for r in rows for t in r["latency_ms"]})
     return {"schema": SCHEMA, "recipe": inp.recipe, "run_dir": inp.run_dir, "definitions": DEFINITIONS,
-            "data": inp.data, "distill": {k: v for k, v in inp.distill.items() if k in ("mode", "cache")},
-            "models": rows, "devices": device_rows(inp.bench),
+            "data": inp.data, "distill": {k: v for k, v in inp.distill.items() if k in ("mode", "cache", "tuning")},
+            "models": rows, "devices": devices, "per_device": truth,
             "summary": {"teacher_accuracy": teacher["accuracy"], "baseline_accuracy": base, "kd_accuracy": kd,
                         "kd_gain": kd_gain, "kd_helped": None if kd_gain is None else kd_gain > 0,
-                        "recommended": rec, "recommended_reason": reason, "threads": threads}}
+                        "recommended": rec, "recommended_reason": reason, "threads": threads,
+                        "shipped_student": inp.export.get("shipped"),
+                        "shipped_reason": inp.export.get("shipped_reason"), "tuning": inp.distill.get("tuning")}}
+
+
+def _bar(parity: dict[str, Any]) -> float | None:
+    """The top-1 agreement an int8 artifact was held to at export (from its criterion), None for fp32."""
+    crit = str(parity.get("criterion", ""))
+    return float(crit.split(">=")[-1]) if "top1_agreement >=" in crit else None
 
 
 def _recommend(rows: list[dict[str, Any]], tol: float) -> tuple[str | None, str]:
@@ -143,14 +170,19 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def to_markdown(report: dict[str, Any]) -> str:
     header, body = table(report)
     s = report["summary"]
+    students = ", ".join(f"{r['variant']} {fmt(r.get('val_accuracy'), '.4f')} → {fmt(r['accuracy'], '.4f')}"
+                         for r in report["models"] if r["role"] == "student")
     lines = [f"# edgedistill report — {report['recipe']}", "",
              f"Teacher accuracy {fmt(s['teacher_accuracy'], '.4f')}; CE-only student "
              f"{fmt(s['baseline_accuracy'], '.4f')}; KD student {fmt(s['kd_accuracy'], '.4f')} "
              f"(KD gain {fmt(s['kd_gain'], '+.4f')}"
              + ("" if s["kd_helped"] is None else ("" if s["kd_helped"] else ": distillation did not help")) + ").",
+             "", f"Shipped student: **{s.get('shipped_student')}** — {s.get('shipped_reason')}. Students, "
+             f"validation → test accuracy (selection never looks at test): {students}.",
              "", f"Recommended artifact (★): **{s['recommended']}** — {s['recommended_reason']}.", "",
              *md_table(header, body)]
     lines += devices_markdown(report.get("devices") or [])
+    lines += per_device_markdown(report.get("per_device"))
     lines += gate_markdown(report)
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
     errors = [f"- {r['name']}: {r['bench_error']}" for r in report["models"] if r.get("bench_error")]
@@ -162,9 +194,15 @@ def to_markdown(report: dict[str, Any]) -> str:
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """What the CLI prints under the table."""
     s = report["summary"]
-    out = [f"recommended: [bold]{s['recommended']}[/bold] ({s['recommended_reason']})"]
+    out = [f"shipped student: [bold]{s.get('shipped_student')}[/bold] ({s.get('shipped_reason')})",
+           f"recommended: [bold]{s['recommended']}[/bold] ({s['recommended_reason']})"]
     if s["kd_helped"] is False:
         out.append("[yellow]distillation did not beat the CE-only baseline on this run[/yellow]")
+    for dev, rec in (report.get("per_device") or {}).get("recommended", {}).items():
+        if dev not in ("host", "local"):
+            out.append(f"  on {dev}: [bold]{rec.get('artifact')}[/bold] ({rec['reason']})")
+    for flag in (report.get("per_device") or {}).get("flags", []):
+        out.append(f"[yellow]{flag}[/yellow]")
     return out
 
 

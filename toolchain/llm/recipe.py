@@ -156,6 +156,8 @@ class WhiteBoxConfig(Section):
     shard_tokens: int = Field(1 << 20, ge=1, description="tokens per cache shard")
     chunk_tokens: int = Field(512, ge=1, description="loss computed over this many positions at a time")
     losses: list[KDLossConfig] = [KDLossConfig()]
+    baseline: bool = Field(True, description="also train a CE-only student (the reference completions, no teacher) "
+                           "with the same budget: a candidate like the KD students, shipped if it validates best")
     train: LMTrainConfig = LMTrainConfig()
     parallel: Literal["none", "ddp", "fsdp"] = Field(
         "none", description="ddp/fsdp: the distill stage runs under `accelerate launch` with num_processes ranks")
@@ -168,6 +170,8 @@ class WhiteBoxConfig(Section):
         if self.parallel != "none" and self.num_processes < 2:
             raise ValueError(f"num_processes: parallel {self.parallel} needs at least 2, got {self.num_processes}")
         names = [loss.name for loss in self.losses]
+        if {"baseline", "sft"} & set(names):
+            raise ValueError("losses: 'baseline' and 'sft' name the CE-only and black-box students; rename the loss")
         if len(set(names)) != len(names):
             raise ValueError(f"losses: names must be unique, got {names}")
         return self

@@ -40,6 +40,7 @@ from edgedistill.toolchain.pipeline import GateItem, Stage, finish_report
 TEACHER_DIR = "teacher/model"
 TOKENIZER_DIR = "data/tokenizer"
 SFT = "sft"
+BASELINE = "baseline"
 #: bumped when a student's metadata gains a field the pipeline relies on (3: weights_sha256), so old runs retrain
 STUDENT_META_VERSION = 3
 REPORT = report_mod
@@ -320,6 +321,8 @@ def train_kd_students(ctx: Context, h: str, accelerator: Any = None) -> dict[str
         return teacher
 
     info: dict[str, Any] = {"students": {}, "cache": None}
+    if cfg.baseline:
+        _train_baseline(ctx, h, get_teacher, info, accelerator)
     for loss in cfg.losses:
         sh = sha256_json({"stage": h, "loss": loss.model_dump(mode="json")})
         if _student_done(ctx, loss.name, sh):
@@ -350,13 +353,37 @@ def train_kd_students(ctx: Context, h: str, accelerator: Any = None) -> dict[str
     return info
 
 
+def _train_baseline(ctx: Context, h: str, get_teacher: Any, info: dict[str, Any], accelerator: Any = None) -> None:
+    """The CE-only student: the same initialisation, data and budget as the KD students, trained on the reference
+    completions alone (what distillation has to beat)."""
+    from edgedistill.toolchain.llm.train import train_lm
+
+    cfg, tok, name = ctx.recipe.distill, ctx.tok, BASELINE
+    sh = sha256_json({"stage": h, "baseline": cfg.train.model_dump(mode="json")})
+    if not _student_done(ctx, name, sh):
+        student, layers, _ = _new_student(ctx, get_teacher())
+        ckpt = _train_state(ctx, "students", sh, f"{name}-")
+        res = train_lm(student, ctx.encoded("train"), cfg.train, ctx.recipe.seed, tok.pad_token_id, ckpt,
+                       "training CE-only baseline", accelerator=accelerator)
+        meta = {"config_hash": sh, "role": "baseline", "init_layers": layers, "steps": res.steps,
+                "train_seconds": res.seconds, "tokens_per_second": res.per_second, "resumed_from": res.resumed_from,
+                "history": res.history, "params": sum(p.numel() for p in student.parameters())}
+        if accelerator is None or accelerator.is_main_process:
+            _save_student(ctx, name, student, meta)
+            _drop_train_states(ctx.run.path("students"), f"{name}-")
+        if accelerator is not None:
+            accelerator.wait_for_everyone()
+    info["students"][name] = read_json(ctx.run.path("students", f"{name}.json"))
+
+
 def stage_distill(ctx: Context) -> None:
     cfg = ctx.recipe.distill
     h = distill_hash(ctx)
     if not cfg.enabled or ctx.skip("distill", h):
         return
     info = train_kd_students(ctx, h) if cfg.parallel == "none" else _launch_distill(ctx, h)
-    outputs = [p for loss in cfg.losses for p in _student_outputs(ctx, loss.name)]
+    names = ([BASELINE] if cfg.baseline else []) + [loss.name for loss in cfg.losses]
+    outputs = [p for n in names for p in _student_outputs(ctx, n)]
     for name, meta in info["students"].items():
         ctx.console.print(f"  {name}: val NLL {meta['val_nll']:.4f}, val task {meta['val_task_score']:.3f}")
     ctx.run.record("distill", h, outputs, {
@@ -383,8 +410,8 @@ def _launch_distill(ctx: Context, h: str) -> dict[str, Any]:
     cmd += ["--use_fsdp"] if cfg.parallel == "fsdp" else ["--multi_gpu"]
     cmd += ["-m", "edgedistill.toolchain.llm.launch", "--out", str(ctx.run.root)]
     if ctx.force:  # the ranks run without --force: redo the work by removing what they would reuse
-        for loss in cfg.losses:
-            ctx.run.path("students", f"{loss.name}.json").unlink(missing_ok=True)
+        for name in [BASELINE, *(loss.name for loss in cfg.losses)]:
+            ctx.run.path("students", f"{name}.json").unlink(missing_ok=True)
         _drop_train_states(ctx.run.path("students"))
     ctx.console.print(f"  accelerate launch: {cfg.num_processes} processes ({cfg.parallel})")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -392,7 +419,8 @@ def _launch_distill(ctx: Context, h: str) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"distill: `accelerate launch` exited {proc.returncode}; re-run to resume from the last "
                            "checkpoint")
-    students = {loss.name: read_json(ctx.run.path("students", f"{loss.name}.json")) for loss in cfg.losses}
+    names = ([BASELINE] if cfg.baseline else []) + [loss.name for loss in cfg.losses]
+    students = {n: read_json(ctx.run.path("students", f"{n}.json")) for n in names}
     return {"students": students, "cache": cache_info}
 
 
@@ -473,8 +501,9 @@ def _journal_hash(ctx: Context) -> str | None:
 
 # -- export: GGUF and ONNX of the best student, with fidelity --------------------------------------------------
 def student_names(ctx: Context) -> list[str]:
-    """Trained students in report order: KD students (recipe order), then the SFT student."""
-    names = [loss.name for loss in ctx.recipe.distill.losses] if ctx.recipe.distill.enabled else []
+    """Trained students in report order: the CE-only baseline, KD students (recipe order), then the SFT student."""
+    d = ctx.recipe.distill
+    names = ([BASELINE] if d.baseline else []) + [loss.name for loss in d.losses] if d.enabled else []
     if ctx.recipe.blackbox.enabled:
         names.append(SFT)
     return [n for n in names if ctx.run.path("students", f"{n}.json").is_file()]
@@ -614,6 +643,27 @@ def _prompts(ctx: Context) -> list[list[int]]:
     return [encode(ctx.tok, e.prompt, None, n).input_ids for e in ctx.splits.test]
 
 
+def _reference_logits(ctx: Context, eval_npz: Path) -> Path | None:
+    """The shipped student's PyTorch logits on the eval sequences, laid out as the agent writes them (every
+    position of every sequence, concatenated): the source every device's parity is measured against."""
+    import numpy as np
+
+    from edgedistill.toolchain.llm.export.fidelity import torch_logits
+    from edgedistill.toolchain.llm.models import load_causal_lm
+
+    listing = ctx.run.path("export", "artifacts.json")
+    if not listing.is_file():
+        return None
+    best = read_json(listing)["best_student"]
+    ev = np.load(eval_npz, allow_pickle=False)
+    seqs = [list(map(int, row[:n])) for row, n in zip(ev["ids"], ev["lengths"], strict=True)]
+    logits = torch_logits(load_causal_lm(ctx.run.path("students", best)), seqs)
+    out = ctx.run.path("bench", "reference-logits.npy")
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.concatenate(logits).astype(np.float32), allow_pickle=False)
+    return out
+
+
 def _agent_options(ctx: Context, generate: int) -> tuple[str, ...]:
     b, r = ctx.recipe.bench, ctx.recipe
     ctx_len = max(512, r.data.max_length + b.max_new_tokens + 16, b.pp_tokens + b.warmup + b.runs + 16)
@@ -653,6 +703,7 @@ def stage_bench(ctx: Context) -> None:
     from edgedistill.toolchain.progress import make_progress
 
     eval_npz, out_dir = _write_eval(ctx), ctx.run.path("bench", "x").parent
+    reference = _reference_logits(ctx, eval_npz)
     others = [d for d in b.devices if d not in ("host", "local")]
     artifacts = bench_items(ctx, artifacts_only=True)
     plan = plan_devices(others, [b.threads], b.profiles)
@@ -661,11 +712,12 @@ def stage_bench(ctx: Context) -> None:
                              total=len(items) + len(artifacts) * sum(map(len, plan.values())))
         matrix = measure_devices(items, ["host"], [b.threads], eval_npz, out_dir, b.warmup, b.runs, b.profiles,
                                  progress=lambda: prog.advance(task), options=_agent_options(ctx, b.eval_samples),
-                                 timeout_s=HOST_TIMEOUT_S, force=ctx.force)
+                                 timeout_s=HOST_TIMEOUT_S, force=ctx.force, reference=reference)
         if others and artifacts:
             matrix |= measure_devices(artifacts, others, [b.threads], eval_npz, out_dir, b.warmup, b.runs,
                                       b.profiles, progress=lambda: prog.advance(task),
-                                      options=_agent_options(ctx, b.device_eval_samples), force=ctx.force)
+                                      options=_agent_options(ctx, b.device_eval_samples), force=ctx.force,
+                                      reference=reference)
     _score_runs(ctx, matrix)
     agg = ctx.run.path("bench", "results.json")
     write_json(agg, {"threads": [b.threads], "devices": matrix})

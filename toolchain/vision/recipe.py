@@ -103,6 +103,38 @@ class RelationKD(Section):
     angle_weight: float = Field(0.0, ge=0)
 
 
+Span = tuple[float, float]
+
+
+class TuneConfig(Section):
+    """``distill.tune``: search the KD settings on the offline teacher cache (no teacher passes), selected on
+    validation accuracy, with Optuna (TPE sampler, median pruning of bad trials after each epoch). The best trial's
+    student becomes the ``kd-tuned`` candidate; the chosen settings are written back into the run's recipe.yaml
+    (``distill.tune.chosen``). A span is ``[low, high]``; an unset span keeps the recipe's value."""
+
+    trials: int = Field(0, ge=0, description="trials to run (0: tuning off)")
+    minutes: float | None = Field(None, gt=0, description="stop starting trials after this many minutes")
+    epochs: int | None = Field(None, ge=1, description="epochs per trial (default: distill.train.epochs)")
+    temperature: Span | None = (1.0, 8.0)
+    alpha: Span | None = (0.3, 0.99)
+    lr: Span | None = None
+    feature_weight: Span | None = None
+    attention_weight: Span | None = None
+    relation_weight: Span | None = Field(None, description="the RKD distance and angle weights, together")
+    seed: int = 0
+    chosen: dict[str, float] | None = Field(None, description="written by the run: the best trial's settings")
+
+    @model_validator(mode="after")
+    def _check(self) -> TuneConfig:
+        for name in ("temperature", "alpha", "lr", "feature_weight", "attention_weight", "relation_weight"):
+            span = getattr(self, name)
+            if span is not None and not (0 <= span[0] <= span[1]):
+                raise ValueError(f"{name}: expected [low, high] with 0 <= low <= high, got {list(span)}")
+        if self.alpha is not None and self.alpha[1] > 1:
+            raise ValueError("alpha: the KD weight is at most 1")
+        return self
+
+
 class DistillConfig(Section):
     mode: Literal["offline", "online"] = "offline"
     cache_dir: Path | None = Field(None, description="offline teacher cache (default: ~/.cache/edgedistill)")
@@ -112,6 +144,13 @@ class DistillConfig(Section):
     attention: AttentionKD = AttentionKD()
     relation: RelationKD = RelationKD()
     baseline: bool = Field(True, description="also train a CE-only student with the same budget")
+    tune: TuneConfig = TuneConfig()
+
+    @model_validator(mode="after")
+    def _tune_needs_cache(self) -> DistillConfig:
+        if self.tune.trials and self.mode != "offline":
+            raise ValueError("tune.trials: tuning runs on the offline teacher cache; set mode: offline")
+        return self
 
 
 OnnxVariant = Literal["fp32", "int8_static_u8s8", "int8_static_s8s8", "int8_dynamic"]
@@ -125,6 +164,9 @@ class OnnxExport(Section):
     reduce_range: Literal["auto"] | bool = Field(
         "auto", description="7-bit static int8 weights; auto: when the host or a bench device is x86 without VNNI, "
         "where 8-bit u8×s8 products saturate (then results are the same on every ISA)")
+    remedies: bool = Field(
+        True, description="when an int8 file fails parity, try more/stratified calibration, percentile and "
+        "entropy calibration, then float first/last layers; keep the first that passes (each attempt recorded)")
     fp32_stem: bool = Field(
         True, description="keep the first convolution (it sees raw pixels) in float in static int8 files: measured "
         "+1.4 points of top-1 agreement on the demo's MobileNetV3 at any ISA")
@@ -140,6 +182,7 @@ class TfliteExport(Section):
     layout: Literal["nchw", "nhwc"] = Field(
         "nchw", description="input layout of the .tflite graph; nhwc transposes inside it (mobile/camera pipelines)")
     calibration_samples: int = Field(128, ge=1, description="training images that calibrate int8_static")
+    remedies: bool = Field(True, description="int8_static failing parity: retry with 4x stratified calibration")
 
 
 ExportFormat = Literal["onnx", "tflite"]

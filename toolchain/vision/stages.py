@@ -26,7 +26,7 @@ from torch import nn
 
 from edgedistill.benchmarks.harness import BenchItem, measure_devices, plan_devices, resolve_threads
 from edgedistill.benchmarks.report import vision as report_mod
-from edgedistill.core.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
+from edgedistill.core.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json, write_text
 from edgedistill.devices.profile import int8_saturates
 from edgedistill.runtimes.torch_ref import load_reference
 from edgedistill.toolchain import pipeline
@@ -55,7 +55,10 @@ from edgedistill.toolchain.vision.recipe import (
 )
 
 TEACHER = "teacher/teacher.safetensors"
-STUDENTS = {"baseline": "students/baseline.safetensors", "kd": "students/kd.safetensors"}
+STUDENTS = {"baseline": "students/baseline.safetensors", "kd": "students/kd.safetensors",
+            "kd-tuned": "students/kd-tuned.safetensors"}
+#: when validation accuracies tie, the order students are preferred in (distillation's first)
+SHIP_ORDER = ("kd-tuned", "kd", "baseline")
 REPORT = report_mod
 #: the PyTorch student's logits on the test split, saved by export: the source every device's parity is against
 REFERENCE_LOGITS = "reference-logits.npy"
@@ -132,9 +135,14 @@ def _drop_train_states(folder: Path, prefix: str = "") -> None:
         p.unlink()
 
 
-def _distill_hash(ctx: Context) -> str:
+def _distill_hash(ctx: Context, with_tuning: bool = True) -> str:
+    """The distill stage's key; without ``tune`` it keys the baseline and KD students (changing the search budget
+    never retrains them). ``tune.chosen`` is an output written back into the recipe, never part of a key."""
     r = ctx.recipe
     distill = {k: v for k, v in r.section("distill").items() if k != "cache_dir"}
+    tune = {k: v for k, v in distill.pop("tune").items() if k != "chosen"}
+    if with_tuning and tune["trials"]:
+        distill["tune"] = tune
     return sha256_json({"teacher": ctx.run.output_sha("teacher", TEACHER), "data": data_hash(ctx),
                         "student": r.section("student"), "distill": distill, "seed": r.seed})
 
@@ -191,40 +199,118 @@ def _student_intact(weights: Path, metrics: Path, h: str) -> bool:
 def stage_distill(ctx: Context) -> None:
     h = _distill_hash(ctx)
     if ctx.skip("distill", h):
+        tuned = ctx.run.path("students", "kd-tuned.json")
+        if ctx.recipe.distill.tune.trials and tuned.is_file():  # `run` rewrote recipe.yaml: keep the choice in it
+            _write_back_chosen(ctx, read_json(tuned)["chosen"])
         return
+    hc = _distill_hash(ctx, with_tuning=False)
     cfg = ctx.recipe.distill
     info: dict[str, Any] = {"mode": cfg.mode}
     outputs: list[Path] = []
+    roles = ["baseline"] if cfg.baseline else []
     if cfg.baseline:
-        info["baseline"] = _train_one(ctx, "baseline", h)
-        outputs += [ctx.run.path(STUDENTS["baseline"]), ctx.run.path("students", "baseline.json")]
+        info["baseline"] = _train_one(ctx, "baseline", hc)
     if cfg.mode == "offline":
         cached, info["cache"] = _teacher_outputs(ctx)
         ctx.console.print(f"  teacher cache {'hit' if info['cache']['hit'] else 'written'}: {info['cache']['path']}")
-        info["kd"] = _train_one(ctx, "kd", h, cached=cached)
+        info["kd"] = _train_one(ctx, "kd", hc, cached=cached)
+        if cfg.tune.trials:
+            info["kd-tuned"] = _tune(ctx, h, cached)
+            info["tuning"] = {k: info["kd-tuned"][k] for k in ("trials", "chosen", "tune_seconds", "val_accuracy")}
     else:
-        info["kd"] = _train_one(ctx, "kd", h, teacher=freeze(load_reference(ctx.run.path(TEACHER))))
-    outputs += [ctx.run.path(STUDENTS["kd"]), ctx.run.path("students", "kd.json")]
-    summary = {k: {"test_accuracy": v["test_accuracy"]} for k, v in info.items() if k in ("baseline", "kd")}
-    ctx.run.record("distill", h, outputs, {"mode": cfg.mode, "cache": info.get("cache"), **summary})
-    for role in ("baseline", "kd"):
-        if role in info:
-            ctx.console.print(f"  {role} student test accuracy {info[role]['test_accuracy']:.4f}")
+        info["kd"] = _train_one(ctx, "kd", hc, teacher=freeze(load_reference(ctx.run.path(TEACHER))))
+    roles += ["kd", *(["kd-tuned"] if "kd-tuned" in info else [])]
+    for role in roles:
+        outputs += [ctx.run.path(STUDENTS[role]), ctx.run.path("students", f"{role}.json")]
+    summary = {k: {"val_accuracy": info[k]["val_accuracy"], "test_accuracy": info[k]["test_accuracy"]}
+               for k in roles}
+    ctx.run.record("distill", h, outputs, {"mode": cfg.mode, "cache": info.get("cache"), "tuning": info.get("tuning"),
+                                           **summary})
+    for role in roles:
+        ctx.console.print(f"  {role} student: val accuracy {info[role]['val_accuracy']:.4f}, test "
+                          f"{info[role]['test_accuracy']:.4f}")
+
+
+def _write_back_chosen(ctx: Context, chosen: dict[str, float]) -> None:
+    """Record the tuner's choice in the run's recipe.yaml (``distill.tune.chosen``; never part of a stage key)."""
+    import yaml
+
+    saved = yaml.safe_load(ctx.run.recipe_path.read_text(encoding="utf-8"))
+    tune = saved.setdefault("distill", {}).setdefault("tune", {})
+    if tune.get("chosen") != chosen:
+        tune["chosen"] = chosen
+        write_text(ctx.run.recipe_path, yaml.safe_dump(saved, sort_keys=False))
+
+
+def _tune(ctx: Context, h: str, cached: Any) -> dict[str, Any]:
+    """``distill.tune`` on the cached teacher: the best trial's student becomes ``kd-tuned``; its settings are
+    written back into the run's recipe.yaml (``distill.tune.chosen``)."""
+    import shutil
+
+    from edgedistill.toolchain.vision.distill.tune import best_params_as_recipe, tune_kd
+
+    r, d = ctx.recipe, ctx.data
+    weights, metrics = ctx.run.path(STUDENTS["kd-tuned"]), ctx.run.path("students", "kd-tuned.json")
+    if not ctx.force and _student_intact(weights, metrics, h):
+        return read_json(metrics)
+    workdir = ctx.run.path("students", f"tune-{h[:12]}", "x").parent
+    if ctx.force:
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+
+    def new_student() -> nn.Module:
+        torch.manual_seed(r.seed)
+        return models.build(r.student, d.num_classes)
+
+    def keep_best(student: nn.Module, val: float, params: dict[str, float]) -> None:
+        models.save_reference(student, r.student, d.num_classes, weights)
+
+    res = tune_kd(d, r.distill, cached, new_student, r.seed, workdir, keep_best)
+    chosen = best_params_as_recipe(res.best_params)
+    tuned = load_reference(weights)
+    info = {"config_hash": h, "weights_sha256": sha256_file(weights), "role": "kd-tuned", "tuned": chosen,
+            "chosen": chosen, "val_accuracy": res.best_value, "test_accuracy": accuracy(tuned, d.test_x, d.test_y),
+            "trials": res.trials, "tune_seconds": res.seconds,
+            "params": sum(p.numel() for p in tuned.parameters())}
+    write_json(metrics, info)
+    _write_back_chosen(ctx, chosen)
+    shutil.rmtree(workdir, ignore_errors=True)
+    ctx.console.print(f"  tuning: {sum(t['state'] == 'complete' for t in res.trials)} trials completed, "
+                      f"{sum(t['state'] == 'pruned' for t in res.trials)} pruned in {res.seconds:.0f} s; chosen "
+                      f"{chosen} (val accuracy {res.best_value:.4f})")
+    return info
+
+
+def best_student(ctx: Context) -> tuple[str, str]:
+    """The student to ship: the highest **validation** accuracy among every trained student (CE-only baseline,
+    KD, tuned KD), ties to :data:`SHIP_ORDER`; never chosen on the test split. Returns ``(role, reason)``."""
+    scores = {}
+    for role in SHIP_ORDER:
+        meta = ctx.run.path("students", f"{role}.json")
+        if meta.is_file() and ctx.run.path(STUDENTS[role]).is_file():
+            scores[role] = read_json(meta)["val_accuracy"]
+    if not scores:
+        raise FileNotFoundError(f"{ctx.run.root}: no trained student; run `edgedistill distill` first")
+    best = max(scores, key=lambda r: (round(scores[r], 6), -SHIP_ORDER.index(r)))
+    others = ", ".join(f"{r} {v:.4f}" for r, v in scores.items() if r != best)
+    return best, f"highest validation accuracy: {best} {scores[best]:.4f}" + (f" (vs {others})" if others else "")
 
 
 def stage_export(ctx: Context) -> None:
     r = ctx.recipe
+    best, why = best_student(ctx)
     targets = _targets(r.bench.devices, r.bench.profiles)
     rr = r.export.onnx.reduce_range
     int8 = any(int8_saturates(p) for p in targets) if rr == "auto" else rr
-    h = sha256_json({"student": ctx.run.output_sha("distill", STUDENTS["kd"]), "export": r.section("export"),
-                     "data": data_hash(ctx), "reduce_range": int8})
+    h = sha256_json({"student": ctx.run.output_sha("distill", STUDENTS[best]), "best": best,
+                     "export": r.section("export"), "data": data_hash(ctx), "reduce_range": int8})
     if ctx.skip("export", h):
         return
-    student = load_reference(ctx.run.path(STUDENTS["kd"]))
-    job = _Export(student, ctx.data, ctx.run, "student", "kd", "PyTorch KD student", r.seed,
-                  f"{r.student.name} (KD student, {STUDENTS['kd']})", targets=targets)
-    _run_export(job, r.export, h)
+    ctx.console.print(f"  shipping the {best} student: {why}")
+    student = load_reference(ctx.run.path(STUDENTS[best]))
+    job = _Export(student, ctx.data, ctx.run, "student", best, f"PyTorch {best} student", r.seed,
+                  f"{r.student.name} ({best} student, {STUDENTS[best]})", targets=targets)
+    _run_export(job, r.export, h, {"shipped": best, "shipped_reason": why})
     _print_parity(ctx.console, job.records)
 
 
@@ -275,9 +361,16 @@ class _Export:
         return self.run.path(self.subdir, name) if self.subdir else self.run.path(name)
 
     def calibration(self, n: int) -> np.ndarray:
-        """``n`` training images ``(n, C, H, W)``, a fixed random subset."""
+        """``n`` training images ``(n, C, H, W)`` (never validation or test), stratified by class: a fixed random
+        pick of about ``n / classes`` from each class, so no class's activation range is left out."""
         g = torch.Generator().manual_seed(self.seed)
-        return self.data.train_x[torch.randperm(len(self.data.train_x), generator=g)[:n]].numpy()
+        y = self.data.train_y
+        classes = sorted(set(y.tolist()))
+        per = -(-n // len(classes))
+        picks = [idx[torch.randperm(len(idx), generator=g)[:per]]
+                 for idx in (torch.nonzero(y == c).flatten() for c in classes)]
+        order = torch.cat(picks)[torch.randperm(sum(map(len, picks)), generator=g)][:n]
+        return self.data.train_x[order].numpy()
 
     def reduce_range(self, cfg: OnnxExport) -> bool:
         """7-bit static weights: asked for, or (auto) when a target is x86 without VNNI."""
@@ -290,16 +383,20 @@ class _Export:
         return (f"auto: {', '.join(bad)} is x86 without VNNI (8-bit u8×s8 saturates there)" if bad else
                 f"auto: every target ({', '.join(p.name for p in self.targets)}) has an int8 dot product or is Arm")
 
-    def add(self, path: Path, fmt: str, variant: str, min_top1: float, **extra: Any) -> None:
-        """Score ``path`` on the test split with its runtime and record it with its parity."""
+    def parity(self, path: Path, variant: str, min_top1: float) -> Any:
+        """``path``'s parity with the PyTorch source on the test split, scored by its own runtime."""
         from edgedistill.runtimes import open_session, runtime_for
 
         logits = open_session(runtime_for(path), path, threads=os.cpu_count() or 1).run_all(self.data.test_x.numpy())
+        return compare(self.ref, logits, "fp32" if variant == "fp32" else "int8", self.reference, min_top1)
+
+    def add(self, path: Path, fmt: str, variant: str, min_top1: float, **extra: Any) -> None:
+        """Score ``path`` on the test split with its runtime and record it with its parity."""
         precision = "fp32" if variant == "fp32" else "int8"
         self.records.append({
             "name": path.stem, "file": str(path.relative_to(self.run.root)), "format": fmt, "variant": variant,
             "precision": precision, "source": self.source, "checked_on": _host_isa(), **extra,
-            "parity": compare(self.ref, logits, precision, self.reference, min_top1).to_dict()})
+            "parity": self.parity(path, variant, min_top1).to_dict()})
         self.outputs.append(path)
 
 
@@ -327,7 +424,7 @@ def _targets(devices: list[str], profiles: list[Path]) -> list[Any]:
     return out
 
 
-def _run_export(job: _Export, cfg: ExportConfig, config_hash: str) -> None:
+def _run_export(job: _Export, cfg: ExportConfig, config_hash: str, info: dict[str, Any] | None = None) -> None:
     """Every format in ``cfg.formats``, then artifacts.json and the manifest entry."""
     if "onnx" in cfg.formats:
         _export_onnx(job, cfg.onnx)
@@ -338,11 +435,51 @@ def _run_export(job: _Export, cfg: ExportConfig, config_hash: str) -> None:
     with atomic_path(reference) as tmp, open(tmp, "wb") as f:  # what every device's outputs are compared with
         np.save(f, job.ref.astype(np.float32), allow_pickle=False)
     job.run.record("export", config_hash, [*job.outputs, listing, reference],
-                   {"artifacts": [a["name"] for a in job.records], "export_seconds": job.seconds})
+                   {"artifacts": [a["name"] for a in job.records], "export_seconds": job.seconds, **(info or {})})
+
+
+#: what the exporter tries, in order, when an int8 file fails parity: each step keeps the previous ones (more and
+#: stratified calibration images, then a calibration that ignores outliers or minimises KL, then the first and
+#: last layers in float); weights are always per channel. The first that passes is kept; every attempt is recorded.
+#: the fewest calibration images a remedy uses (the default configuration's count)
+REMEDY_MIN_CALIBRATION = 256
+INT8_REMEDIES = (
+    ("as configured", {}),
+    ("4x (at least 256) calibration images, stratified by class", {"calib_scale": 4}),
+    ("percentile calibration (99.99)", {"calib_scale": 4, "method": "percentile"}),
+    ("entropy calibration", {"calib_scale": 4, "method": "entropy"}),
+    ("first and last layers in float", {"calib_scale": 4, "method": "percentile", "fp32_head": True}),
+)
+
+
+def _calibration_size(train: int, configured: int, scale: int) -> int:
+    """The configured count, or for a remedy ``scale`` times it and at least :data:`REMEDY_MIN_CALIBRATION`."""
+    return min(train, configured if scale == 1 else max(scale * configured, REMEDY_MIN_CALIBRATION))
+
+
+def _quantize_until_parity(job: _Export, cfg: OnnxExport, fp32: Path, variant: str, path: Path,
+                           bar: float) -> dict[str, Any]:
+    """Quantise ``variant`` and, while it fails parity, try :data:`INT8_REMEDIES` (static variants: all of them;
+    dynamic: only the float head). Returns the ``quantization`` record with every attempt."""
+    rr = job.reduce_range(cfg) and variant.startswith("int8_static")
+    static = variant.startswith("int8_static")
+    ladder = INT8_REMEDIES if static else (INT8_REMEDIES[0], INT8_REMEDIES[-1])
+    attempts = []
+    for name, opts in ladder:
+        n = _calibration_size(len(job.data.train_x), cfg.calibration_samples, opts.get("calib_scale", 1))
+        onnx_export.quantize(fp32, variant, path, job.calibration(n) if static else None, reduce_range=rr,
+                             fp32_stem=cfg.fp32_stem, fp32_head=opts.get("fp32_head", False),
+                             method=opts.get("method", "minmax"))
+        p = job.parity(path, variant, bar)
+        attempts.append({"remedy": name, "calibration_images": n if static else None,
+                         "top1_agreement": p.top1_agreement, "ok": p.ok})
+        if p.ok or not cfg.remedies:
+            break
+    return {"reduce_range": rr, "fp32_stem": cfg.fp32_stem, "why": job.reduce_range_reason(cfg),
+            "per_channel": static, "attempts": attempts, "kept": attempts[-1]["remedy"]}
 
 
 def _export_onnx(job: _Export, cfg: OnnxExport) -> None:
-    calib = job.calibration(cfg.calibration_samples)
     fp32 = job.path(f"{job.prefix}-fp32.onnx")
     with make_progress() as prog:
         task = prog.add_task("exporting ONNX", total=len(cfg.variants), status="")
@@ -351,11 +488,10 @@ def _export_onnx(job: _Export, cfg: OnnxExport) -> None:
             prog.update(task, status=variant)
             path = fp32 if variant == "fp32" else job.path(f"{job.prefix}-{variant}.onnx")
             quant: dict[str, Any] = {}
+            rr = variant.startswith("int8_static") and job.reduce_range(cfg)
+            bar = INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT if rr else INT8_MIN_TOP1_AGREEMENT
             if variant != "fp32":
-                rr = job.reduce_range(cfg) and variant.startswith("int8_static")
-                onnx_export.quantize(fp32, variant, path, calib, reduce_range=rr, fp32_stem=cfg.fp32_stem)
-                quant = {"reduce_range": rr, "fp32_stem": cfg.fp32_stem, "why": job.reduce_range_reason(cfg)}
-            bar = INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT if quant.get("reduce_range") else INT8_MIN_TOP1_AGREEMENT
+                quant = _quantize_until_parity(job, cfg, fp32, variant, path, bar)
             job.add(path, "onnx", variant, bar, **({"quantization": quant} if quant else {}))
             prog.advance(task)
     if "fp32" not in cfg.variants:
@@ -380,9 +516,22 @@ def _export_tflite(job: _Export, cfg: TfliteExport) -> None:
             t0 = time.perf_counter()
             tflite.export_variant(job.model, job.data.test_x[:1], variant, path, fp32, calib, cfg.layout,
                                   job.model_name)
+            extra: dict[str, Any] = {"layout": cfg.layout}
+            if variant == "int8_static":  # PT2E full-integer: more, stratified calibration when parity fails
+                p = job.parity(path, variant, TFLITE_INT8_MIN_TOP1_AGREEMENT)
+                attempts = [{"remedy": "as configured", "calibration_images": len(calib), "ok": p.ok,
+                             "top1_agreement": p.top1_agreement}]
+                if not p.ok and cfg.remedies:
+                    n = _calibration_size(len(job.data.train_x), cfg.calibration_samples, 4)
+                    tflite.export_variant(job.model, job.data.test_x[:1], variant, path, fp32, job.calibration(n),
+                                          cfg.layout, job.model_name)
+                    p = job.parity(path, variant, TFLITE_INT8_MIN_TOP1_AGREEMENT)
+                    attempts.append({"remedy": "4x (at least 256) calibration images, stratified by class", "ok": p.ok,
+                                     "calibration_images": n, "top1_agreement": p.top1_agreement})
+                extra["quantization"] = {"attempts": attempts, "kept": attempts[-1]["remedy"]}
             job.seconds[path.stem] = round(time.perf_counter() - t0, 2)
             if variant in cfg.variants:
-                job.add(path, "tflite", variant, TFLITE_INT8_MIN_TOP1_AGREEMENT, layout=cfg.layout)
+                job.add(path, "tflite", variant, TFLITE_INT8_MIN_TOP1_AGREEMENT, **extra)
             prog.advance(task)
     if "fp32" not in cfg.variants:
         fp32.unlink(missing_ok=True)
@@ -457,6 +606,7 @@ def stage_report(ctx: Context) -> dict[str, Any]:
         files={o["path"]: o for s in run.manifest()["stages"].values() for o in s["outputs"]},
         data=(run.stage("data") or {}).get("info", {}),
         distill=(run.stage("distill") or {}).get("info", {}),
+        export=(run.stage("export") or {}).get("info", {}),
     )
     report = report_mod.build(inputs)
     labels = np.load(run.path("data", "test.npz"), allow_pickle=False)["y"] if run.stage("data") else None

@@ -153,11 +153,13 @@ def train_supervised(model: nn.Module, data: VisionData, cfg: TrainConfig, pool:
 
 
 def train_student(student: nn.Module, data: VisionData, cfg: DistillConfig, checkpoint: Path, seed: int,
-                  cached: TeacherOutputs | None = None, teacher: nn.Module | None = None) -> FitResult:
+                  cached: TeacherOutputs | None = None, teacher: nn.Module | None = None,
+                  on_eval: Callable[[int, float], None] | None = None, desc: str = "distilling student") -> FitResult:
     """Distil into ``student`` over the whole train split (labels only where ``data.labelled``).
 
     Offline: ``cached`` holds the teacher's outputs for every train image. Online: the frozen ``teacher`` runs on
-    each batch (then augmentation applies).
+    each batch (then augmentation applies). ``on_eval(epoch, val_accuracy)`` sees each epoch's validation score
+    (the tuner prunes there); only the train and validation splits are read.
     """
     from edgedistill.toolchain.vision.distill.cache import run_teacher
 
@@ -183,10 +185,18 @@ def train_student(student: nn.Module, data: VisionData, cfg: DistillConfig, chec
         loss, parts = objective(student, x, labels[idx], t_out)
         return loss, {**parts, "n": len(idx)}
 
+    epochs = [0]
+
+    def evaluate() -> float:
+        acc = accuracy(student, data.val_x, data.val_y)
+        epochs[0] += 1
+        if on_eval is not None:
+            on_eval(epochs[0], acc)
+        return acc
+
     try:
-        return fit(student, step, cfg.train, torch.arange(len(data.train_x)), len(data.train_x),
-                   lambda: accuracy(student, data.val_x, data.val_y), checkpoint, "distilling student", seed,
-                   extra=objective, generators=(gen,))
+        return fit(student, step, cfg.train, torch.arange(len(data.train_x)), len(data.train_x), evaluate,
+                   checkpoint, desc, seed, extra=objective, generators=(gen,))
     finally:
         if objective.tap is not None:
             objective.tap.remove()

@@ -1,0 +1,103 @@
+"""Per-device truth: whether each artifact keeps accuracy *on each device* (against the source model's outputs,
+the host being just another device), and a recommendation per device that does not flip on noise.
+
+An artifact keeps accuracy on a device when its outputs there match the source model (fp32: every logit within
+``FP32_ATOL + FP32_RTOL·|x|``; quantised: top-1 agreement at least the artifact's own bar) and, where the device
+scored it, its accuracy is within the tolerance of the source's. For each device the recommendation is the fastest
+artifact that keeps accuracy there, by the device's own latency with a bootstrap interval; artifacts whose
+intervals overlap the fastest one's are *tied within noise*, and among them the smallest file (then the most
+accurate) wins. An estimated device takes accuracy from the emulated or measured device of the same profile (else
+the host), and says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgedistill.benchmarks import stats
+
+#: a device's latency interval needs at least this many samples; fewer: the point value, marked as such
+MIN_SAMPLES = 10
+
+
+def _keeps(row: dict[str, Any], artifact: dict[str, Any], source_accuracy: float | None,
+           tol: float) -> tuple[bool | None, str]:
+    """Does ``artifact`` keep accuracy in device ``row``? ``(None, why)`` when the row cannot tell."""
+    p = row.get("parity_vs_source")
+    if not p or "top1_agreement" not in p:
+        return None, "no parity against the source on this device"
+    bar = artifact.get("min_top1")
+    if artifact.get("fp32"):
+        ok, why = p.get("fp32_ok", False), f"fp32 max |Δ| {p['max_abs_diff']:.1e} vs the source"
+    else:
+        ok = bar is None or p["top1_agreement"] >= bar
+        why = f"top-1 agreement {p['top1_agreement']:.3f} with the source" + (f" (bar {bar})" if bar else "")
+    acc = row.get("accuracy")  # vision: the device's own test accuracy (LLM rows are judged by parity alone)
+    if ok and source_accuracy is not None and acc is not None and acc < source_accuracy - tol:
+        ok, why = False, f"accuracy {acc:.4f} on this device < the source's {source_accuracy:.4f} - {tol}"
+    return ok, why
+
+
+def _latency(row: dict[str, Any]) -> tuple[float, float, float, str]:
+    s = row.get("samples_ms")
+    if s and len(s) >= MIN_SAMPLES:
+        est, lo, hi = stats.percentile_interval(s, 50)
+        return est, lo, hi, f"p50 with a 95% bootstrap interval over {len(s)} runs"
+    return row["p50_ms"], row["p50_ms"], row["p50_ms"], "point p50 (no samples for an interval)"
+
+
+def per_device(report: dict[str, Any], artifacts: dict[str, dict[str, Any]], tol: float) -> dict[str, Any]:
+    """``{"keeps": {artifact: {device: {"ok", "why"}}}, "recommended": {device: {...}}, "flags": [...]}``.
+
+    ``artifacts`` maps each artifact name to ``{"fp32": bool, "min_top1": float | None, "size_bytes": int,
+    "source_accuracy": float | None}`` (the kind's report knows these)."""
+    rows = [r for r in report.get("devices", []) if r.get("model") in artifacts and r.get("p50_ms") is not None]
+    devices = list(dict.fromkeys(r["device"] for r in rows))
+    keeps: dict[str, dict[str, Any]] = {a: {} for a in artifacts}
+    for r in rows:
+        a = artifacts[r["model"]]
+        ok, why = _keeps(r, a, a.get("source_accuracy"), tol)
+        keeps[r["model"]][r["device"]] = {"ok": ok, "why": why, "label": r.get("label")}
+    for r in rows:  # estimated devices: accuracy from the same profile's emulated/measured row, else the host
+        if r.get("label") != "estimated":
+            continue
+        donor = next((d for d in devices if d != r["device"] and _profile(report, d) == r.get("profile")
+                      and keeps[r["model"]].get(d, {}).get("ok") is not None), None)
+        donor = donor or ("host" if keeps[r["model"]].get("host", {}).get("ok") is not None else None)
+        if donor:
+            k = keeps[r["model"]][donor]
+            keeps[r["model"]][r["device"]] = {**k, "why": f"{k['why']} (accuracy from {donor}: estimates compute "
+                                                             "no outputs)", "from": donor}
+    recommended = {d: _recommend(d, [r for r in rows if r["device"] == d], keeps, artifacts) for d in devices}
+    flags = []
+    for a, by in keeps.items():
+        good = sorted(d for d, k in by.items() if k["ok"] is True and "from" not in k)
+        bad = sorted(d for d, k in by.items() if k["ok"] is False and "from" not in k)
+        if good and bad:
+            flags.append(f"{a} keeps accuracy on {', '.join(good)} but not on {', '.join(bad)} "
+                         f"({'; '.join(by[d]['why'] for d in bad)})")
+    return {"keeps": keeps, "recommended": recommended, "flags": flags}
+
+
+def _profile(report: dict[str, Any], device: str) -> str | None:
+    return next((r.get("profile") for r in report.get("devices", []) if r.get("device") == device), None)
+
+
+def _recommend(device: str, rows: list[dict[str, Any]], keeps: dict[str, dict[str, Any]],
+               artifacts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    t = min((r["threads"] for r in rows), default=1)
+    cands = [r for r in rows if r["threads"] == t and keeps[r["model"]].get(device, {}).get("ok")]
+    if not cands:
+        return {"artifact": None, "reason": f"no artifact keeps accuracy on {device}"}
+    timed = [(r, *_latency(r)) for r in cands]
+    fastest = min(timed, key=lambda x: x[1])
+    tied = [x for x in timed if x[2] <= fastest[3]]  # intervals overlap the fastest one's
+    best = min(tied, key=lambda x: (artifacts[x[0]["model"]].get("size_bytes") or 0, -(x[0].get("accuracy") or 0)))
+    r, est, lo, hi, how = best
+    label = r.get("label")
+    reason = (f"fastest that keeps accuracy on {device} ({label} time, {how}: {est:.4g} ms [{lo:.4g}, {hi:.4g}])"
+              if len(tied) == 1 else
+              f"tied within noise with {', '.join(x[0]['model'] for x in tied if x is not best)} on {device} "
+              f"({label} time, {how}); the smallest file wins")
+    return {"artifact": r["model"], "reason": reason, "threads": t, "p50_ms": est, "interval": [lo, hi],
+            "tied": [x[0]["model"] for x in tied], "decided_by": f"{label} latency", "label": label}
