@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import resource
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,16 @@ from edgedistill.devices.local import AGENT_MODULE, AgentError, AgentJob, run_ag
 from edgedistill.devices.transport import TRANSPORTS, Label, Transport
 
 CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
+#: run as ``python -c _TRAMPOLINE CGROUP_PROCS CPUS LIMIT AGENT_ARGV...``: caps itself, then becomes the agent
+_TRAMPOLINE = (
+    "import os, resource, sys\n"
+    "procs, cpus, limit = sys.argv[1:4]\n"
+    "os.sched_setaffinity(0, [int(c) for c in cpus.split(',')])\n"
+    "if procs:\n"
+    "    open(procs, 'w').write(str(os.getpid()))\n"
+    "else:\n"
+    "    resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))\n"
+    "os.execv(sys.argv[4], sys.argv[4:])\n")
 _counter = itertools.count()
 
 
@@ -77,15 +86,12 @@ class ConstrainedTransport(Transport):
                 raise AgentError(f"{cgroup}: cannot create a cgroup v1 memory limit ({err}); "
                                  "run as root or set memory_method='rlimit-as'") from None
 
-        def preexec() -> None:  # in the child, between fork and exec
-            os.sched_setaffinity(0, cpus)
-            if cgroup is not None:
-                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-            else:
-                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
+        # the caps are applied by a fresh, single-threaded interpreter that then execs the agent: a preexec_fn
+        # would run between fork and exec in this (multi-threaded: torch, JAX) process, where that can deadlock
+        procs = str(cgroup / "cgroup.procs") if cgroup is not None else ""
+        cmd = [sys.executable, "-c", _TRAMPOLINE, procs, ",".join(map(str, cpus)), str(limit), *_agent_cmd(job)]
         try:
-            doc = run_agent_process(_agent_cmd(job), job, timeout_s, preexec_fn=preexec)
+            doc = run_agent_process(cmd, job, timeout_s)
         finally:
             if cgroup is not None:
                 cgroup.rmdir()
