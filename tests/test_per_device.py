@@ -70,3 +70,29 @@ def test_two_bench_runs_agree_on_every_recommendation(run: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     second = json.loads((run / "report.json").read_text())["per_device"]["recommended"]
     assert {d: r["artifact"] for d, r in first.items()} == {d: r["artifact"] for d, r in second.items()}
+
+
+def test_few_emulated_runs_tie_by_their_range_and_the_smallest_file_wins() -> None:
+    """Five emulated runs each: a 6% gap between medians whose run ranges overlap is a tie (the smaller file is
+    recommended), while a gap wider than both ranges decides; one run alone is a point value."""
+    from edgedistill.benchmarks.report.per_device import per_device
+
+    def row(model: str, samples: list[float]) -> dict:
+        return {"device": "qemu-arm64:rpi4", "label": "emulated", "profile": "rpi4", "model": model, "threads": 1,
+                "p50_ms": sorted(samples)[len(samples) // 2], "samples_ms": samples,
+                "parity_vs_source": {"top1_agreement": 1.0, "max_abs_diff": 0.0, "fp32_ok": True}}
+
+    arts = {"big": {"fp32": True, "size_bytes": 4000}, "small": {"fp32": True, "size_bytes": 1000},
+            "slow": {"fp32": True, "size_bytes": 10}}
+    rows = [row("big", [7.0, 7.1, 7.05, 8.0, 6.9]), row("small", [7.5, 7.4, 9.6, 7.3, 7.6]),
+            row("slow", [20.0, 22.0, 21.0, 25.0, 19.0])]
+    rec = per_device({"devices": rows}, arts, 0.01)["recommended"]["qemu-arm64:rpi4"]
+    assert rec["artifact"] == "small" and set(rec["tied"]) == {"big", "small"}
+    assert "94% interval" in rec["reason"] and "tied within noise" in rec["reason"]
+    rows[1]["samples_ms"] = [9.0, 9.1, 9.2, 9.3, 9.4]
+    rows[1]["p50_ms"] = 9.2
+    rec = per_device({"devices": rows}, arts, 0.01)["recommended"]["qemu-arm64:rpi4"]
+    assert rec["artifact"] == "big" and rec["tied"] == ["big"]
+    rows[0]["samples_ms"] = [7.0]
+    rec = per_device({"devices": rows}, arts, 0.01)["recommended"]["qemu-arm64:rpi4"]
+    assert rec["artifact"] == "big" and "point p50" in rec["reason"]

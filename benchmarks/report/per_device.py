@@ -16,7 +16,8 @@ from typing import Any
 
 from edgedistill.benchmarks import stats
 
-#: a device's latency interval needs at least this many samples; fewer: the point value, marked as such
+#: a bootstrap interval needs at least this many samples; from 2 to this many (emulated devices time a few runs),
+#: the samples' range, which holds the median with a known probability; one sample: the point value, marked as such
 MIN_SAMPLES = 10
 
 
@@ -43,6 +44,9 @@ def _latency(row: dict[str, Any]) -> tuple[float, float, float, str]:
     if s and len(s) >= MIN_SAMPLES:
         est, lo, hi = stats.percentile_interval(s, 50)
         return est, lo, hi, f"p50 with a 95% bootstrap interval over {len(s)} runs"
+    if s and len(s) >= 2:
+        est, lo, hi, cover = stats.median_range_interval(s)
+        return est, lo, hi, f"median of {len(s)} runs with their range (a {cover:.0%} interval)"
     return row["p50_ms"], row["p50_ms"], row["p50_ms"], "point p50 (no samples for an interval)"
 
 
