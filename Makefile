@@ -40,13 +40,14 @@ converter:
 	  || echo "could not fetch llama.cpp's converter now; GGUF export will retry on first use"
 
 # Services and caches the tests use: sshd for the SSH transport, qemu + debootstrap for the emulated arm64
-# device (its rootfs is built once per machine and cached), Chromium to open report.html headless. Where apt or
+# device (its rootfs is built once per machine and cached), the aarch64 cross compiler and CMake for llama.cpp on
+# Arm (cross-built once per machine per Arm ISA, ~2 min each), Chromium to open report.html headless. Where apt or
 # root is unavailable the ssh/qemu tests skip and say why; the HTML report test fails and says why.
 test-setup: $(STAMP)
-	@command -v sshd >/dev/null 2>&1 && command -v qemu-aarch64-static >/dev/null 2>&1 \
-	  && command -v debootstrap >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 || { \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    openssh-server qemu-user-static debootstrap chromium >/dev/null) \
+	@for t in sshd qemu-aarch64-static debootstrap chromium aarch64-linux-gnu-g++ cmake; do \
+	  command -v $$t >/dev/null 2>&1 || PATH=$$PATH:/usr/sbin command -v $$t >/dev/null 2>&1 || missing=1; done; \
+	  test -z "$$missing" || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    openssh-server qemu-user-static debootstrap chromium g++-aarch64-linux-gnu cmake >/dev/null) \
 	  || echo "apt-get failed: ssh/qemu tests will skip, tests/test_report_html.py will fail (no chromium)"; }
 	-$(BIN)/edgedistill devices setup qemu-arm64
 

@@ -104,6 +104,31 @@ def _parity(ref: Path | None, other: Path, label: str = "host") -> dict[str, Any
             "fp32_ok": bool((diff <= FP32_ATOL + FP32_RTOL * np.abs(a)).all())}
 
 
+def _saved(out_dir: Path, name: str) -> dict[str, Any]:
+    """The host's saved measurements of ``name`` (when this call did not measure the host itself)."""
+    runs = {}
+    for f in sorted(out_dir.glob(f"{name}-t*.json")):
+        try:
+            runs[f.stem.rsplit("-t", 1)[1]] = read_json(f)["result"]
+        except (ValueError, KeyError, TypeError):
+            continue
+    return {"runs": runs}
+
+
+def _tokenized(res: dict[str, Any] | None) -> list[list[int]] | None:
+    return next((d["tokenized"] for d in (res or {}).get("runs", {}).values() if "tokenized" in d), None)
+
+
+def _tokens_vs(host: dict[str, Any] | None, res: dict[str, Any]) -> dict[str, Any] | None:
+    """How many test prompts a device's runtime tokenises exactly as the host's does (GGUF: llama.cpp's own
+    tokenizer on each side); None when either side has no tokenizer of its own."""
+    a, b = _tokenized(host), _tokenized(res)
+    if a is None or b is None:
+        return None
+    same = sum(x == y for x, y in zip(a, b, strict=False))
+    return {"reference": "host", "texts": len(a), "identical": same if len(a) == len(b) else 0}
+
+
 def plan_devices(devices: list[str], threads: list[int | str], profile_paths: list[Path] | None = None
                  ) -> dict[str, list[int]]:
     """Thread counts each device will be measured at (an unusable spec plans none: it fails in the run)."""
@@ -128,6 +153,7 @@ def measure_devices(items: list[BenchItem], devices: list[str], threads: list[in
     "profile", "threads", "error", "results": {name: {"runs", "error", "parity_vs_host"}}}}``.
     """
     out: dict[str, dict[str, Any]] = {}
+    host_results: dict[str, Any] = {}
     for spec in sorted(devices, key=lambda d: d not in ("host", "local")):  # host first: parity needs its logits
         entry: dict[str, Any] = {"spec": spec, "transport": None, "label": None, "profile": None, "threads": [],
                                  "error": None, "results": {}}
@@ -146,10 +172,13 @@ def measure_devices(items: list[BenchItem], devices: list[str], threads: list[in
                 mode="json", exclude={"source"})}
             entry["results"] = measure(items, entry["threads"], eval_npz, ddir, w, r, progress, runner=transport.run,
                                        key_extra=extra, options=options, timeout_s=timeout_s, force=force)
+            if host_layout:
+                host_results = entry["results"]
             for name, res in entry["results"].items():
                 res["parity_vs_source"] = _parity(reference, ddir / f"{name}-logits.npy", "source")
                 if not host_layout:
                     res["parity_vs_host"] = _parity(out_dir / f"{name}-logits.npy", ddir / f"{name}-logits.npy")
+                    res["tokens_vs_host"] = _tokens_vs(host_results.get(name) or _saved(out_dir, name), res)
         except Exception as err:  # one device failing must not stop the others
             entry["error"] = f"{spec}: {type(err).__name__}: {err}" if not isinstance(err, AgentError) else str(err)
         finally:

@@ -12,3 +12,10 @@ CACHE_ENV = "EDGEDISTILL_CACHE"
 def cache_root() -> Path:
     """``$EDGEDISTILL_CACHE``, else ``~/.cache/edgedistill``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgedistill")
+
+
+def tools_root() -> Path:
+    """``~/.cache/edgedistill``: pinned, machine-wide tools built or fetched once (the llama-cpp-python wheel,
+    llama.cpp's converter, the aarch64 llama.cpp). Not moved by ``$EDGEDISTILL_CACHE``: they are not run state,
+    and tests that point the cache at a private folder must not rebuild them."""
+    return Path.home() / ".cache" / "edgedistill"

@@ -16,6 +16,8 @@ under emulation, over SSH on a board or over adb on a phone. It
    concatenated. With ``--generate N`` it also continues the first N prompts of the eval file (``prompt_ids``,
    ``prompt_lengths``, ``eos``) greedily for up to ``--max-new-tokens`` and returns the generated token ids with
    time-to-first-token: the host decodes and scores them with the task's scorer (the agent knows no task).
+   When the eval file has the prompts' text (``texts``) and the runtime has its own tokenizer (GGUF), the ids it
+   makes of them come back too (``tokenized``): the host checks that the device tokenises as it does.
 4. returns every timed sample (``samples_ms``, in order) beside the percentiles, for statistics on the host;
 5. reports peak RSS: the process's high-water resident set (VmHWM; interpreter and runtime included),
    and the RSS just before the model was loaded, so the model's own share can be read off.
@@ -115,6 +117,9 @@ def _measure_llm(sess: Any, args: argparse.Namespace, ev: Any) -> dict:
         doc["accuracy_definition"] = "next-token top-1 accuracy over the eval sequences"
         if args.logits_out:
             np.save(args.logits_out, np.concatenate(logits).astype(np.float32), allow_pickle=False)
+    if args.score and ev is not None and "texts" in ev.files and hasattr(sess, "tokenize"):
+        # the runtime's own tokenizer on the test prompts' text: the host compares devices' ids with its own
+        doc["tokenized"] = [sess.tokenize(str(t)) for t in ev["texts"]]
     if args.generate and ev is not None:
         doc.update(_generate(sess, ev, args))
     return doc

@@ -9,6 +9,9 @@ qemu user-mode emulation, without any system-wide setting.
 3. ``pip install --target rootfs/opt/edgedistill/site`` fetches the aarch64 wheels of numpy, onnxruntime and
    ai-edge-litert for the ``manylinux_2_17..36_aarch64`` platform tags.
 
+GGUF files run on llama.cpp cross-built for the profile's core (:mod:`edgedistill.devices.llama_arm64`; PyPI has no
+aarch64 llama-cpp-python), put on the agent's ``PYTHONPATH``; setup builds both Arm ISAs once per machine.
+
 Runs call ``qemu-aarch64-static -L ROOTFS ROOTFS/usr/bin/python3 -m edgedistill.devices.agent`` directly. With
 ``-L``, qemu opens ``ROOTFS/<path>`` whenever that file exists and the host's path otherwise, so artifacts and the
 agent bundle are read from the host, while ``/proc/cpuinfo`` and ``/sys/devices/system/cpu`` come from fake
@@ -28,12 +31,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgedistill.core.fileio import write_json, write_text
 from edgedistill.core.paths import cache_root as core_cache_root
+from edgedistill.devices import llama_arm64
 from edgedistill.devices.bundle import build_bundle
 from edgedistill.devices.local import AGENT_MODULE, AgentError, AgentJob, run_agent_process
 from edgedistill.devices.profile import DeviceProfile
@@ -110,6 +114,24 @@ def setup(log: Any = print, force: bool = False) -> dict[str, Any]:
     """Build the cached arm64 rootfs unless it is there already (idempotent; safe to call concurrently)."""
     if missing := missing_tools():
         raise QemuError(f"qemu-arm64: missing host tools: {', '.join(missing)}")
+    info = _setup_rootfs(log, force)
+    return {**info, "llama_cpp": _setup_llama(log)}
+
+
+def _setup_llama(log: Any) -> dict[str, str]:
+    """Cross-build llama.cpp for every Arm ISA the profiles use (once per machine); without the cross compiler,
+    say so and go on: only GGUF rows need it, and they will name the fix."""
+    out = {}
+    for arch in llama_arm64.ARCHES:
+        try:
+            out[arch] = str(llama_arm64.ensure(arch, log))
+        except llama_arm64.LlamaArm64Error as err:
+            log(f"  {err}")
+            out[arch] = f"not built: {str(err).splitlines()[0]}"
+    return out
+
+
+def _setup_rootfs(log: Any, force: bool) -> dict[str, Any]:
     with _lock():
         ready = cache_root() / "ready.json"
         if ready.is_file() and not force:
@@ -151,8 +173,8 @@ def _qemu_cmd(args: list[str], cpu: str | None = None) -> list[str]:
     return [*qemu, "-L", str(root), str(root / PYTHON.lstrip("/")), *args]
 
 
-def _env(bundle: Path | None) -> dict[str, str]:
-    path = ":".join([*([str(bundle)] if bundle else []), SITE])
+def _env(bundle: Path | None, extra: Sequence[Path] = ()) -> dict[str, str]:
+    path = ":".join([*([str(bundle)] if bundle else []), *map(str, extra), SITE])
     return {"PATH": "/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8", "PYTHONPATH": path,
             "PYTHONDONTWRITEBYTECODE": "1"}
 
@@ -179,11 +201,22 @@ CPU revision\t: 3
 """
 
 
+#: qemu CPU model → the MIDR part and /proc/cpuinfo features of the core it emulates. The fake cpuinfo describes
+#: the emulated core, not the profile's (a phone profile's i8mm/SVE2 would send runtimes to kernels the emulated
+#: Cortex-A76 cannot run)
+QEMU_CORES = {
+    "cortex-a72": ("0xd08", ["fp", "asimd", "evtstrm", "crc32", "cpuid"]),
+    "cortex-a76": ("0xd0b", ["fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp",
+                             "asimdhp", "cpuid", "asimdrdm", "lrcpc", "dcpop", "asimddp"]),
+}
+
+
 def write_fake_cpu(root: Path, profile: DeviceProfile | None) -> None:
     """Fake Arm ``/proc/cpuinfo`` and ``/sys/devices/system/cpu`` inside the rootfs (read through ``-L``)."""
     cores = profile.cores if profile else 4
-    part = (profile.cpu_part if profile else None) or "0xd08"  # Cortex-A72
-    feats = " ".join((profile.features if profile else None) or ["fp", "asimd", "evtstrm", "crc32", "cpuid"])
+    part, feats_list = QEMU_CORES.get(profile.qemu_cpu if profile and profile.qemu_cpu else "", (None, None))
+    part = part or (profile.cpu_part if profile else None) or "0xd08"  # Cortex-A72
+    feats = " ".join(feats_list or (profile.features if profile else None) or QEMU_CORES["cortex-a72"][1])
     text = "\n".join(_CPUINFO.format(i=i, features=feats, part=part) for i in range(cores))
     if (root / "proc/cpuinfo").is_file() and (root / "proc/cpuinfo").read_text() == text:
         return
@@ -238,9 +271,19 @@ class QemuTransport(Transport):
                                   eval_npz=job.eval_npz.resolve() if job.eval_npz else None,
                                   logits_out=job.logits_out.resolve() if job.logits_out else None)
         cpu = self.device.profile.qemu_cpu
+        extra, llama = [], None
+        if job.artifact.suffix == ".gguf":  # llama.cpp cross-built for the profile's core, from the host's sdist
+            arch = llama_arm64.arch_for(self.device.profile) or "armv8-a"
+            try:
+                extra = [llama_arm64.ensure(arch, log=lambda m: print(m, file=sys.stderr))]
+            except llama_arm64.LlamaArm64Error as err:
+                raise QemuError(str(err)) from None
+            llama = llama_arm64.info(arch)
         doc = run_agent_process(_qemu_cmd(["-m", AGENT_MODULE, *job.argv()], cpu), job, timeout_s,
-                                env=_env(self._bundle))
+                                env=_env(self._bundle, extra))
         info = json.loads((cache_root() / "ready.json").read_text())
+        if llama:
+            doc["llama_cpp_build"] = {k: llama[k] for k in ("llama_cpp_python", "arch", "march", "compiler")}
         return self.annotate(doc, emulator=f"qemu-aarch64-static (user mode, -cpu {cpu or 'max'})",
                              rootfs=str(rootfs_dir()),
                              rootfs_versions=info, instructions=None,

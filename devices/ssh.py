@@ -3,12 +3,14 @@
 It pushes the agent bundle once and each artifact and eval set once (named by content hash) into a private
 ``mktemp -d`` folder, runs ``PYTHONPATH=agent.zip python3 -m edgedistill.devices.agent ...`` there, reads the JSON
 from stdout, pulls the eval logits, and removes the folder on close. The board needs Python 3, numpy and one
-runtime package (onnxruntime or ai-edge-litert) — not edgedistill.
+runtime package (onnxruntime or ai-edge-litert) — not edgedistill. For a GGUF on an Arm board (the spec's
+``profile=``), llama.cpp cross-built for that core (:mod:`edgedistill.devices.llama_arm64`) is pushed with it and
+put on ``PYTHONPATH``; ``llama=none`` uses the board's own llama-cpp-python instead.
 
 Authentication is key-based only (``BatchMode=yes``: never a password prompt) and host keys are checked
 (``StrictHostKeyChecking=yes``) against ``~/.ssh/known_hosts`` or the ``known_hosts=`` file: an unknown or
 changed host key is refused. Add a board's key once with ``ssh-keyscan -H HOST >> ~/.ssh/known_hosts`` after
-checking its fingerprint. Spec: ``ssh://user@host[:port]?profile=rpi4&key=~/.ssh/id_ed25519&python=python3``.
+checking its fingerprint. Spec: ``ssh://user@host[:port]?profile=rpi4&key=~/.ssh/id_ed25519&python=python3[&llama=none]``.
 The OpenSSH clients are run without a local shell; the remote command line is quoted with :func:`shlex.join`.
 """
 
@@ -18,11 +20,13 @@ import contextlib
 import dataclasses
 import shlex
 import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgedistill.core.fileio import atomic_path, sha256_file
+from edgedistill.devices import llama_arm64
 from edgedistill.devices.bundle import build_bundle
 from edgedistill.devices.local import AGENT_MODULE, AgentError, AgentJob, parse_agent_output
 from edgedistill.devices.transport import TRANSPORTS, Device, Label, Transport
@@ -108,7 +112,8 @@ class SshTransport(Transport):
         logits = f"{self._remote}/logits.npy" if job.logits_out else None
         remote_job = dataclasses.replace(job, artifact=Path(artifact), eval_npz=Path(ev) if ev else None,
                                          logits_out=Path(logits) if logits else None)
-        env = [f"PYTHONPATH={':'.join([f'{self._remote}/agent.zip', *self.pythonpath])}"]
+        llama = self._push_llama() if job.artifact.suffix == ".gguf" else None
+        env = [f"PYTHONPATH={':'.join([f'{self._remote}/agent.zip', *([llama] if llama else []), *self.pythonpath])}"]
         cmd = ["env", *env, *self.python, "-m", AGENT_MODULE, *remote_job.argv()]
         proc = self._call(self.ssh_argv(cmd), f"agent on {job.artifact.name}", timeout_s)
         doc = parse_agent_output(proc.stdout, proc.stderr)
@@ -116,6 +121,30 @@ class SshTransport(Transport):
             with atomic_path(job.logits_out) as tmp:
                 self._call(self.scp_argv(self._remote_path(logits), str(tmp)), "fetch logits")
         return self.annotate(doc, host=self.where)
+
+    def _push_llama(self) -> str | None:
+        """For a GGUF on an Arm board: push llama.cpp cross-built for the profile's core (once per session) and
+        unpack it there; returns the folder to put on ``PYTHONPATH``. ``llama=none`` in the spec: the board has
+        its own llama-cpp-python."""
+        arch = llama_arm64.arch_for(self.device.profile)
+        if self.device.options.get("llama", "auto") == "none" or arch is None:
+            return None
+        assert self._remote is not None
+        dest = f"{self._remote}/llama-{arch}"
+        if f"llama:{arch}" not in self._pushed:
+            with tempfile.TemporaryDirectory() as d:
+                tar = Path(d) / f"llama-{arch}.tar"
+                root = llama_arm64.ensure(arch)
+                with tarfile.open(tar, "w") as tf:  # links kept as links: the libraries' soname chain
+                    for rel in llama_arm64.relative_files(root):
+                        tf.add(root / rel, arcname=str(rel), recursive=False)
+                remote_tar = self._push(tar)
+            self._call(self.ssh_argv(["mkdir", "-p", dest]), "make the llama.cpp folder")
+            proc = self._call(self.ssh_argv(["tar", "-xf", remote_tar, "-C", dest]), "unpack llama.cpp", 300)
+            if proc.returncode != 0:
+                raise AgentError(f"ssh {self.where}: unpacking llama.cpp failed: {proc.stderr.strip()[-300:]}")
+            self._pushed[f"llama:{arch}"] = dest
+        return dest
 
     def close(self) -> None:
         if self._remote:

@@ -19,6 +19,18 @@ from edgedistill.runtimes.llm import LLMSession
 
 #: llama.cpp ``ggml_type`` ids for the KV cache: 0 = F32 (parity checks), 1 = F16 (llama.cpp's default)
 KV_F32, KV_F16 = 0, 1
+#: ``general.file_type`` of a GGUF whose tensors are all F32 (llama.cpp's ``LLAMA_FTYPE_ALL_F32``)
+FTYPE_ALL_F32 = 0
+
+
+def _file_type(llama_cpp: Any, path: Path) -> int | None:
+    """The GGUF's ``general.file_type``, read by llama.cpp itself from a vocab-only load (no weights)."""
+    try:
+        with quiet_stderr():
+            meta = llama_cpp.Llama(str(path), vocab_only=True, verbose=False).metadata
+        return int(meta["general.file_type"])
+    except (ValueError, KeyError):
+        return None
 
 
 @contextlib.contextmanager
@@ -41,15 +53,19 @@ def quiet_stderr() -> Iterator[None]:
 
 @RUNTIMES.register("llama.cpp")
 class LlamaCppSession(LLMSession):
-    """A GGUF model loaded by llama.cpp with ``threads`` threads; ``kv_f32`` keeps the KV cache in F32."""
+    """A GGUF model loaded by llama.cpp with ``threads`` threads. ``kv_f32`` keeps the KV cache in F32; by default
+    an all-F32 file gets an F32 cache (it is the full-precision reference, held to the fp32 bound against its
+    source: with llama.cpp's F16 default its logits drift by ~4e-4) and every other file llama.cpp's F16."""
 
-    def __init__(self, path: Path, threads: int = 1, n_ctx: int = 512, kv_f32: bool = False) -> None:
+    def __init__(self, path: Path, threads: int = 1, n_ctx: int = 512, kv_f32: bool | None = None) -> None:
         try:
             import llama_cpp
         except ImportError:
             raise RuntimeError_(f"{Path(path).name}: llama-cpp-python is not installed here (PyPI has only its "
                                 "source, built per machine; install it on the device to run GGUF files)") from None
 
+        if kv_f32 is None:
+            kv_f32 = _file_type(llama_cpp, path) == FTYPE_ALL_F32
         kv = KV_F32 if kv_f32 else KV_F16
         try:
             with quiet_stderr():

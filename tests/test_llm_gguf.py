@@ -237,3 +237,11 @@ def test_converter_is_fetched_for_the_installed_llama_cpp(monkeypatch: pytest.Mo
     monkeypatch.setenv(gguf_mod.CONVERTER_ENV, "/nonexistent")
     with pytest.raises(GGUFError, match="no convert_hf_to_gguf.py there"):
         gguf_mod.ensure_converter()
+
+
+def test_the_kv_cache_follows_the_file(ggufs: dict[str, Path]) -> None:
+    """An all-F32 GGUF is the full-precision reference and gets an F32 KV cache (held to the fp32 bound on every
+    device); quantised and F16 files keep llama.cpp's F16 default; an explicit choice wins."""
+    kv = {v: LlamaCppSession(p, threads=1).describe()["kv_cache"] for v, p in ggufs.items()}
+    assert kv == {"f32": "f32", "f16": "f16", "q8_0": "f16", "q4_k_m": "f16"}
+    assert LlamaCppSession(ggufs["f32"], threads=1, kv_f32=False).describe()["kv_cache"] == "f16"

@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 import torch
 
+from edgedistill.core.tolerances import FP32_MAX_ABS_DIFF
 from edgedistill.devices.local import AgentError, AgentJob
 from edgedistill.devices.profile import get_profile
 from edgedistill.devices.ssh import SshTransport
 from edgedistill.devices.transport import Device
+from edgedistill.toolchain.llm.tokenizer import encode
 from edgedistill.toolchain.vision.export.onnx import export_fp32
+from tests.llm_fixtures import TinyLM, tiny_lm  # noqa: F401  (session fixture)
 
 SSHD = shutil.which("sshd") or shutil.which("sshd", path="/usr/sbin:/sbin")
 SITE = str(Path(np.__file__).parents[1])
@@ -123,3 +126,42 @@ def test_ssh_specs_cannot_smuggle_options(spec: str) -> None:
 
     with pytest.raises(ValueError, match="is not a plain"):
         parse_device(spec)
+
+
+@pytest.mark.slow
+def test_ssh_pushes_llama_cpp_for_an_arm_board(sshd: dict[str, str], qemu_rootfs: Path, tiny_lm: TinyLM,  # noqa: F811
+                                               tmp_path: Path) -> None:
+    """A GGUF on an Arm board over real SSH: llama.cpp cross-built for the profile's core is pushed beside the agent
+    and run there. The loopback "board" runs it under qemu-user (this host cannot run aarch64 code itself), so the
+    board's python is the emulator plus the rootfs's Python. Its tokens and F32 logits match the host's."""
+    from edgedistill.devices.local import run_local
+    from edgedistill.devices.qemu import PYTHON, SITE
+    from edgedistill.toolchain.llm.export.gguf import convert
+
+    gguf = convert(tiny_lm.dir, tmp_path / "m.gguf", "f32")
+    seqs = [encode(tiny_lm.tok, e.prompt, e.completion, 64).input_ids for e in tiny_lm.test[:2]]
+    ids = np.zeros((2, max(map(len, seqs))), dtype=np.int32)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = s
+    np.savez(tmp_path / "eval.npz", ids=ids, lengths=np.array(list(map(len, seqs)), dtype=np.int32),
+             texts=np.array([e.prompt for e in tiny_lm.test[:3]], dtype=np.str_))
+    qemu = shutil.which("qemu-aarch64-static") or "qemu-aarch64-static"
+    board = Device("ssh://arm", "ssh", get_profile("rpi4"), {
+        "host": "127.0.0.1", "port": sshd["port"], "user": sshd["user"], "key": sshd["key"],
+        "known_hosts": sshd["known_hosts"], "pythonpath": SITE,
+        "python": f"{qemu} -cpu cortex-a72 -L {qemu_rootfs} {qemu_rootfs}{PYTHON}"})
+    opts = ("--pp", "8", "--tg", "4", "--reps", "1", "--ctx", "256")
+    tr = SshTransport(board)
+    try:
+        doc = tr.run(AgentJob(gguf, 1, tmp_path / "eval.npz", warmup=1, runs=3, score=True,
+                              logits_out=tmp_path / "arm.npy", options=opts, timeout_s=600))
+        pushed = dict(tr._pushed)
+    finally:
+        tr.close()
+    host = run_local(AgentJob(gguf, 1, tmp_path / "eval.npz", warmup=1, runs=3, score=True,
+                              logits_out=tmp_path / "host.npy", options=opts))
+    assert doc["machine"]["machine"] == "aarch64" and doc["device"]["transport"] == "ssh"
+    assert "llama:armv8-a" in pushed and doc["session"]["kv_cache"] == "f32"
+    assert doc["tokenized"] == host["tokenized"] and len(doc["tokenized"]) == 3
+    arm, ref = np.load(tmp_path / "arm.npy"), np.load(tmp_path / "host.npy")
+    assert arm.shape == ref.shape and float(np.abs(arm - ref).max()) <= FP32_MAX_ABS_DIFF

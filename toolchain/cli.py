@@ -311,7 +311,8 @@ def devices_setup(
     transport: Annotated[str, typer.Argument(help="the transport to set up: qemu-arm64")],
     force: Annotated[bool, typer.Option("--force", help="rebuild even when the cache is ready")] = False,
 ) -> None:
-    """Build what a transport needs once per machine (qemu-arm64: the cached arm64 rootfs; idempotent)."""
+    """Build what a transport needs once per machine (qemu-arm64: the cached arm64 rootfs, and llama.cpp
+    cross-built for Armv8.0-A and Armv8.2-A + dot product so GGUF files run there and on SSH boards; idempotent)."""
 
     def go() -> None:
         if transport != "qemu-arm64":

@@ -33,6 +33,7 @@ def device_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
                              "peak_rss_mb": doc.get("peak_rss_mb"), "accuracy": doc.get("accuracy"),
                              "task_score": (doc.get("task") or {}).get("task_score"),
                              "parity_vs_host": parity, "parity_vs_source": source,
+                             "tokens_vs_host": res.get("tokens_vs_host"),
                              "applied": doc.get("device", {}).get("applied"),
                              "error": res.get("error")})
     return rows
@@ -56,8 +57,8 @@ def devices_markdown(rows: list[dict[str, Any]], latency: str = "p50 ms", accura
         p50 = fmt(r["p50_ms"], ".3f") + (" (emulated)" if r["label"] == "emulated" else "")
         out.append(f"| {r['device']} | {r['label']} | {r['model']} | {r['threads']} | {p50} | "
                    f"{fmt(r['peak_rss_mb'], '.0f')} | {fmt(r['accuracy'], '.4f')} | {fmt(r.get('task_score'), '.3f')} "
-                   f"| {_parity_cell(r.get('parity_vs_source'))} | {_parity_cell(r.get('parity_vs_host'))} "
-                   f"| {r['error'] or ''} |")
+                   f"| {_parity_cell(r.get('parity_vs_source'))} | {_parity_cell(r.get('parity_vs_host'))}"
+                   f"{_tokens_cell(r.get('tokens_vs_host'))} | {r['error'] or ''} |")
     return out
 
 
@@ -65,6 +66,10 @@ def _parity_cell(p: dict[str, Any] | None) -> str:
     if not p or "max_abs_diff" not in p:
         return "–" if not p else f"error: {p.get('error')}"
     return f"Δ{p['max_abs_diff']:.1e} top1 {p['top1_agreement']:.3f}"
+
+
+def _tokens_cell(t: dict[str, Any] | None) -> str:
+    return "" if not t else f", tokens {t['identical']}/{t['texts']}"
 
 
 def fmt(v: Any, spec: str) -> str:

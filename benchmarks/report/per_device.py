@@ -4,7 +4,8 @@ the host being just another device), and a recommendation per device that does n
 An artifact keeps accuracy on a device when its outputs there match the source model (fp32: every logit within
 ``FP32_ATOL + FP32_RTOL·|x|``; quantised: top-1 agreement at least the artifact's own bar) and, where the device
 scored it, its accuracy is within the tolerance of the source's. For each device the recommendation is the fastest
-artifact that keeps accuracy there, by the device's own latency with a bootstrap interval; artifacts whose
+artifact that keeps accuracy there (and, for a file that carries its own tokenizer, tokenises the test prompts
+exactly as the host does), by the device's own latency with a bootstrap interval; artifacts whose
 intervals overlap the fastest one's are *tied within noise*, and among them the smallest file (then the most
 accurate) wins. An estimated device takes accuracy from the emulated or measured device of the same profile (else
 the host), and says so.
@@ -33,6 +34,9 @@ def _keeps(row: dict[str, Any], artifact: dict[str, Any], source_accuracy: float
     else:
         ok = bar is None or p["top1_agreement"] >= bar
         why = f"top-1 agreement {p['top1_agreement']:.3f} with the source" + (f" (bar {bar})" if bar else "")
+    tok = row.get("tokens_vs_host")
+    if ok and tok and tok["identical"] < tok["texts"]:
+        ok, why = False, f"tokenises {tok['texts'] - tok['identical']} of {tok['texts']} test prompts unlike the host"
     acc = row.get("accuracy")  # vision: the device's own test accuracy (LLM rows are judged by parity alone)
     if ok and source_accuracy is not None and acc is not None and acc < source_accuracy - tol:
         ok, why = False, f"accuracy {acc:.4f} on this device < the source's {source_accuracy:.4f} - {tol}"

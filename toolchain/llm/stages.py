@@ -614,7 +614,8 @@ def bench_items(ctx: Context, artifacts_only: bool = False) -> list[Any]:
 
 def _write_eval(ctx: Context) -> Path:
     """The agent's eval file: test token sequences (next-token accuracy and logits, the fidelity samples), test
-    prompts (generation, the eval samples) and the EOS id; numbers only, so it travels to any device."""
+    prompts as ids (generation, the eval samples) and as text (a GGUF's own tokenizer on the device), and the EOS
+    id; plain arrays (no pickle), so it travels to any device."""
     import numpy as np
 
     b, tok = ctx.recipe.bench, ctx.tok
@@ -629,9 +630,10 @@ def _write_eval(ctx: Context) -> Path:
 
     ids, lengths = pad(seqs)
     p_ids, p_lengths = pad(prompts)
+    texts = np.array([e.prompt for e in ctx.splits.test[:len(prompts)]], dtype=np.str_)  # fixed-width: no pickle
     out = ctx.run.path("bench", "eval-tokens.npz")
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.savez(f, ids=ids, lengths=lengths, prompt_ids=p_ids, prompt_lengths=p_lengths,
+        np.savez(f, ids=ids, lengths=lengths, prompt_ids=p_ids, prompt_lengths=p_lengths, texts=texts,
                  eos=np.int32(tok.eos_token_id if tok.eos_token_id is not None else -1))
     return out
 

@@ -17,21 +17,19 @@ name only when the hash is unknown. Whether llama.cpp then tokenises like the HF
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from edgedistill.core import llama_source
 from edgedistill.core.errors import UserError
 from edgedistill.core.fileio import atomic_path
+from edgedistill.core.paths import tools_root
 
 #: variant → llama.cpp ``llama_ftype`` (llama.h): the quantiser's target type
 QUANT_FTYPES = {"q8_0": 7, "q4_0": 2, "q4_k_m": 15}
@@ -67,26 +65,25 @@ class GGUFError(UserError, RuntimeError):
 
 # -- the converter, once per machine ---------------------------------------------------------------------------
 def llama_cpp_version() -> str:
-    """The installed llama-cpp-python's version: the one place the converter's version comes from."""
+    """The installed llama-cpp-python's version (GGUF export's error when it is missing)."""
     try:
-        import llama_cpp
-    except ImportError:
-        raise GGUFError("llama-cpp-python is not installed (`make setup` builds it); GGUF export needs it") from None
-    return str(llama_cpp.__version__)
+        return llama_source.installed_version()
+    except llama_source.LlamaSourceError as err:
+        raise GGUFError(str(err)) from None
 
 
 def converter_dir(version: str | None = None) -> Path:
-    """Where the converter lives: ``$EDGEDISTILL_LLAMA_CONVERTER``, else the machine cache (not
+    """Where the converter lives: ``$EDGEDISTILL_LLAMA_CONVERTER``, else the machine's tool folder (not
     ``$EDGEDISTILL_CACHE``: the converter is a pinned tool, like the llama-cpp-python wheel, not run state)."""
     if env := os.environ.get(CONVERTER_ENV):
         return Path(env)
-    return Path.home() / ".cache" / "edgedistill" / f"llama.cpp-convert-{version or llama_cpp_version()}"
+    return tools_root() / f"llama.cpp-convert-{version or llama_cpp_version()}"
 
 
 def ensure_converter(log: bool = False) -> Path:
-    """The folder holding ``convert_hf_to_gguf.py`` for the installed llama-cpp-python, fetched on first use:
-    ``pip download --no-deps --no-binary :all: llama-cpp-python==<version>`` and only the converter's files
-    extracted (no absolute paths, no ``..``, regular files only). Idempotent and safe against concurrent callers."""
+    """The folder holding ``convert_hf_to_gguf.py`` for the installed llama-cpp-python, fetched on first use from
+    its sdist (:mod:`edgedistill.core.llama_source`), only the converter's files extracted. Idempotent and safe
+    against concurrent callers."""
     if env := os.environ.get(CONVERTER_ENV):
         if not (Path(env) / "convert_hf_to_gguf.py").is_file():
             raise GGUFError(f"${CONVERTER_ENV}={env}: no convert_hf_to_gguf.py there")
@@ -95,15 +92,19 @@ def ensure_converter(log: bool = False) -> Path:
     dest = converter_dir(version)
     if (dest / _DONE).is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(dest.with_name(f".{dest.name}.lock")):
+    with llama_source.locked(dest.with_name(f".{dest.name}.lock")):
         if (dest / _DONE).is_file():  # another process fetched it while this one waited
             return dest
         if log:
             print(f"fetching llama.cpp's converter from the llama-cpp-python {version} sdist into {dest}",
                   file=sys.stderr)
         with tempfile.TemporaryDirectory(prefix=".llama-sdist-", dir=dest.parent) as tmp:
-            sdist = _download_sdist(version, Path(tmp))
+            try:
+                sdist = llama_source.download_sdist(version, Path(tmp), hint=(
+                    "On a machine without PyPI, extract vendor/llama.cpp/{convert_hf_to_gguf.py,conversion,gguf-py} "
+                    f"of that sdist into a folder and set ${CONVERTER_ENV} to it"))
+            except llama_source.LlamaSourceError as err:
+                raise GGUFError(f"cannot fetch llama.cpp's converter: {err}") from None
             staging = Path(tmp) / "converter"
             _extract_converter(sdist, staging)
             (staging / _DONE).write_text(json.dumps({"llama_cpp_python": version, "sdist": sdist.name}) + "\n")
@@ -112,59 +113,16 @@ def ensure_converter(log: bool = False) -> Path:
     return dest
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _download_sdist(version: str, into: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--no-deps",
-           "--no-binary", ":all:", f"llama-cpp-python=={version}", "-d", str(into)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    found = sorted(into.glob("llama_cpp_python-*.tar.gz"))
-    if proc.returncode != 0 or not found:
-        raise GGUFError(f"cannot fetch llama.cpp's converter: `{' '.join(cmd[2:])}` failed (exit {proc.returncode}): "
-                        f"{proc.stderr.strip()[-800:]}\nOn a machine without PyPI, extract vendor/llama.cpp/"
-                        f"{{convert_hf_to_gguf.py,conversion,gguf-py}} of that sdist into a folder and set "
-                        f"${CONVERTER_ENV} to it")
-    return found[0]
+def _is_converter_file(rel: PurePosixPath) -> bool:
+    return str(rel) in _CONVERTER_FILES or str(rel).startswith(_CONVERTER_TREES) or str(rel) == "gguf-py/LICENSE"
 
 
 def _extract_converter(sdist: Path, dest: Path) -> None:
-    """Copy the converter's files out of the sdist; refuse absolute paths, ``..``, links and devices."""
-    n = 0
-    with tarfile.open(sdist, "r:gz") as tf:
-        members = tf.getmembers()
-        roots = [m.name[:-len("convert_hf_to_gguf.py")] for m in members
-                 if m.name.endswith("/vendor/llama.cpp/convert_hf_to_gguf.py")]
-        if len(roots) != 1:
-            raise GGUFError(f"{sdist.name}: no single vendor/llama.cpp/convert_hf_to_gguf.py in the sdist")
-        root = roots[0]
-        for m in members:
-            if not m.name.startswith(root):
-                continue
-            rel = PurePosixPath(m.name[len(root):])
-            if not (str(rel) in _CONVERTER_FILES or str(rel).startswith(_CONVERTER_TREES) or
-                    str(rel) == "gguf-py/LICENSE"):
-                continue
-            if rel.is_absolute() or ".." in rel.parts or PurePosixPath(m.name).is_absolute():
-                raise GGUFError(f"{sdist.name}: unsafe path {m.name!r} in the sdist")
-            if m.isdir():
-                continue
-            if not m.isfile():
-                raise GGUFError(f"{sdist.name}: {m.name!r} is not a regular file (link or device); refusing it")
-            target = dest.joinpath(*rel.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(m)
-            assert src is not None
-            with src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
-            n += 1
+    """Copy the converter's files out of the sdist (safely: :func:`edgedistill.core.llama_source.extract`)."""
+    try:
+        n = llama_source.extract(sdist, dest, _is_converter_file)
+    except llama_source.LlamaSourceError as err:
+        raise GGUFError(str(err)) from None
     if not ((dest / "convert_hf_to_gguf.py").is_file() and (dest / "gguf-py" / "gguf" / "__init__.py").is_file()):
         raise GGUFError(f"{sdist.name}: the converter's files are missing from the sdist ({n} extracted)")
 
