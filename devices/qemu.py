@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgedistill.core import llama_source
 from edgedistill.core.fileio import write_json, write_text
 from edgedistill.core.paths import cache_root as core_cache_root
 from edgedistill.devices import llama_arm64
@@ -125,7 +126,7 @@ def _setup_llama(log: Any) -> dict[str, str]:
     for arch in llama_arm64.ARCHES:
         try:
             out[arch] = str(llama_arm64.ensure(arch, log))
-        except llama_arm64.LlamaArm64Error as err:
+        except llama_source.LlamaSourceError as err:
             log(f"  {err}")
             out[arch] = f"not built: {str(err).splitlines()[0]}"
     return out
@@ -276,7 +277,7 @@ class QemuTransport(Transport):
             arch = llama_arm64.arch_for(self.device.profile) or "armv8-a"
             try:
                 extra = [llama_arm64.ensure(arch, log=lambda m: print(m, file=sys.stderr))]
-            except llama_arm64.LlamaArm64Error as err:
+            except llama_source.LlamaSourceError as err:
                 raise QemuError(str(err)) from None
             llama = llama_arm64.info(arch)
         doc = run_agent_process(_qemu_cmd(["-m", AGENT_MODULE, *job.argv()], cpu), job, timeout_s,

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgedistill.core import llama_source
 from edgedistill.core.fileio import atomic_path, sha256_file
 from edgedistill.devices import llama_arm64
 from edgedistill.devices.bundle import build_bundle
@@ -134,7 +135,10 @@ class SshTransport(Transport):
         if f"llama:{arch}" not in self._pushed:
             with tempfile.TemporaryDirectory() as d:
                 tar = Path(d) / f"llama-{arch}.tar"
-                root = llama_arm64.ensure(arch)
+                try:
+                    root = llama_arm64.ensure(arch)
+                except llama_source.LlamaSourceError as err:
+                    raise AgentError(f"ssh {self.where}: no llama.cpp for the board's {arch}: {err}") from None
                 with tarfile.open(tar, "w") as tf:  # links kept as links: the libraries' soname chain
                     for rel in llama_arm64.relative_files(root):
                         tf.add(root / rel, arcname=str(rel), recursive=False)

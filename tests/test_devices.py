@@ -172,3 +172,20 @@ def test_tflite_estimate_counts_flops_by_hand(tmp_path: Path) -> None:
     assert cost.flops >= by["CONV_2D"] + by["FULLY_CONNECTED"] and cost.int8_flops == 0
     doc = EstimateTransport(parse_device("rpi4-estimated")).run(AgentJob(path, 1))
     assert doc["device"]["label"] == Label.ESTIMATED and doc["latency_ms"]["p50"] > 0
+
+
+def test_each_arm_profile_gets_the_llama_build_for_its_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pi 4 (Armv8.0) → the plain build; Pi 5 and the phone (dot product) → the SDOT build; x86 → none. A missing
+    cross compiler is one clear line naming the apt packages."""
+    from edgedistill.devices import llama_arm64
+
+    got = {n: llama_arm64.arch_for(get_profile(n)) for n in ("rpi4", "rpi5", "snapdragon8gen3", "x86-avx2")}
+    assert got == {"rpi4": "armv8-a", "rpi5": "armv8.2-a+dotprod", "snapdragon8gen3": "armv8.2-a+dotprod",
+                   "x86-avx2": None}
+    assert get_profile("snapdragon8gen3").qemu_cpu == "cortex-a76"  # never qemu's 'max' (wrong int8)
+    with pytest.raises(llama_arm64.LlamaArm64Error, match="no such aarch64 llama.cpp build"):
+        llama_arm64.ensure("armv9-a")
+    monkeypatch.setattr(llama_arm64, "build_dir", lambda arch, version=None: Path("/nonexistent") / arch)
+    monkeypatch.setattr(llama_arm64.shutil, "which", lambda tool: None)
+    with pytest.raises(llama_arm64.LlamaArm64Error, match="apt-get install g\\+\\+-aarch64-linux-gnu"):
+        llama_arm64.ensure("armv8-a")
