@@ -25,7 +25,7 @@ from edgedistill.benchmarks import stats
 LOWER_BETTER = frozenset({"p50_ms", "p90_ms", "p99_ms", "peak_rss_mb", "size_kb", "kld"})
 PERCENTILE = {"p50_ms": 50, "p90_ms": 90, "p99_ms": 99}
 METRICS = ("p50_ms", "p90_ms", "p99_ms", "tokens_per_s", "peak_rss_mb", "size_kb", "accuracy", "retention", "kld",
-           "same_top", "speedup")
+           "same_top", "speedup", "distill_speedup", "runtime_speedup")
 
 
 class Budgets(Protocol):
@@ -132,7 +132,9 @@ def measurement(report: dict[str, Any], artifact: str, device: str) -> dict[str,
                 "size_kb": None if row.get("size_bytes") is None else row["size_bytes"] / 1024,
                 "accuracy": row.get("task_score") if llm else row.get("accuracy"), "retention": row.get("retention"),
                 "kld": row.get("kld"), "same_top": row.get("same_top_token"), "tokens_per_s": row.get("tg_tps"),
-                "speedup": (row.get("speedup") or {}).get(t), "per_example": row.get("per_example"),
+                "speedup": (row.get("speedup") or {}).get(t),
+                "distill_speedup": (row.get("distill_speedup") or {}).get(t),
+                "runtime_speedup": (row.get("runtime_speedup") or {}).get(t), "per_example": row.get("per_example"),
                 "teacher_per_example": teacher.get("per_example")}
     for r in report.get("devices", []):
         if r.get("device") == device and r.get("model") == artifact and r.get("p50_ms") is not None:
@@ -140,7 +142,8 @@ def measurement(report: dict[str, Any], artifact: str, device: str) -> dict[str,
             return {"samples": r.get("samples_ms"), "p50_ms": r.get("p50_ms"), "p90_ms": r.get("p90_ms"),
                     "p99_ms": r.get("p99_ms"), "peak_rss_mb": r.get("peak_rss_mb"), "size_kb": None,
                     "accuracy": r.get("task_score") if llm else r.get("accuracy"), "retention": None, "kld": None,
-                    "same_top": None, "tokens_per_s": None, "speedup": None, "per_example": None,
+                    "same_top": None, "tokens_per_s": None, "speedup": None, "distill_speedup": None,
+                    "runtime_speedup": None, "per_example": None,
                     "teacher_per_example": None}
     return None
 

@@ -41,7 +41,7 @@ def test_run_writes_a_valid_report(run_dir: Path) -> None:
     assert report["schema"] == SCHEMA
     names = [m["name"] for m in report["models"]]
     assert names == ["teacher", "baseline-student", "kd-student", "student-fp32", "student-int8_static_u8s8",
-                     "student-tflite-fp32"]
+                     "student-tflite-fp32", "teacher-fp32", "teacher-tflite-fp32"]
     for m in report["models"]:
         assert m["bench_error"] is None
         lat = m["latency_ms"]["1"]
@@ -51,6 +51,18 @@ def test_run_writes_a_valid_report(run_dir: Path) -> None:
     for fp32 in (report["models"][3], report["models"][5]):  # ONNX and TFLite fp32
         assert fp32["parity"]["ok"] and fp32["parity"]["max_abs_diff"] <= FP32_MAX_ABS_DIFF
     assert report["models"][0]["speedup"]["1"] == pytest.approx(1.0)
+    # the honest split: distillation's share is the teacher's fp32 file vs the student's in the same runtime; the
+    # runtime's and quantisation's is the PyTorch student vs the artifact
+    rows = {m["name"]: m for m in report["models"]}
+    p50 = {n: m["latency_ms"]["1"]["p50"] for n, m in rows.items()}
+    for art, teacher_file, student_fp32 in (("student-int8_static_u8s8", "teacher-fp32", "student-fp32"),
+                                            ("student-tflite-fp32", "teacher-tflite-fp32", "student-tflite-fp32")):
+        assert rows[art]["distill_speedup"]["1"] == pytest.approx(p50[teacher_file] / p50[student_fp32])
+        assert rows[art]["runtime_speedup"]["1"] == pytest.approx(p50[f"{rows[art]['source']}-student"] / p50[art])
+    for t in ("teacher-fp32", "teacher-tflite-fp32"):  # benched beside the student, never a candidate to ship
+        assert rows[t]["role"] == "teacher-artifact" and rows[t]["parity"]["ok"]
+        assert t not in report["per_device"]["keeps"] and report["summary"]["recommended"] != t
+    assert "of which distillation" in (run_dir / "report.md").read_text()
     s = report["summary"]
     assert s["kd_gain"] == pytest.approx(s["kd_accuracy"] - s["baseline_accuracy"])
     assert "| teacher |" in (run_dir / "report.md").read_text()

@@ -66,7 +66,10 @@ class Budget(Section):
 
     Metrics: ``p50_ms``/``p90_ms``/``p99_ms`` (vision: batch-1 latency; LLM: ms per generated token),
     ``tokens_per_s`` (LLM generation), ``peak_rss_mb``, ``size_kb``, ``accuracy`` (vision test accuracy, LLM task
-    score), ``retention`` (of the teacher's), ``kld`` and ``same_top`` (LLM fidelity), ``speedup``."""
+    score), ``retention`` (of the teacher's), ``kld`` and ``same_top`` (LLM fidelity), ``speedup`` (the PyTorch
+    teacher's p50 / the artifact's), ``distill_speedup`` (the teacher's fp32 file / the student's, same runtime and
+    precision: what distillation buys) and ``runtime_speedup`` (the PyTorch student / the artifact: what the runtime
+    and quantisation buy)."""
 
     artifacts: str = "*"
     devices: str = "host"
@@ -81,6 +84,8 @@ class Budget(Section):
     kld: Bound | None = None
     same_top: Bound | None = None
     speedup: Bound | None = None
+    distill_speedup: Bound | None = None
+    runtime_speedup: Bound | None = None
 
 
 class Waiver(Section):

@@ -2,7 +2,8 @@
 task score and retention vs the teacher, fidelity vs the PyTorch student each artifact came from, and the agent's
 host measurement; other devices in the shared device section.
 
-Schema ``edgedistill.llm-report/2``: ``models`` rows carry ``name``, ``kind`` (teacher | kd | sft | artifact),
+Schema ``edgedistill.llm-report/2``: ``models`` rows carry ``name``, ``kind`` (teacher | kd | sft | artifact |
+teacher-artifact: the teacher's own GGUF, benched beside the student's, never recommended),
 ``format``, ``task_score``, ``exact_match``, ``rouge_l``, ``retention`` (task score / the teacher's),
 ``perplexity``, ``kld``, ``same_top_token``, ``pp_tps``, ``tg_tps``, ``ttft_ms``, ``peak_rss_mb``, ``size_bytes``,
 ``latency_ms`` ``{"<threads>": {p50, p90, p99, mean, min}}`` (per generated token), ``speedup``
@@ -35,6 +36,10 @@ DEFINITIONS = {
                   "benchmark agent and scored on the host",
     "retention": "task score / the teacher's task score",
     "speedup": "generation tokens/s / the PyTorch teacher's, same thread count, same run",
+    "distill_speedup": "the student's full-precision file / the teacher's in the same format (same runtime, same "
+                       "precision), generation tokens/s, same run — what distillation buys",
+    "runtime_speedup": "the artifact / the PyTorch student it came from, generation tokens/s, same run — what the "
+                       "runtime and quantisation buy",
     "keeps_accuracy": "artifact task score >= its PyTorch student's - bench.accuracy_tolerance",
     "kld": "students: KL(teacher || student); artifacts: KL(PyTorch student || artifact), over the test completions",
 }
@@ -77,6 +82,27 @@ def _row(name: str, kind: str, fmt_: str, doc: dict[str, Any] | None, error: str
     }
 
 
+def _same_runtime_speedups(rows: list[dict[str, Any]], by_name: dict[str, dict[str, Any]], t: int) -> None:
+    """Split each artifact's speed-up (in place, generation tokens/s): distillation's share (the student's
+    full-precision file vs the teacher's, same format) and the runtime's and quantisation's (the artifact vs the
+    PyTorch student it came from)."""
+    full = ("f32", "fp32")
+    teacher_files = {r["format"].split()[0]: r for r in rows
+                     if r["kind"] == "teacher-artifact" and r["format"].split()[-1] in full}
+    student_full = {r["format"].split()[0]: r for r in rows
+                    if r["kind"] == "artifact" and r["format"].split()[-1] in full}
+
+    def ratio(num: dict[str, Any] | None, den: dict[str, Any] | None) -> dict[str, float]:
+        ok = num and den and num.get("tg_tps") and den.get("tg_tps")
+        return {str(t): num["tg_tps"] / den["tg_tps"]} if ok else {}  # type: ignore[index]
+
+    for r in rows:
+        if r["kind"] == "artifact":
+            fmt_ = r["format"].split()[0]
+            r["distill_speedup"] = ratio(student_full.get(fmt_), teacher_files.get(fmt_))
+            r["runtime_speedup"] = ratio(r, by_name.get(f"{r.get('source')}-student"))
+
+
 def build(inp: ReportInputs) -> dict[str, Any]:
     t = inp.threads
     pt = (inp.export or {}).get("pytorch", {})
@@ -91,9 +117,11 @@ def build(inp: ReportInputs) -> dict[str, Any]:
                  same_top_token=f.get("same_top_vs_teacher"),
                  train_seconds=s.get("train_seconds"), loss=s.get("loss"))
         rows.append(r)
-    for a in (inp.export or {}).get("artifacts", []):
+    listed = [("artifact", a) for a in (inp.export or {}).get("artifacts", [])]
+    listed += [("teacher-artifact", a) for a in (inp.export or {}).get("teacher_artifacts", [])]
+    for kind, a in listed:
         f = a["fidelity"]
-        r = _row(a["name"], "artifact", f"{a.get('format', 'gguf')} {a['variant']}",
+        r = _row(a["name"], kind, f"{a.get('format', 'gguf')} {a['variant']}",
                  *_host_doc(inp.bench, a["name"], t), t)
         r.update(source=a["source"], perplexity=f["perplexity"], kld=f["kld_mean"], kld_p99=f["kld_p99"],
                  same_top_token=f["same_top_token"], max_abs_diff=f["max_abs_diff"], tensor_types=a.get("tensor_types"))
@@ -113,6 +141,7 @@ def build(inp: ReportInputs) -> dict[str, Any]:
             src = by_name.get(f"{r['source']}-student", {}).get("task_score")
             r["keeps_accuracy"] = (r["task_score"] is not None and src is not None
                                    and r["task_score"] >= src - inp.accuracy_tolerance)
+    _same_runtime_speedups(rows, by_name, t)
     rec, reason = _recommend(rows, inp.accuracy_tolerance)
     devices = device_rows(inp.bench)
     arts = {r["name"]: {"fp32": r["format"].split()[-1] in ("f32", "fp32"), "size_bytes": r.get("size_bytes"),
@@ -154,7 +183,8 @@ def _recommend(rows: list[dict[str, Any]], tol: float) -> tuple[str | None, str]
 def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     t = str(report["summary"]["threads"][0])
     header = ["model", "format", "task", "exact", "ROUGE-L", "retention", "ppl", "KLD", "same-top",
-              f"ms/token @{t}T", "pp tok/s", "tg tok/s", "tg ×teacher", "TTFT ms", "peak RSS MB", "size KB"]
+              f"ms/token @{t}T", "pp tok/s", "tg tok/s", "tg ×teacher", "of which distillation",
+              "runtime + quantisation", "TTFT ms", "peak RSS MB", "size KB"]
     body = []
     rec = report["summary"].get("recommended")
     for r in report["models"]:
@@ -162,7 +192,9 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                      fmt(r["exact_match"], ".3f"), fmt(r["rouge_l"], ".3f"), fmt(r["retention"], ".3f"),
                      fmt(r["perplexity"], ".3f"), fmt(r["kld"], ".2e"), fmt(r["same_top_token"], ".3f"),
                      fmt(r["latency_ms"].get(t, {}).get("p50"), ".2f"), fmt(r["pp_tps"], ".0f"),
-                     fmt(r["tg_tps"], ".0f"), fmt(r["tg_speedup"], ".1f"), fmt(r["ttft_ms"], ".1f"),
+                     fmt(r["tg_tps"], ".0f"), fmt(r["tg_speedup"], ".1f"),
+                     fmt((r.get("distill_speedup") or {}).get(t), ".1f"),
+                     fmt((r.get("runtime_speedup") or {}).get(t), ".1f"), fmt(r["ttft_ms"], ".1f"),
                      fmt(r["peak_rss_mb"], ".0f"), fmt(None if r["size_bytes"] is None else r["size_bytes"] / 1024,
                                                        ".0f")])
     return header, body

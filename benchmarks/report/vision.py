@@ -5,10 +5,12 @@ Schema ``edgedistill.report/1``::
     {"schema": "edgedistill.report/1", "recipe": str, "run_dir": str,
      "definitions": {"peak_rss_mb": str, "retention": str, "speedup": str, "kd_gain": str, "keeps_accuracy": str},
      "data": {...split sizes...}, "distill": {"mode": ..., "cache": {...}},
-     "models": [{"name", "role": teacher|student|artifact, "format": pytorch|onnx|tflite|gguf, "precision",
+     "models": [{"name", "role": teacher|student|artifact|teacher-artifact, "format": pytorch|onnx|tflite,
+                 "precision",
                  "variant", "source", "file", "size_bytes", "accuracy", "retention", "kd_gain",
                  "latency_ms": {"<threads>": {"p50", "p90", "p99", "mean", "min"}},
                  "peak_rss_mb": {"<threads>": float}, "speedup": {"<threads>": float},
+                 "distill_speedup": {"<threads>": float}, "runtime_speedup": {"<threads>": float},
                  "parity": {"reference", "max_abs_diff", "mean_abs_diff", "top1_agreement", "n", "criterion", "ok"},
                  "keeps_accuracy": bool, "bench_error": str | null}],
      "devices": [{"device", "label": measured|constrained|emulated|estimated, "profile", "model", "threads",
@@ -40,6 +42,10 @@ DEFINITIONS = {
                    "Python interpreter and the runtime library; rss_before_load_mb in bench/*.json gives the baseline",
     "retention": "model accuracy / teacher accuracy on the test split",
     "speedup": "teacher PyTorch p50 / model p50, batch 1, same thread count, same run",
+    "distill_speedup": "the teacher's fp32 file / the student's fp32 file in the artifact's format (same runtime, "
+                       "same precision): p50, batch 1, same thread count, same run — what distillation buys",
+    "runtime_speedup": "the PyTorch student it came from / the artifact: p50, batch 1, same thread count, same run "
+                       "— what the runtime and quantisation buy (speedup ≈ PyTorch teacher/student × this)",
     "kd_gain": "KD student accuracy - CE-only baseline accuracy (same architecture and step budget)",
     "keeps_accuracy": "artifact accuracy >= its PyTorch source's accuracy - accuracy_tolerance",
 }
@@ -58,6 +64,7 @@ class ReportInputs:
     data: dict[str, Any] = field(default_factory=dict)
     distill: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)  # the export stage's info: which student shipped, why
+    teacher_artifacts: list[dict[str, Any]] = field(default_factory=list)  # the teacher's own fp32 exports
 
 
 def _rows(inp: ReportInputs) -> list[dict[str, Any]]:
@@ -67,10 +74,31 @@ def _rows(inp: ReportInputs) -> list[dict[str, Any]]:
         rows.append({"name": f"{role}-student", "role": "student", "format": "pytorch", "precision": "fp32",
                      "variant": role, "file": f"students/{role}.safetensors", "accuracy": m["test_accuracy"],
                      "val_accuracy": m.get("val_accuracy"), "tuned": m.get("tuned")})
-    for a in inp.artifacts:
-        rows.append({"role": "artifact", **{k: a[k] for k in ("name", "format", "precision", "variant", "source",
-                                                              "file", "parity")}, "accuracy": None})
+    for role, listing in (("artifact", inp.artifacts), ("teacher-artifact", inp.teacher_artifacts)):
+        for a in listing:
+            rows.append({"role": role, **{k: a[k] for k in ("name", "format", "precision", "variant", "source",
+                                                            "file", "parity")}, "accuracy": None})
     return rows
+
+
+def _same_runtime_speedups(rows: list[dict[str, Any]], by_name: dict[str, dict[str, Any]]) -> None:
+    """Split each artifact's speed-up (in place): distillation's share (the teacher's fp32 file vs the student's
+    fp32 file, same format) and the runtime's and quantisation's (its PyTorch student vs the artifact)."""
+    teacher_files = {r["format"]: r for r in rows if r["role"] == "teacher-artifact" and r["precision"] == "fp32"}
+    student_fp32 = {r["format"]: r for r in rows if r["role"] == "artifact" and r["variant"] == "fp32"}
+
+    def ratio(num: dict[str, Any] | None, den: dict[str, Any]) -> dict[str, float]:
+        if not num:
+            return {}
+        return {t: num["latency_ms"][t]["p50"] / lat["p50"] for t, lat in den["latency_ms"].items()
+                if t in num["latency_ms"] and lat["p50"] > 0}
+
+    for row in rows:
+        if row["role"] != "artifact":
+            continue
+        s32 = student_fp32.get(row["format"])
+        row["distill_speedup"] = ratio(teacher_files.get(row["format"]), s32) if s32 else {}
+        row["runtime_speedup"] = ratio(by_name.get(f"{row['source']}-student"), row)
 
 
 def _attach_bench(row: dict[str, Any], bench: dict[str, Any] | None) -> None:
@@ -109,6 +137,7 @@ def build(inp: ReportInputs) -> dict[str, Any]:
             src = by_name.get(f"{row['source']}-student", {}).get("accuracy")
             row["keeps_accuracy"] = (acc is not None and src is not None
                                      and acc >= src - inp.accuracy_tolerance and row["parity"]["ok"])
+    _same_runtime_speedups(rows, by_name)
     rec, reason = _recommend(rows, inp.accuracy_tolerance)
     devices = device_rows(inp.bench)
     src = {r["variant"]: r["accuracy"] for r in rows if r["role"] == "student"}
@@ -152,7 +181,8 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     threads = [str(t) for t in report["summary"]["threads"]]
     t1 = threads[0] if threads else "1"
     header = ["model", "format", "precision", "accuracy", "retention", "KD gain",
-              *[f"p50 ms @{t}T" for t in threads], f"speed-up @{t1}T", f"peak RSS MB @{t1}T", "size KB", "parity"]
+              *[f"p50 ms @{t}T" for t in threads], f"speed-up @{t1}T", "of which distillation",
+              "runtime + quantisation", f"peak RSS MB @{t1}T", "size KB", "parity"]
     body = []
     for r in report["models"]:
         par = r.get("parity")
@@ -162,7 +192,8 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         body.append([name, r["format"], r["precision"], fmt(r["accuracy"], ".4f"), fmt(r["retention"], ".3f"),
                      fmt(r["kd_gain"], "+.4f"),
                      *[fmt(r["latency_ms"].get(t, {}).get("p50"), ".3f") for t in threads],
-                     fmt(r["speedup"].get(t1), ".1f"), fmt(r["peak_rss_mb"].get(t1), ".0f"),
+                     fmt(r["speedup"].get(t1), ".1f"), fmt((r.get("distill_speedup") or {}).get(t1), ".1f"),
+                     fmt((r.get("runtime_speedup") or {}).get(t1), ".1f"), fmt(r["peak_rss_mb"].get(t1), ".0f"),
                      fmt(None if r.get("size_bytes") is None else r["size_bytes"] / 1024, ".0f"), par_s])
     return header, body
 

@@ -211,6 +211,10 @@ class LLMExportConfig(Section):
     onnx: list[ONNXVariant] = Field(
         default_factory=list, description="ONNX files with a KV cache, exported through optimum: fp32, int8_dynamic")
     fidelity_samples: int = Field(16, ge=1, description="test examples for perplexity / KLD / same-top-token")
+    teacher: list[GGUFVariant] = Field(["f32"], description=(
+        "the teacher's own GGUF variants, held to the same parity contract and benched beside the student's: the "
+        "report then separates the speed-up distillation buys (teacher vs student file, same runtime and "
+        "precision) from what the runtime and quantisation buy; [] skips it (a 70B teacher's F32 file is 280 GB)"))
 
 
 class LLMBenchConfig(Section):

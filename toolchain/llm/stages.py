@@ -558,12 +558,21 @@ def stage_export(ctx: Context) -> None:
                     list(r.export.gguf), list(r.export.onnx), ids, starts, long_ids,
                     log=lambda m: ctx.console.print(m, highlight=False), ref=ref, long_ref=long_ref)
     records, outputs, export_s = export_llm(job)
+    teacher_records: list[dict[str, Any]] = []
+    if r.export.teacher:  # the same-runtime, same-precision baseline for distillation's share of the speed-up
+        ctx.console.print(f"  teacher → GGUF {', '.join(r.export.teacher)} (benched beside the student's files)")
+        tjob = LLMExport(ctx.teacher_dir, ctx.tok, ctx.run.path(TOKENIZER_DIR), ctx.run.path("export"),
+                         ctx.run.root, "teacher", list(r.export.teacher), [], ids, starts, long_ids, prefix="teacher",
+                         log=lambda m: ctx.console.print(m, highlight=False), ref=teacher)
+        teacher_records, t_outputs, t_s = export_llm(tjob)
+        outputs, export_s = outputs + t_outputs, export_s + t_s
     listing = ctx.run.path("export", "artifacts.json")
     write_json(listing, {"best_student": best, "reference": f"PyTorch {best} student", "pytorch": pytorch,
-                         "artifacts": records, "export_seconds": export_s})
+                         "artifacts": records, "teacher_artifacts": teacher_records, "export_seconds": export_s})
     ctx.run.record("export", h, [*outputs, listing], {"best_student": best,
                                                       "artifacts": [a["name"] for a in records],
-                                                      "parity_failed": [a["name"] for a in records
+                                                      "teacher_artifacts": [a["name"] for a in teacher_records],
+                                                      "parity_failed": [a["name"] for a in records + teacher_records
                                                                         if not a["fidelity"]["ok"]]})
 
 
@@ -607,8 +616,10 @@ def bench_items(ctx: Context, artifacts_only: bool = False) -> list[Any]:
         items += [BenchItem(f"{n}-student", ctx.run.path("students", n), "pytorch-llm") for n in student_names(ctx)]
     listing = ctx.run.path("export", "artifacts.json")
     if ctx.run.stage("export") and listing.is_file():
+        doc = read_json(listing)  # the teacher's files are benched on the host only, beside the student's
+        listed = doc["artifacts"] + ([] if artifacts_only else doc.get("teacher_artifacts", []))
         items += [BenchItem(a["name"], ctx.run.root / a["file"], "onnxruntime-llm" if a["format"] == "onnx"
-                            else None) for a in read_json(listing)["artifacts"]]
+                            else None) for a in listed]
     return items
 
 

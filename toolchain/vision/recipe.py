@@ -192,6 +192,10 @@ class ExportConfig(Section):
     formats: list[ExportFormat] = Field(["onnx", "tflite"], min_length=1)
     onnx: OnnxExport = OnnxExport()
     tflite: TfliteExport = TfliteExport()
+    teacher: bool = Field(True, description=(
+        "also export the teacher (fp32, in each format the teacher converts to) and bench it beside the student: "
+        "the report then separates the speed-up distillation buys (teacher vs student, same runtime and "
+        "precision) from what the runtime and quantisation buy (PyTorch student vs each artifact)"))
 
     @model_validator(mode="after")
     def _unique_formats(self) -> ExportConfig:

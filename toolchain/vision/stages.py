@@ -62,6 +62,8 @@ SHIP_ORDER = ("kd-tuned", "kd", "baseline")
 REPORT = report_mod
 #: the PyTorch student's logits on the test split, saved by export: the source every device's parity is against
 REFERENCE_LOGITS = "reference-logits.npy"
+#: the teacher's own exports (fp32, per format): benched beside the student's artifacts, never shipped
+TEACHER_ARTIFACTS = "teacher-artifacts.json"
 
 
 @dataclass
@@ -303,15 +305,36 @@ def stage_export(ctx: Context) -> None:
     rr = r.export.onnx.reduce_range
     int8 = any(int8_saturates(p) for p in targets) if rr == "auto" else rr
     h = sha256_json({"student": ctx.run.output_sha("distill", STUDENTS[best]), "best": best,
-                     "export": r.section("export"), "data": data_hash(ctx), "reduce_range": int8})
+                     "export": r.section("export"), "data": data_hash(ctx), "reduce_range": int8,
+                     "teacher": ctx.run.output_sha("teacher", TEACHER) if r.export.teacher else None})
     if ctx.skip("export", h):
         return
     ctx.console.print(f"  shipping the {best} student: {why}")
     student = load_reference(ctx.run.path(STUDENTS[best]))
     job = _Export(student, ctx.data, ctx.run, "student", best, f"PyTorch {best} student", r.seed,
                   f"{r.student.name} ({best} student, {STUDENTS[best]})", targets=targets)
-    _run_export(job, r.export, h, {"shipped": best, "shipped_reason": why})
-    _print_parity(ctx.console, job.records)
+    teacher = _export_teacher(ctx) if r.export.teacher else None
+    _run_export(job, r.export, h, {"shipped": best, "shipped_reason": why}, teacher)
+    _print_parity(ctx.console, job.records + (teacher.records if teacher else []))
+
+
+def _export_teacher(ctx: Context) -> _Export:
+    """The teacher in fp32, in each of the recipe's formats it converts to: the same-runtime, same-precision
+    baseline that the student's speed-up from distillation is measured against. A format the teacher does not
+    convert to is recorded with its reason (the student's export goes on)."""
+    r = ctx.recipe
+    job = _Export(load_reference(ctx.run.path(TEACHER)), ctx.data, ctx.run, "teacher", "teacher", "PyTorch teacher",
+                  r.seed, f"{r.teacher.name} (teacher, {TEACHER})")
+    for fmt in r.export.formats:
+        cfg = r.export.onnx.model_copy(update={"variants": ["fp32"]}) if fmt == "onnx" else \
+            r.export.tflite.model_copy(update={"variants": ["fp32"]})
+        try:
+            (_export_onnx if fmt == "onnx" else _export_tflite)(job, cfg)  # type: ignore[operator]
+        except Exception as err:  # noqa: BLE001  a teacher that does not convert must not stop the student's export
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            job.failures[fmt] = first
+            ctx.console.print(f"  [yellow]teacher → {fmt} fp32 failed:[/yellow] {first}")
+    return job
 
 
 def export_local(name: str, checkpoint: Path, num_classes: int, cfg: ExportConfig, data_cfg: DataConfig,
@@ -351,6 +374,7 @@ class _Export:
     records: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # format → why it did not convert
 
     @cached_property
     def ref(self) -> np.ndarray:
@@ -424,18 +448,26 @@ def _targets(devices: list[str], profiles: list[Path]) -> list[Any]:
     return out
 
 
-def _run_export(job: _Export, cfg: ExportConfig, config_hash: str, info: dict[str, Any] | None = None) -> None:
-    """Every format in ``cfg.formats``, then artifacts.json and the manifest entry."""
+def _run_export(job: _Export, cfg: ExportConfig, config_hash: str, info: dict[str, Any] | None = None,
+                teacher: _Export | None = None) -> None:
+    """Every format in ``cfg.formats``, then artifacts.json (the candidates to ship), the teacher's exports
+    (``teacher-artifacts.json``: benched beside them, never shipped) and the manifest entry."""
     if "onnx" in cfg.formats:
         _export_onnx(job, cfg.onnx)
     if "tflite" in cfg.formats:
         _export_tflite(job, cfg.tflite)
     listing, reference = job.path("artifacts.json"), job.path(REFERENCE_LOGITS)
     write_json(listing, job.records)
+    extra: list[Path] = []
+    if teacher is not None:
+        extra = [*teacher.outputs, job.path(TEACHER_ARTIFACTS)]
+        write_json(extra[-1], {"artifacts": teacher.records, "failed": teacher.failures})
     with atomic_path(reference) as tmp, open(tmp, "wb") as f:  # what every device's outputs are compared with
         np.save(f, job.ref.astype(np.float32), allow_pickle=False)
-    job.run.record("export", config_hash, [*job.outputs, listing, reference],
-                   {"artifacts": [a["name"] for a in job.records], "export_seconds": job.seconds, **(info or {})})
+    job.run.record("export", config_hash, [*job.outputs, listing, reference, *extra],
+                   {"artifacts": [a["name"] for a in job.records], "export_seconds": job.seconds,
+                    **({"teacher_artifacts": [a["name"] for a in teacher.records],
+                        "teacher_failed": teacher.failures} if teacher else {}), **(info or {})})
 
 
 #: what the exporter tries, in order, when an int8 file fails parity: each step keeps the previous ones (more and
@@ -553,7 +585,15 @@ def _bench_items(ctx: Context) -> list[BenchItem]:
                 items.append(BenchItem(f"{role}-student", ctx.run.path(rel)))
     for a in read_json(ctx.run.path("export", "artifacts.json")):
         items.append(BenchItem(a["name"], ctx.run.root / a["file"]))
+    for a in teacher_artifacts(ctx.run):
+        items.append(BenchItem(a["name"], ctx.run.root / a["file"]))
     return items
+
+
+def teacher_artifacts(run: RunDir) -> list[dict[str, Any]]:
+    """The teacher's exported files (empty when the recipe did not export it, or for older runs)."""
+    listing = run.path("export", TEACHER_ARTIFACTS)
+    return read_json(listing)["artifacts"] if listing.is_file() else []
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -601,6 +641,7 @@ def stage_report(ctx: Context) -> dict[str, Any]:
         students={role: read_json(run.path("students", f"{role}.json"))
                   for role in STUDENTS if run.path("students", f"{role}.json").is_file()},
         artifacts=read_json(run.path("export", "artifacts.json")) if run.stage("export") else [],
+        teacher_artifacts=teacher_artifacts(run) if run.stage("export") else [],
         bench=read_json(run.path("bench", "results.json")) if run.stage("bench") else None,
         accuracy_tolerance=ctx.recipe.bench.accuracy_tolerance,
         files={o["path"]: o for s in run.manifest()["stages"].values() for o in s["outputs"]},
