@@ -103,3 +103,13 @@ def test_environment_mismatch_is_refused() -> None:
     assert environment_mismatch(a, a) == []
     assert environment_mismatch(a, b) and "cpu_features" in environment_mismatch(a, b)[0]
     assert environment_mismatch(a, {}) != []
+
+
+def test_the_speed_up_split_is_gateable() -> None:
+    """A team can require that distillation itself buys a speed-up (teacher vs student file, same runtime), apart
+    from what the runtime and quantisation buy."""
+    rep = report_for("m", list(np.random.default_rng(2).normal(1.0, 0.01, 100)))
+    rep["models"][0].update(distill_speedup={"1": 1.05}, runtime_speedup={"1": 20.0})
+    for budget, verdict in (({"distill_speedup": {"min": 2.0}}, "fail"), ({"distill_speedup": {"min": 1.0}}, "pass"),
+                            ({"runtime_speedup": {"min": 10.0}}, "pass")):
+        assert evaluate(rep, {**CFG, "budgets": [budget]}).verdict == verdict, budget
