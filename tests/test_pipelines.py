@@ -131,6 +131,7 @@ def test_every_command_on_an_llm_run(tiny_lm: TinyLM, tmp_path: Path) -> None:  
     res = cli("bench", "--out", str(out))
     assert res.returncode == 0, res.stderr[-2000:]
     rep = json.loads((out / "report.json").read_text())
-    assert [m["name"] for m in rep["models"]] == ["teacher", "baseline-student", "kd-fkl-student", "student-q8_0"]
+    assert [m["name"] for m in rep["models"]] == ["teacher", "baseline-student", "kd-fkl-student", "student-q8_0",
+                                                  "teacher-f32"]  # the teacher's own file (export.teacher)
     res = cli("bench", "--out", str(out), "--force")
     assert res.returncode == 0 and "bench: unchanged" not in res.stderr
