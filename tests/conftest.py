@@ -34,7 +34,8 @@ def tiny_recipe(**overrides: object) -> dict:
                     "train": {"epochs": 1, "max_steps": 2}},
         "student": {"name": "mobilenetv3_small_050"},
         "distill": {"train": {"epochs": 1, "max_steps": 2}},
-        "export": {"formats": ["onnx"], "onnx": {"variants": ["fp32", "int8_static_u8s8"], "calibration_samples": 16}},
+        "export": {"formats": ["onnx"], "onnx": {"variants": ["fp32", "int8_static_u8s8"], "calibration_samples": 16},
+                   "teacher": False},  # the teacher's own export is tested in test_cli's run
         "bench": {"warmup": 1, "runs": 3, "threads": [1]},
     }
     for key, value in overrides.items():

@@ -36,7 +36,7 @@ def byo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "distill": {"top_k": 8, "losses": [{"name": "kd", "divergence": "forward_kl"}],
                     "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1}},
         "blackbox": {"enabled": False},
-        "export": {"gguf": ["f32", "q8_0"], "onnx": ["fp32"], "fidelity_samples": 2},
+        "export": {"gguf": ["f32", "q8_0"], "onnx": ["fp32"], "fidelity_samples": 2, "teacher": []},
         "bench": {"pp_tokens": 8, "tg_tokens": 4, "repetitions": 1, "eval_samples": 2, "max_new_tokens": 8,
                   "warmup": 1, "runs": 3},
     }

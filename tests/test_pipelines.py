@@ -36,7 +36,7 @@ def _llm_recipe(tiny: TinyLM, **distill: object) -> dict:
         "distill": {"top_k": 8, "losses": [{"name": "kd-fkl"}],
                     "train": {"steps": 24, "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 2}, **distill},
         "blackbox": {"enabled": False},
-        "export": {"gguf": ["f32"], "fidelity_samples": 2},
+        "export": {"gguf": ["f32"], "fidelity_samples": 2, "teacher": []},
         "bench": {"max_new_tokens": 8},
     }
 
