@@ -10,11 +10,12 @@ from typing import Any
 from edgedistill.core.fileio import write_json, write_text
 
 
-def device_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
+def device_rows(bench: dict[str, Any] | None, artifacts: set[str] | None = None) -> list[dict[str, Any]]:
     """One row per device × model × thread count from bench/results.json's ``devices`` block (empty for old runs).
 
     Every row carries its ``label`` (measured, constrained, emulated, estimated); a failed device is one row with
-    ``model`` None and its ``error``.
+    ``model`` None and its ``error``. Parity against the source (the shipped PyTorch student) is kept only for the
+    ``artifacts`` made from it (when given): for the teacher or another student it would compare different models.
     """
     rows: list[dict[str, Any]] = []
     for spec, dev in ((bench or {}).get("devices") or {}).items():
@@ -24,6 +25,8 @@ def device_rows(bench: dict[str, Any] | None) -> list[dict[str, Any]]:
             continue
         for name, res in dev.get("results", {}).items():
             parity, source = res.get("parity_vs_host"), res.get("parity_vs_source")
+            if artifacts is not None and name not in artifacts:
+                source = None
             if res.get("error") and not res.get("runs"):
                 rows.append({**base, "model": name, "threads": None, "error": res["error"]})
             for t, doc in res.get("runs", {}).items():

@@ -143,7 +143,7 @@ def build(inp: ReportInputs) -> dict[str, Any]:
                                    and r["task_score"] >= src - inp.accuracy_tolerance)
     _same_runtime_speedups(rows, by_name, t)
     rec, reason = _recommend(rows, inp.accuracy_tolerance)
-    devices = device_rows(inp.bench)
+    devices = device_rows(inp.bench, {r["name"] for r in rows if r["kind"] == "artifact"})
     arts = {r["name"]: {"fp32": r["format"].split()[-1] in ("f32", "fp32"), "size_bytes": r.get("size_bytes"),
                         "min_top1": _same_top_bar(r["format"]), "source_accuracy": None}
             for r in rows if r["kind"] == "artifact"}

@@ -139,7 +139,7 @@ def build(inp: ReportInputs) -> dict[str, Any]:
                                      and acc >= src - inp.accuracy_tolerance and row["parity"]["ok"])
     _same_runtime_speedups(rows, by_name)
     rec, reason = _recommend(rows, inp.accuracy_tolerance)
-    devices = device_rows(inp.bench)
+    devices = device_rows(inp.bench, {r["name"] for r in rows if r["role"] == "artifact"})
     src = {r["variant"]: r["accuracy"] for r in rows if r["role"] == "student"}
     arts = {r["name"]: {"fp32": r["precision"] == "fp32", "min_top1": _bar(r["parity"]),
                         "size_bytes": r.get("size_bytes"), "source_accuracy": src.get(r["source"])}
