@@ -115,6 +115,8 @@ class LiteRtSession(Session):
         """Map float32 ``(B, C, H, W)`` to float32 logits ``(B, K)``, in chunks of the model's fixed batch."""
         x = self._to_model_layout(np.asarray(x, dtype=np.float32))
         n, step = len(x), self.max_batch
+        if n == step:  # the timed case (batch 1): no chunk bookkeeping (it cost 9% on a 48 µs model)
+            return self._invoke(x)
         outs = []
         for i in range(0, n, step):
             chunk = x[i:i + step]
@@ -128,7 +130,8 @@ class LiteRtSession(Session):
         self._it.set_tensor(self._in["index"], np.ascontiguousarray(feed))
         self._it.invoke()
         out = self._it.get_tensor(self._out["index"])
-        return self._out_q.dequantize(out) if self._out_q else out.astype(np.float32, copy=True)
+        # get_tensor returns a copy already: convert only when the output is not float32
+        return self._out_q.dequantize(out) if self._out_q else out.astype(np.float32, copy=False)
 
     def describe(self) -> dict[str, Any]:
         def q(p: QuantParams | None) -> dict[str, Any] | None:
