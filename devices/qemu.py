@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import re
@@ -31,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +89,8 @@ def _mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-@contextlib.contextmanager
-def _lock() -> Iterator[None]:
-    cache_root().mkdir(parents=True, exist_ok=True)
-    with open(cache_root() / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+def _lock() -> contextlib.AbstractContextManager[None]:
+    return llama_source.locked(cache_root() / ".lock")
 
 
 def _run(cmd: list[str], what: str, log: Any, **kw: Any) -> None:

@@ -45,6 +45,9 @@ class SshTransport(Transport):
         self.host, self.port, self.user = o["host"], o.get("port", "22"), o.get("user", "")
         self.python = shlex.split(o.get("python", "python3"))
         self.pythonpath = [p for p in o.get("pythonpath", "").split(":") if p]
+        if o.get("llama", "auto") not in ("auto", "none"):
+            raise ValueError(f"{device.spec}: llama={o['llama']!r}; use llama=auto (push llama.cpp built for the "
+                             "board's Arm core with a GGUF) or llama=none (the board has its own llama-cpp-python)")
         self._remote: str | None = None
         self._pushed: dict[str, str] = {}
 
@@ -128,7 +131,7 @@ class SshTransport(Transport):
         unpack it there; returns the folder to put on ``PYTHONPATH``. ``llama=none`` in the spec: the board has
         its own llama-cpp-python."""
         arch = llama_arm64.arch_for(self.device.profile)
-        if self.device.options.get("llama", "auto") == "none" or arch is None:
+        if self.device.options.get("llama") == "none" or arch is None:
             return None
         assert self._remote is not None
         dest = f"{self._remote}/llama-{arch}"

@@ -119,6 +119,11 @@ def test_ssh_argv_quotes_the_remote_command() -> None:
     assert tr.scp_argv("a", "b")[-3:] == ["--", "a", "b"]
 
 
+def test_an_unknown_llama_option_is_one_clear_line() -> None:
+    with pytest.raises(ValueError, match="llama='yes'; use llama=auto .* or llama=none"):
+        SshTransport(Device("ssh://pi@b?llama=yes", "ssh", get_profile("rpi4"), {"host": "b", "llama": "yes"}))
+
+
 @pytest.mark.parametrize("spec", ["ssh://-oProxyCommand=touch%20x@host", "ssh://pi@-oProxyCommand=x",
                                   "ssh://pi;id@host"])
 def test_ssh_specs_cannot_smuggle_options(spec: str) -> None:
