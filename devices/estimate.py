@@ -9,14 +9,20 @@ integer/QLinear op or reads a DequantizeLinear output (QDQ); then it uses the pr
 elements, and the Q/DQ nodes themselves are taken as fused (free). Compute peaks scale with threads/cores;
 bandwidth does not.
 
-This is a bound-style model: runtimes reach a fraction of peak, so real latencies are higher
-(``benchmarks/perf/estimator_error.py`` reports the error against published Raspberry Pi 4 figures).
+The pure roofline is a bound: runtimes reach a fraction of peak. Every node therefore belongs to an operator class
+(:func:`op_class`: dense conv, depthwise conv, matmul, other; each fp32 or int8), and a calibration
+(``devices/profiles/estimator-calibration.json``, written by ``perf/calibrate_estimator.py``) holds the efficiency
+each class reaches, fitted on measured host runs; the estimate divides each node's roofline time by its class's
+efficiency and uses the fitted per-node dispatch cost. ``roofline_ms`` keeps the uncalibrated bound. The script
+reports the error on models and published Raspberry Pi 4 figures kept out of the fit.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,34 @@ class GraphCost:
     per_node: list[tuple[float, float, float]] = field(default_factory=list)
     #: per node: (operator, flops), in graph order (what the count was made of)
     ops: list[tuple[str, float]] = field(default_factory=list)
+    #: per node: its operator class (:func:`op_class`), aligned with ``per_node``
+    classes: list[str] = field(default_factory=list)
+
+
+#: operator classes whose efficiency is calibrated separately (each also with an ``-int8`` form); ``decode`` is a
+#: GGUF's per-token work (matrix-vector products and attention over the KV cache)
+OP_CLASSES = ("conv", "dwconv", "matmul", "other", "decode")
+CALIBRATION_FILE = Path(__file__).parent / "profiles" / "estimator-calibration.json"
+
+
+def op_class(kind: str, int8: bool) -> str:
+    """``conv`` (dense convolution), ``dwconv`` (grouped/depthwise), ``matmul`` (Gemm/MatMul/fully connected),
+    ``other`` (element-wise, pooling, normalisation, ...), ``decode`` (a GGUF's per-token work), suffixed ``-int8``
+    when the node computes in int8 (quantised GGUF tensors included)."""
+    return f"{kind}-int8" if int8 else kind
+
+
+@cache
+def load_calibration(path: Path = CALIBRATION_FILE) -> dict[str, Any] | None:
+    """The fitted efficiencies (``{"efficiency": {class: fraction of peak}, "dispatch_us": float, ...}``), or None
+    when no calibration file exists (then estimates are the pure roofline)."""
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    eff = doc.get("efficiency", {})
+    if not all(isinstance(v, int | float) and 0 < v <= 50 for v in eff.values()):
+        raise ValueError(f"{path}: efficiency: each class needs a positive fraction of peak")
+    return doc
 
 
 def _dims(vi: Any) -> list[int] | None:
@@ -130,6 +164,10 @@ def graph_cost(path: Path) -> GraphCost:
         cost.nodes += 1
         cost.per_node.append((0.0 if int8 else flops, flops if int8 else 0.0, float(nbytes)))
         cost.ops.append((n.op_type, flops))
+        kind = "other"
+        if n.op_type in _MAC_OPS:
+            kind = "matmul" if "Conv" not in n.op_type else ("dwconv" if group > 1 else "conv")
+        cost.classes.append(op_class(kind, int8))
     return cost
 
 
@@ -173,6 +211,9 @@ def tflite_cost(path: Path) -> GraphCost:
         cost.nodes += 1
         cost.per_node.append((0.0 if int8 else flops, flops if int8 else 0.0, float(nbytes)))
         cost.ops.append((name, flops))
+        kind = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dwconv", "FULLY_CONNECTED": "matmul",
+                "BATCH_MATMUL": "matmul"}.get(name, "other")
+        cost.classes.append(op_class(kind, int8))
     return cost
 
 
@@ -210,9 +251,11 @@ def gguf_cost(path: Path, context: int = GGUF_ESTIMATE_CONTEXT) -> GraphCost:
         else:
             flops, nbytes, quantised = 4.0 * int(t.n_elements), float(t.n_bytes), False
         cost.per_node.append((0.0 if quantised else flops, flops if quantised else 0.0, nbytes))
+        cost.classes.append(op_class("decode", quantised))
     for _ in range(layers):  # attention over the cache: scores and weighted sum, K and V read in F16
         flops = 4.0 * heads * head_dim * context
         cost.per_node.append((flops, 0.0, 2.0 * kv_heads * head_dim * context * 2))
+        cost.classes.append("decode")
     for f32, i8, nbytes in cost.per_node:
         cost.flops += f32 + i8
         cost.int8_flops += i8
@@ -221,20 +264,45 @@ def gguf_cost(path: Path, context: int = GGUF_ESTIMATE_CONTEXT) -> GraphCost:
     return cost
 
 
-def estimate_ms(cost: GraphCost, profile: DeviceProfile, threads: int) -> dict[str, Any]:
-    """Roofline time of ``cost`` on ``profile`` at ``threads`` threads, in ms, with its terms."""
+def roofline_by_class(cost: GraphCost, profile: DeviceProfile, threads: int) -> dict[str, float]:
+    """Seconds of pure per-node roofline time summed per operator class (the calibration's regressors)."""
     share = min(threads, profile.cores) / profile.cores
     fp32_peak = profile.peak_gflops_fp32 * 1e9 * share
     int8_peak = profile.peak_gops_int8 * 1e9 * share
     bw = profile.mem_bandwidth_gbs * 1e9
-    compute_s = memory_s = total_s = 0.0
+    out: dict[str, float] = {}
+    classes = cost.classes or ["other"] * len(cost.per_node)
+    for (f32, i8, nbytes), cls in zip(cost.per_node, classes, strict=True):
+        out[cls] = out.get(cls, 0.0) + max(f32 / fp32_peak + i8 / int8_peak, nbytes / bw)
+    return out
+
+
+def estimate_ms(cost: GraphCost, profile: DeviceProfile, threads: int,
+                calibration: dict[str, Any] | None | bool = True) -> dict[str, Any]:
+    """Estimated time of ``cost`` on ``profile`` at ``threads`` threads, in ms, with its terms: each class's roofline
+    time divided by its calibrated efficiency (``calibration``: True = the built-in file, False/None = the pure
+    roofline, or a dict like the file's), plus a dispatch cost per node."""
+    share = min(threads, profile.cores) / profile.cores
+    fp32_peak = profile.peak_gflops_fp32 * 1e9 * share
+    int8_peak = profile.peak_gops_int8 * 1e9 * share
+    bw = profile.mem_bandwidth_gbs * 1e9
+    compute_s = memory_s = 0.0
     for f32, i8, nbytes in cost.per_node:
-        c, m = f32 / fp32_peak + i8 / int8_peak, nbytes / bw
-        compute_s, memory_s, total_s = compute_s + c, memory_s + m, total_s + max(c, m)
-    total_s += cost.nodes * DISPATCH_US * 1e-6
-    return {"ms": total_s * 1e3, "compute_ms": compute_s * 1e3, "memory_ms": memory_s * 1e3,
-            "bound": "compute" if compute_s >= memory_s else "memory", "threads": threads,
-            "dispatch_us_per_node": DISPATCH_US, "flops": cost.flops, "int8_flops": cost.int8_flops,
+        compute_s, memory_s = compute_s + f32 / fp32_peak + i8 / int8_peak, memory_s + nbytes / bw
+    calib = load_calibration() if calibration is True else (calibration or None)
+    by_class = roofline_by_class(cost, profile, threads)
+    roofline_s = sum(by_class.values()) + cost.nodes * DISPATCH_US * 1e-6
+    if calib is not None:
+        eff = calib["efficiency"]
+        dispatch_us = float(calib.get("dispatch_us", DISPATCH_US))
+        total_s = sum(t / eff.get(c, 1.0) for c, t in by_class.items()) + cost.nodes * dispatch_us * 1e-6
+    else:
+        dispatch_us, total_s = DISPATCH_US, roofline_s
+    return {"ms": total_s * 1e3, "roofline_ms": roofline_s * 1e3, "compute_ms": compute_s * 1e3,
+            "memory_ms": memory_s * 1e3, "bound": "compute" if compute_s >= memory_s else "memory",
+            "threads": threads, "dispatch_us_per_node": dispatch_us,
+            "calibrated": None if calib is None else calib.get("source", "calibrated"),
+            "flops": cost.flops, "int8_flops": cost.int8_flops,
             "bytes": cost.bytes, "nodes": cost.nodes, "unknown_shapes": cost.unknown_shapes}
 
 

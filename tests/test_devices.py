@@ -121,6 +121,28 @@ def test_roofline_counts_conv_and_gemm_flops(model: tuple[Path, Path]) -> None:
         EstimateTransport(parse_device("rpi4-estimated")).run(AgentJob(model[0].with_suffix(".safetensors"), 1))
 
 
+def test_calibration_divides_each_class_by_its_efficiency(model: tuple[Path, Path], tmp_path: Path) -> None:
+    """The calibrated estimate is each operator class's roofline time over its fitted efficiency plus the fitted
+    dispatch cost; a class the calibration does not name keeps the pure roofline; a bad file is one clear error."""
+    from edgedistill.devices.estimate import DISPATCH_US, load_calibration, roofline_by_class
+
+    cost = graph_cost(model[0])
+    assert {"conv", "matmul"} <= set(cost.classes) and len(cost.classes) == len(cost.per_node)
+    rpi4 = get_profile("rpi4")
+    by = roofline_by_class(cost, rpi4, 1)
+    raw = estimate_ms(cost, rpi4, 1, calibration=False)
+    assert raw["ms"] == pytest.approx((sum(by.values()) + cost.nodes * DISPATCH_US * 1e-6) * 1e3)
+    calib = {"efficiency": {"conv": 0.25}, "dispatch_us": 1.0}
+    est = estimate_ms(cost, rpi4, 1, calibration=calib)
+    rest = sum(t for c, t in by.items() if c != "conv")
+    assert est["ms"] == pytest.approx((by["conv"] / 0.25 + rest + cost.nodes * 1e-6) * 1e3)
+    assert est["roofline_ms"] == pytest.approx(raw["ms"]) and est["calibrated"] == "calibrated"
+    bad = tmp_path / "calibration.json"
+    bad.write_text('{"efficiency": {"conv": -1}}')
+    with pytest.raises(ValueError, match="calibration.json: efficiency"):
+        load_calibration(bad)
+
+
 def test_matrix_labels_every_figure_and_survives_a_failed_device(model: tuple[Path, Path], tmp_path: Path) -> None:
     devices = ["rpi4-estimated", "host", "rpi4-constrained", "ssh://nobody@127.0.0.1:1?known_hosts=/dev/null",
                "nosuch-estimated"]
