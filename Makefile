@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml Makefile | sha256sum | cut -c1-16)
-EXTRAS := dev,tflite,llm,devices
+EXTRAS := dev,tflite,llm,devices,perf
 export HF_HUB_OFFLINE := 1
 
 # llama-cpp-python has no wheel on PyPI: pip compiles llama.cpp with -march=native. On this VM family the CPU

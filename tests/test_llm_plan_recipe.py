@@ -68,6 +68,11 @@ def test_plan_70b_to_1b_by_hand(tmp_path: Path) -> None:
     assert p.student_train_gpus == 1  # 1.236 B × 16 B × 1.2 = 23.7 GB
     assert p.cache_bytes == 100_000_000 * 8 * (2 + 4)  # fp16 value + int32 id (vocab > 65,536): 4.8 GB
     assert plan(t, s, 40, "int8", 1, 8).teacher_gpus == 3  # 70.55 GB × 1.2 / 40 → ⌈2.12⌉
+    # GPU-hours by hand: teacher 2 FLOPs/param/token over the cache; student 6/param + 2/head param per token
+    g = plan(t, s, 80, "bfloat16", 100_000_000, 8, train_tokens=20_000 * 64 * 4096, gpu_tflops=1000, mfu=0.5)
+    rate = 1000e12 * 0.5 * 3600
+    assert g.teacher_pass_gpu_hours == pytest.approx(2 * 70_553_706_496 * 1e8 / rate)  # ≈ 7.8 GPU-hours
+    assert g.student_train_gpu_hours == pytest.approx((6 * 1_235_814_400 + 2 * 128256 * 2048) * 5_242_880_000 / rate)
 
 
 def test_generator_is_seeded_and_jsonl_loader(tmp_path: Path) -> None:

@@ -407,7 +407,8 @@ def _llm_recipe(ref: str):  # type: ignore[no-untyped-def]
 
 @app.command()
 def plan(recipe: Annotated[str, typer.Argument(help="LLM recipe YAML or built-in name")]) -> None:
-    """Print the resource estimate of an LLM recipe: parameters, bytes per dtype, GPUs, teacher-cache size."""
+    """Print the resource estimate of an LLM recipe: parameters, bytes per dtype, GPUs, teacher-cache size, and
+    GPU-hours for the teacher pass and the student's training (FLOPs at plan.gpu_tflops × plan.mfu)."""
 
     def go() -> None:
         from edgedistill.toolchain.llm.plan import Shape, format_plan
@@ -423,7 +424,9 @@ def plan(recipe: Annotated[str, typer.Argument(help="LLM recipe YAML or built-in
             a = r.student.arch
             s = Shape(t.vocab_size, a.hidden_size, a.intermediate_size, a.num_hidden_layers, a.num_attention_heads,
                       a.num_key_value_heads, a.tie_word_embeddings)
-        p = make_plan(t, s, r.plan.gpu_memory_gb, r.plan.teacher_dtype, r.plan.cache_tokens, r.distill.top_k or 0)
+        tokens = r.distill.train.steps * r.distill.train.batch_size * r.data.max_length
+        p = make_plan(t, s, r.plan.gpu_memory_gb, r.plan.teacher_dtype, r.plan.cache_tokens, r.distill.top_k or 0,
+                      tokens, r.plan.gpu_tflops, r.plan.mfu)
         out_console.print(format_plan(p), highlight=False)
 
     _guard(go)

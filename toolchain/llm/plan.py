@@ -5,7 +5,10 @@ Memory rules of thumb (stated so they can be checked by hand):
 * teacher forward: weights at ``teacher_dtype`` bytes/param × 1.2 headroom (activations, KV, buffers);
 * student training (mixed precision AdamW, FSDP-sharded): weights (2) + gradients (2) + fp32 master (4) + Adam
   moments (8) = 16 bytes/param, × 1.2 headroom;
-* teacher cache: tokens × k × (2-byte value + 2- or 4-byte id).
+* teacher cache: tokens × k × (2-byte value + 2- or 4-byte id);
+* compute: a forward pass costs 2 FLOPs per parameter per token, a training step 6 (forward + backward), plus 2 per
+  head parameter for the chunked KD loss recomputing its logits in backward; GPU-hours = FLOPs / (peak × MFU).
+  The training tokens are ``steps × batch × max_length`` (an upper bound: shorter examples cost less).
 """
 
 from __future__ import annotations
@@ -66,21 +69,29 @@ class Plan:
     cache_tokens: int
     top_k: int
     cache_bytes: float
+    train_tokens: int = 0
+    teacher_pass_gpu_hours: float = 0.0
+    student_train_gpu_hours: float = 0.0
+    gpu_tflops: float = 0.0
+    mfu: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def plan(teacher: Shape, student: Shape, gpu_memory_gb: float, teacher_dtype: str, cache_tokens: int,
-         top_k: int) -> Plan:
+         top_k: int, train_tokens: int = 0, gpu_tflops: float = 989.0, mfu: float = 0.4) -> Plan:
     tp, sp = teacher.params(), student.params()
+    rate = gpu_tflops * 1e12 * mfu * 3600  # FLOPs per GPU-hour
+    head = student.vocab_size * student.hidden_size
     gpu = gpu_memory_gb * 1e9
     teacher_gpus = math.ceil(tp * BYTES[teacher_dtype] * HEADROOM / gpu)
     student_gpus = math.ceil(sp * TRAIN_BYTES_PER_PARAM * HEADROOM / gpu)
     id_bytes = 2 if max(teacher.vocab_size, student.vocab_size) <= 65536 else 4
     return Plan(tp, sp, {k: tp * v for k, v in BYTES.items()}, {k: sp * v for k, v in BYTES.items()},
                 gpu_memory_gb, teacher_gpus, student_gpus, cache_tokens, top_k,
-                cache_tokens * top_k * (2 + id_bytes))
+                cache_tokens * top_k * (2 + id_bytes), train_tokens, 2 * tp * cache_tokens / rate,
+                (6 * sp + 2 * head) * train_tokens / rate, gpu_tflops, mfu)
 
 
 def format_plan(p: Plan) -> str:
@@ -92,4 +103,14 @@ def format_plan(p: Plan) -> str:
              f"student training (AdamW, {TRAIN_BYTES_PER_PARAM} B/param): {p.student_train_gpus} × "
              f"{p.gpu_memory_gb:g} GB GPU(s)",
              f"teacher cache: {p.cache_tokens:,} tokens × top-{p.top_k} = {p.cache_bytes / gb:.1f} GB"]
+    if p.gpu_tflops:
+        at = f"at {p.gpu_tflops:g} TFLOP/s × {p.mfu:.0%} MFU"
+        lines.append(f"teacher pass over the cache: {p.teacher_pass_gpu_hours:,.0f} GPU-hours {at}")
+    if p.train_tokens:
+        lines.append(f"student training: {p.train_tokens:,} tokens (steps × batch × max_length), "
+                     f"{p.student_train_gpu_hours:,.0f} GPU-hours {at}")
+        if p.train_tokens > p.cache_tokens:
+            lines.append(f"note: training reads {p.train_tokens / p.cache_tokens:.1f}× the cached tokens (epochs "
+                         f"over the cache); caching every trained token would take "
+                         f"{p.cache_bytes / p.cache_tokens * p.train_tokens / gb:,.0f} GB")
     return "\n".join(lines)

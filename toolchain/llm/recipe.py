@@ -248,6 +248,8 @@ class PlanConfig(Section):
     cache_tokens: int = Field(100_000_000, ge=1)
     train_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     teacher_dtype: Literal["float32", "bfloat16", "int8"] = "bfloat16"
+    gpu_tflops: float = Field(989.0, gt=0, description="the GPU's dense peak at train_dtype (H100 SXM bf16: 989)")
+    mfu: float = Field(0.4, gt=0, le=1, description="model FLOPs utilisation assumed for GPU-hour figures")
 
 
 class LLMRecipe(RecipeBase):
