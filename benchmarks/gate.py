@@ -36,15 +36,20 @@ class Budgets(Protocol):
 
 # -- the recommended artifact, point values (every report records this) -------------------------------------------
 def check(report: dict[str, Any], budgets: Budgets, threads: int | None = None) -> list[str]:
-    """One line per budget the recommended artifact misses (empty: the gate passes). ``threads`` defaults to the
-    smallest thread count the report measured."""
+    """One line per budget the recommended artifact misses (empty: the gate passes); one line, whatever the
+    budgets, when ``export --auto`` chose nothing. ``threads`` defaults to the smallest thread count the report
+    measured."""
+    auto = report.get("auto")
+    if auto and not auto.get("chosen"):  # export --auto found nothing to ship: a result for export, a failure here
+        return [f"export --auto on {auto.get('device')} chose no artifact: {auto.get('reason')}"]
     if all(getattr(budgets, k) is None for k in ("min_retention", "max_p50_ms", "min_speedup")):
         return []
     summary = report.get("summary", {})
     name = summary.get("recommended")
     rows = {m["name"]: m for m in report.get("models", [])}
     if name is None or name not in rows:
-        return ["no recommended artifact in the report (no artifact kept accuracy, or bench did not run)"]
+        why = summary.get("recommended_reason") or "no artifact kept accuracy, or bench did not run"
+        return [f"no recommended artifact in the report ({why})"]
     t = str(threads if threads is not None else min(summary.get("threads") or [1]))
     row = rows[name]
     lat = row.get("latency_ms", {}).get(t, {})

@@ -21,6 +21,19 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900)
 
 
+def cli_here(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in this process, for a test that calls it many times on measurements already taken (no interpreter
+    and torch start-up: ~10 s a call); the same result shape as :func:`cli`."""
+    from typer.testing import CliRunner
+
+    from edgedistill.toolchain.cli import app
+
+    res = CliRunner().invoke(app, list(args))
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return subprocess.CompletedProcess(args, res.exit_code, res.stdout, res.stderr)
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("cli")
@@ -182,3 +195,41 @@ def test_help_and_recipes() -> None:
     assert res.returncode == 0 and "distill" in res.stdout and "bench" in res.stdout
     res = cli("recipes")
     assert res.returncode == 0 and "vit-to-mobilenet" in res.stdout
+
+
+@pytest.mark.slow
+def test_export_auto_on_the_run(run_dir: Path) -> None:  # ~20 s: the CLI in-process, on bench's measurements
+    """`export --auto` on the module's run (last: it turns auto on in the run's recipe.yaml): nothing re-exported,
+    the host measurements are the bench stage's own (reused, not taken again), the chosen artifact becomes the
+    report's recommended one; a device where nothing runs is a result (exit 0, every reason written) that only the
+    gate fails on."""
+    before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "bench").glob("student-*-t1.json")}
+    res = cli_here("export", "--out", str(run_dir), "--auto", "--min-retention", "0.99")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "bench").glob("student-*-t1.json")} == before
+    assert "export: unchanged, skipped" in res.stderr and "export --auto on host" in res.stdout
+    decision = json.loads((run_dir / "export" / "auto.json").read_text())
+    arts = {a["name"] for a in json.loads((run_dir / "export" / "artifacts.json").read_text())}
+    assert {c["name"] for c in decision["candidates"]} == arts and decision["chosen"] in arts
+    for c in decision["candidates"]:
+        assert c["reason"] and (c["status"] == "rejected") == (c["retention"] is None or c["retention"] < 0.99)
+        bench = json.loads((run_dir / "bench" / f"{c['name']}-t1.json").read_text())["result"]
+        assert c["p50_ms"] == pytest.approx(bench["latency_ms"]["p50"], rel=1e-3)  # the bench stage's, reused
+    assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["export"]["auto"]["enabled"] is True
+    res = cli_here("report", "--out", str(run_dir))
+    report = json.loads((run_dir / "report.json").read_text())
+    assert res.returncode == 0 and report["summary"]["recommended"] == decision["chosen"]
+    assert "## export --auto" in (run_dir / "report.md").read_text()
+    assert cli_here("gate", "--out", str(run_dir)).returncode == 0
+
+    nowhere = "ssh://nobody@127.0.0.1:1?profile=rpi4"  # nothing listens on port 1: no artifact runs there
+    res = cli_here("export", "--out", str(run_dir), "--device", nowhere)
+    assert res.returncode == 0, res.stderr[-3000:]
+    decision = json.loads((run_dir / "export" / "auto.json").read_text())
+    assert decision["chosen"] is None and decision["reason"].startswith("no artifact meets the budget on ssh:")
+    assert "did not run on" in res.stdout  # the table, with each reason
+    assert all(c["reason"].startswith(f"did not run on {nowhere}: ") for c in decision["candidates"])
+    assert cli_here("report", "--out", str(run_dir)).returncode == 0
+    res = cli_here("gate", "--out", str(run_dir), "--json", str(run_dir / "gate.json"))
+    failures = json.loads((run_dir / "gate.json").read_text())["failures"]
+    assert res.returncode == 1 and failures[0].startswith(f"export --auto on {nowhere} chose no artifact: "), failures

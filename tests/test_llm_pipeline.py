@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from edgedistill.core.tolerances import DEVICE_INT8_MIN_TOP1, FP32_MAX_ABS_DIFF
-from tests.test_cli import cli
+from tests.test_cli import cli, cli_here
 
 #: fp32 artifacts (F32 GGUF, fp32 ONNX) on another device vs the host run, largest absolute logit difference
 FP32_DEVICE_PARITY = FP32_MAX_ABS_DIFF
@@ -153,3 +153,27 @@ def test_llm_artifacts_on_the_device_matrix(llm_run: Path, qemu_rootfs: Path) ->
     assert "## Devices" in md and "p50 ms/token" in md and "| qemu-arm64 | emulated | student-onnx-fp32 |" in md
     # adding devices re-measured nothing the run had already measured in fresh processes
     assert (llm_run / "bench" / "teacher-t1.json").stat().st_mtime_ns == teacher_bench
+
+
+@pytest.mark.slow
+def test_export_auto_on_an_llm_run(llm_run: Path) -> None:
+    """`export --auto` on the LLM run (~30 s): every GGUF and ONNX file is a candidate with its figures and reason,
+    measured on the host as the bench stage measured it (reused, not re-run), and the report ships the choice. (These
+    students are barely trained, so whether one qualifies is not the point: tests/test_auto_select.py is.)"""
+    bench = llm_run / "bench"
+    before = {p.name: p.stat().st_mtime_ns for p in bench.glob("student-*-t1.json")}
+    res = cli_here("export", "--out", str(llm_run), "--auto", "--min-retention", "0.5")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "export: unchanged, skipped" in res.stderr and "export --auto on host" in res.stdout
+    decision = json.loads((llm_run / "export" / "auto.json").read_text())
+    listing = json.loads((llm_run / "export" / "artifacts.json").read_text())
+    assert [c["name"] for c in decision["candidates"]] == [a["name"] for a in listing["artifacts"]]
+    assert decision["metric"].startswith("p50 latency per generated token")
+    for c in decision["candidates"]:
+        assert c["reason"] and c["p50_ms"] > 0 and c["file"] and c["sha256"]
+        assert c["status"] == "rejected" or c["retention"] >= 0.5
+    assert {p.name: p.stat().st_mtime_ns for p in bench.glob("student-*-t1.json")} == before
+    assert cli_here("report", "--out", str(llm_run)).returncode == 0
+    report = json.loads((llm_run / "report.json").read_text())
+    assert report["summary"]["recommended"] == decision["chosen"] and report["auto"] == decision
+    assert "## export --auto" in (llm_run / "report.md").read_text()

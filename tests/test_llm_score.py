@@ -79,4 +79,4 @@ def test_recommended_is_the_fastest_that_keeps_its_students_score() -> None:
     rep = report({**res, "q8_0": doc(0.3, 3000), "q4_0": doc(0.2, 6000), "q4_k_m": doc(0.2, 9000)})
     assert rep["summary"]["recommended"] is None  # none keeps it
     assert check(rep, GateConfig(min_retention=0.9)) == [
-        "no recommended artifact in the report (no artifact kept accuracy, or bench did not run)"]
+        "no recommended artifact in the report (no artifact kept its student's task score within tolerance)"]

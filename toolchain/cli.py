@@ -96,6 +96,8 @@ def _print_report(report: dict, kind: str) -> None:
     _print_rows(f"edgedistill — {report['recipe']} ({kind})", *rep.table(report))
     if lines := devices_markdown(report.get("devices") or []):
         out_console.print("\n".join(lines), highlight=False, markup=False)
+    if report.get("auto"):
+        _print_auto(report["auto"], Path(report["run_dir"]))
     for line in rep.summary_lines(report):
         out_console.print(line)
     if gate := report.get("gate"):
@@ -191,6 +193,17 @@ def export(
     hf: Annotated[Path | None, typer.Option(
         "--hf", help="export this local Hugging Face causal-LM folder (Llama 2/3.x, Mistral, Qwen2.5; its own "
         "tokenizer) instead of a run's student; --formats FORMAT[:VARIANT],... e.g. gguf:q4_k_m,onnx:fp32")] = None,
+    auto: Annotated[bool, typer.Option(
+        "--auto", help="measure every exported artifact on --device and ship the fastest (p50) that keeps "
+        "--min-retention of its PyTorch source's accuracy (LLM: task score) and passed parity; each other one is "
+        "listed with its reason (export/auto.json, the report's recommended artifact). Default: the recipe's "
+        "export.auto")] = False,
+    device: Annotated[str | None, typer.Option(
+        help="--auto's device spec, e.g. host, rpi4-constrained, qemu-arm64:rpi4 (default: export.auto.device)")
+    ] = None,
+    min_retention: Annotated[float | None, typer.Option(
+        help="--auto's budget: artifact score / its PyTorch source's, e.g. 0.99 (default: export.auto.min_retention)")
+    ] = None,
 ) -> None:
     """Export a run's student (vision: ONNX + TFLite; LLM: the best student as GGUF + ONNX) and check every
     artifact against its PyTorch source.
@@ -199,6 +212,11 @@ def export(
     mobilenetv3_small_100 --checkpoint w.safetensors --num-classes 10 --formats tflite --out DIR`; with --hf, any
     local LLM folder, e.g. `edgedistill export --hf ./Llama-3.2-1B --formats gguf:f32,gguf:q4_k_m,onnx:fp32 --out
     DIR`: each file is checked against the folder (tokens on fixed texts, fp32 logits over 512 positions, KLD).
+
+    With --auto (on a run directory), every exported artifact is measured on --device and the fastest that meets
+    --min-retention is chosen, e.g. `edgedistill export --out runs/demo --auto --device rpi4-constrained
+    --min-retention 0.99`. No artifact meeting the budget is a result, not an error: it is printed and recorded,
+    the exit code is 0, and `edgedistill gate` fails on it.
     """
 
     def go() -> None:
@@ -208,6 +226,9 @@ def export(
         from edgedistill.toolchain.vision.recipe import DataConfig, ExportConfig
 
         try:
+            if (auto or device is not None or min_retention is not None) and (hf is not None or model is not None):
+                raise ValueError("--auto/--device/--min-retention: they choose among a run's artifacts (its test "
+                                 "split and bench settings); not with --model or --hf")
             if hf is not None:
                 if model is not None:
                     raise ValueError("--hf and --model: give one (an LLM folder or a timm model)")
@@ -222,9 +243,14 @@ def export(
                                      f"{out / 'artifacts.json'})")
                 return
             if model is None:
+                from edgedistill.toolchain import auto_select
+
                 ctx = _existing(out, force)
                 ctx.recipe = pipeline_of(ctx.recipe).impl.export_options(ctx.recipe, formats, variants, layout)
-                run_stages(ctx, ("export",))
+                ctx.recipe = auto_select.apply_options(ctx.recipe, auto, device, min_retention)
+                run_stages(ctx, pipeline_of(ctx.recipe).stage_names("export"))  # export, then export --auto's choice
+                if ctx.recipe.export.auto.enabled and (decision := auto_select.fresh_decision(ctx.run)):
+                    _print_auto(decision, ctx.run.root, hint=True)
                 return
             if checkpoint is None or num_classes is None:
                 raise ValueError("--model needs --checkpoint FILE and --num-classes N")
@@ -242,6 +268,18 @@ def export(
             raise ValueError(f"{err}\nrepro: {written.with_name('repro.py')} (details in {written})") from err
 
     _guard(go)
+
+
+def _print_auto(decision: dict, root: Path, hint: bool = False) -> None:
+    """export --auto's candidates, the chosen one starred, each other one with its reason."""
+    from edgedistill.benchmarks.report.common import auto_headline, auto_table
+    from edgedistill.toolchain.auto_select import AUTO_JSON
+
+    _print_rows(f"export --auto on {decision['device']} ({decision.get('label') or '?'})", *auto_table(decision))
+    out_console.print(auto_headline(decision).replace("**", ""), highlight=False, markup=False)
+    if hint:
+        out_console.print(f"decision: {root.joinpath(*AUTO_JSON)} (after `bench` or `report`, the chosen artifact is "
+                          "the report's recommended one; `gate` fails when none was chosen)", highlight=False)
 
 
 def _print_llm_artifacts(records: list[dict]) -> None:

@@ -9,7 +9,9 @@ module defines
 - ``STAGES``: :class:`Stage` entries in run order, each tagged with the command that runs it;
 - ``REPORT``: the kind's report module in ``edgedistill.benchmarks.report`` (``table``, ``summary_lines``);
 - ``export_options(recipe, formats, variants, layout)``: the recipe with ``edgedistill export``'s options applied;
-- ``gate_items(ctx)``: the exported artifacts as :class:`GateItem` (for interleaved re-measurement).
+- ``gate_items(ctx)``: the exported artifacts as :class:`GateItem` (for interleaved re-measurement);
+- ``auto_candidates(ctx, spec)``: the exported artifacts measured on a device, for ``export --auto``
+  (:mod:`edgedistill.toolchain.auto_select`, whose ``select`` stage the kind lists after export).
 
 Each stage computes a config hash from its recipe sections and the content hashes of its inputs; when the manifest
 records the same hash with intact outputs, the stage is skipped. Adding a kind (detection, speech) costs one folder
@@ -166,7 +168,7 @@ def stale_report(ctx: Context, report: dict[str, Any]) -> list[str]:
         if not path.exists() or sha256_path(path) != item["sha256"]:
             problems.append(f"{item['path']} changed since it was measured (re-run `edgedistill bench`)")
     made = report.get("generated_at") or ""
-    for stage in ("export", "bench"):
+    for stage in ("export", "select", "bench"):  # select: export --auto's choice (toolchain/auto_select.py)
         done = (ctx.run.stage(stage) or {}).get("completed_at") or ""
         if made and done > made:
             problems.append(f"the {stage} stage ran after the report was made (re-run `edgedistill report`)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 BUILTIN_PACKAGE = "edgedistill.toolchain.recipes"
 DEFAULT_KIND = "vision"
@@ -114,6 +114,27 @@ class GateConfig(Section):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="two-sided confidence of every interval")
     min_samples: int = Field(30, ge=5, description="latency samples a check needs; fewer: inconclusive")
     rounds: int = Field(5, ge=3, le=50, description="interleaved baseline/candidate rounds when both are at hand")
+
+
+class AutoExport(Section):
+    """``export.auto`` (``edgedistill export --auto``), for every kind: measure each exported artifact on ``device``
+    and ship the fastest by p50 latency (vision: batch 1; LLM: per generated token) among those that ran there,
+    passed parity and keep ``min_retention`` of their PyTorch source's accuracy (LLM: task score) on the same
+    examples — ties within the measurement interval go to the smaller file. Every other artifact is listed with the
+    reason it was not chosen (``export/auto.json``); the chosen one is the report's recommended artifact, which the
+    gate checks. Not to be confused with ``gate.min_retention``, which is against the teacher."""
+
+    enabled: bool = False
+    device: str = Field("host", min_length=1, description="a device spec as bench takes (host, PROFILE-constrained, "
+                        "qemu-arm64[:PROFILE], ssh://..., adb); not an estimate, which computes no outputs")
+    min_retention: float = Field(0.99, gt=0, le=1, description="artifact score / its PyTorch source's, at least")
+
+    @model_validator(mode="after")
+    def _measurable(self) -> AutoExport:
+        if self.device.partition("?")[0].endswith("-estimated"):
+            raise ValueError(f"device: {self.device} is an estimate, which computes no outputs, so no retention can "
+                             "be measured there; use PROFILE-constrained, qemu-arm64:PROFILE or a real board")
+        return self
 
 
 class RecipeBase(Section):

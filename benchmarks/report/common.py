@@ -124,6 +124,38 @@ def per_device_markdown(truth: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def auto_table(decision: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """``export --auto``'s candidates (header, rows), shared by report.md and the CLI: each with its figures on the
+    device and why it was or was not chosen."""
+    header = ["artifact", "status", "p50 ms [interval]", "retention", "size KB", "why"]
+    body = []
+    for c in decision.get("candidates") or []:
+        lat = "–" if c.get("p50_ms") is None else (f"{c['p50_ms']:.4g} [{c['interval'][0]:.4g}, {c['interval'][1]:.4g}]"
+                                                  if c.get("interval") else f"{c['p50_ms']:.4g}")
+        kb = None if c.get("size_bytes") is None else c["size_bytes"] / 1024
+        body.append([c["name"] + (" ★" if c["status"] == "chosen" else ""), c["status"], lat,
+                     fmt(c.get("retention"), ".4f"), fmt(kb, ".0f"), c["reason"]])
+    return header, body
+
+
+def auto_headline(decision: dict[str, Any]) -> str:
+    """One line: what ``export --auto`` chose for its device under its budget, and why."""
+    what = f"**{decision['chosen']}**" if decision.get("chosen") else "nothing"
+    return (f"export --auto on {decision['device']} (retention ≥ {decision['min_retention']:g} of the PyTorch source's"
+            f"{', ' + decision['metric'] if decision.get('metric') else ''}): {what} — {decision['reason']}.")
+
+
+def auto_markdown(decision: dict[str, Any] | None) -> list[str]:
+    """The report's ``export --auto`` section (nothing when the recipe does not use it)."""
+    if not decision:
+        return []
+    out = ["", "## export --auto", "", auto_headline(decision) + " The chosen artifact is the recommended one (★), "
+           "which the gate checks.", ""]
+    if decision.get("candidates"):
+        out += md_table(*auto_table(decision))
+    return out
+
+
 def gate_markdown(report: dict[str, Any]) -> list[str]:
     """The report's gate section: the recipe's budgets and what the recommended artifact missed."""
     g = report.get("gate")

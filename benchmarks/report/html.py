@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from edgedistill.benchmarks.report import llm, vision
-from edgedistill.benchmarks.report.common import fmt
+from edgedistill.benchmarks.report.common import auto_headline, auto_table, fmt
 from edgedistill.core.fileio import write_text
 
 VERDICT_COLOURS = {"pass": "#2e7d32", "fail": "#c62828", "inconclusive": "#ef8f00", "waived": "#757575"}
@@ -338,6 +338,16 @@ def _per_device(report: dict[str, Any]) -> str | None:
     return body
 
 
+def _auto(report: dict[str, Any]) -> str | None:
+    """``export --auto``: the chosen artifact for its device, and why each other one was not chosen."""
+    decision = report.get("auto")
+    if not decision:
+        return None
+    header, rows = auto_table(decision)
+    return (f"<p>{_esc(auto_headline(decision).replace('**', ''))}</p>"
+            + (_table(header, rows, table_id="auto-table") if rows else ""))
+
+
 def _tuning(report: dict[str, Any]) -> str | None:
     """distill.tune's trials: a table and validation accuracy per trial."""
     t = (report.get("summary") or {}).get("tuning") or {}
@@ -379,6 +389,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str | None]]] = [
     ("size-retention", "Size vs retention", _size_retention),
     ("quantisation", "Quantisation vs fidelity", _quant_fidelity),
     ("devices", "Devices", _devices), ("per-device", "What to ship, per device", _per_device),
+    ("auto", "export --auto", _auto),
     ("tuning", "KD tuning", _tuning), ("bench-failures", "Benchmark failures", _failures),
     ("definitions", "Definitions", _definitions),
 ]

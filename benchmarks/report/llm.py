@@ -8,7 +8,8 @@ teacher-artifact: the teacher's own GGUF, benched beside the student's, never re
 ``perplexity``, ``kld``, ``same_top_token``, ``pp_tps``, ``tg_tps``, ``ttft_ms``, ``peak_rss_mb``, ``size_bytes``,
 ``latency_ms`` ``{"<threads>": {p50, p90, p99, mean, min}}`` (per generated token), ``speedup``
 ``{"<threads>": tg tokens/s / the PyTorch teacher's}``, ``keeps_accuracy`` (artifacts) and ``bench_error``;
-``summary`` has ``teacher_task_score``, ``best_student``, ``recommended``, ``recommended_reason``,
+``summary`` has ``teacher_task_score``, ``best_student``, ``recommended`` (``export --auto``'s choice when it is on;
+the decision itself is ``auto``), ``recommended_reason``,
 ``recommended_retention``, ``recommended_speedup`` and ``threads``; ``gate`` the recipe's budgets and failures.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.benchmarks.report.common import (
+    auto_markdown,
     device_rows,
     devices_markdown,
     fmt,
@@ -56,6 +58,7 @@ class ReportInputs:
     manifest: dict[str, Any]
     threads: int
     accuracy_tolerance: float
+    auto: dict[str, Any] | None = None  # export --auto's decision (edgedistill.benchmarks.select): what ships
 
 
 def _host_doc(bench: dict[str, Any] | None, name: str, threads: int) -> tuple[dict[str, Any] | None, str | None]:
@@ -143,9 +146,11 @@ def build(inp: ReportInputs) -> dict[str, Any]:
                                    and r["task_score"] >= src - inp.accuracy_tolerance)
     _same_runtime_speedups(rows, by_name, t)
     rec, reason = _recommend(rows, inp.accuracy_tolerance)
+    if inp.auto is not None:  # export --auto chose for its device under its retention budget: that ships
+        rec, reason = inp.auto["chosen"], f"export --auto on {inp.auto['device']}: {inp.auto['reason']}"
     devices = device_rows(inp.bench, {r["name"] for r in rows if r["kind"] == "artifact"})
     arts = {r["name"]: {"fp32": r["format"].split()[-1] in ("f32", "fp32"), "size_bytes": r.get("size_bytes"),
-                        "min_top1": _same_top_bar(r["format"]), "source_accuracy": None}
+                        "min_top1": same_top_bar(r["format"]), "source_accuracy": None}
             for r in rows if r["kind"] == "artifact"}
     truth = per_device({"devices": devices}, arts, inp.accuracy_tolerance)
     best = by_name.get(rec) if rec else None
@@ -156,12 +161,12 @@ def build(inp: ReportInputs) -> dict[str, Any]:
     files = {o["path"]: o for s in inp.manifest.get("stages", {}).values() for o in s.get("outputs", [])}
     stages = inp.manifest.get("stages", {})
     return {"schema": SCHEMA, "recipe": inp.recipe, "run_dir": inp.run_dir, "definitions": DEFINITIONS,
-            "models": rows, "summary": summary, "devices": devices, "per_device": truth,
+            "models": rows, "summary": summary, "devices": devices, "per_device": truth, "auto": inp.auto,
             "distill": stages.get("distill", {}).get("info"), "blackbox": stages.get("blackbox", {}).get("info"),
             "files": files}
 
 
-def _same_top_bar(fmt_: str) -> float | None:
+def same_top_bar(fmt_: str) -> float | None:
     """The same-top-token bar a quantised LLM artifact is held to against its source (4-bit: none, as llama.cpp's
     perplexity tool only reports it)."""
     variant = fmt_.split()[-1]
@@ -227,6 +232,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += ["", "Bench failures:", *[f"- {n}: {e}" for n, e in errs]]
     lines += devices_markdown(report.get("devices") or [], latency="p50 ms/token", accuracy="next-token acc.")
     lines += per_device_markdown(report.get("per_device"))
+    lines += auto_markdown(report.get("auto"))
     lines += gate_markdown(report)
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ the host), and says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from edgedistill.benchmarks import stats
@@ -22,9 +23,10 @@ from edgedistill.benchmarks import stats
 MIN_SAMPLES = 10
 
 
-def _keeps(row: dict[str, Any], artifact: dict[str, Any], source_accuracy: float | None,
-           tol: float) -> tuple[bool | None, str]:
-    """Does ``artifact`` keep accuracy in device ``row``? ``(None, why)`` when the row cannot tell."""
+def keeps_on_device(row: dict[str, Any], artifact: dict[str, Any], source_accuracy: float | None,
+                    tol: float) -> tuple[bool | None, str]:
+    """Does ``artifact`` keep accuracy in device ``row``? ``(None, why)`` when the row cannot tell. With
+    ``source_accuracy`` None only the outputs are judged (parity with the source, and the tokenizer)."""
     p = row.get("parity_vs_source")
     if not p or "top1_agreement" not in p:
         return None, "no parity against the source on this device"
@@ -43,7 +45,8 @@ def _keeps(row: dict[str, Any], artifact: dict[str, Any], source_accuracy: float
     return ok, why
 
 
-def _latency(row: dict[str, Any]) -> tuple[float, float, float, str]:
+def latency(row: dict[str, Any]) -> tuple[float, float, float, str]:
+    """``(p50, low, high, how)`` of a device row: a bootstrap interval, a few runs' range, or the point value."""
     s = row.get("samples_ms")
     if s and len(s) >= MIN_SAMPLES:
         est, lo, hi = stats.percentile_interval(s, 50)
@@ -64,7 +67,7 @@ def per_device(report: dict[str, Any], artifacts: dict[str, dict[str, Any]], tol
     keeps: dict[str, dict[str, Any]] = {a: {} for a in artifacts}
     for r in rows:
         a = artifacts[r["model"]]
-        ok, why = _keeps(r, a, a.get("source_accuracy"), tol)
+        ok, why = keeps_on_device(r, a, a.get("source_accuracy"), tol)
         keeps[r["model"]][r["device"]] = {"ok": ok, "why": why, "label": r.get("label")}
     for r in rows:  # estimated devices: accuracy from the same profile's emulated/measured row, else the host
         if r.get("label") != "estimated":
@@ -91,16 +94,29 @@ def _profile(report: dict[str, Any], device: str) -> str | None:
     return next((r.get("profile") for r in report.get("devices", []) if r.get("device") == device), None)
 
 
+Timed = tuple[dict[str, Any], float, float, float, str]
+
+
+def fastest_within_noise(rows: list[dict[str, Any]], size: Callable[[dict[str, Any]], int | None]
+                         ) -> tuple[Timed, list[Timed]]:
+    """The row to pick among ``rows`` (non-empty, each with ``p50_ms`` and maybe ``samples_ms``) by latency:
+    ``(best, tied)``, each entry ``(row, p50, low, high, how)``. Rows whose interval reaches down to the fastest
+    one's upper end are tied within noise, and among them the smallest file (``size(row)``), then the most accurate,
+    wins, so two bench runs agree."""
+    timed = [(r, *latency(r)) for r in rows]
+    fastest = min(timed, key=lambda x: x[1])
+    tied = [x for x in timed if x[2] <= fastest[3]]  # intervals overlap the fastest one's
+    best = min(tied, key=lambda x: (size(x[0]) or 0, -(x[0].get("accuracy") or 0)))
+    return best, tied
+
+
 def _recommend(device: str, rows: list[dict[str, Any]], keeps: dict[str, dict[str, Any]],
                artifacts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     t = min((r["threads"] for r in rows), default=1)
     cands = [r for r in rows if r["threads"] == t and keeps[r["model"]].get(device, {}).get("ok")]
     if not cands:
         return {"artifact": None, "reason": f"no artifact keeps accuracy on {device}"}
-    timed = [(r, *_latency(r)) for r in cands]
-    fastest = min(timed, key=lambda x: x[1])
-    tied = [x for x in timed if x[2] <= fastest[3]]  # intervals overlap the fastest one's
-    best = min(tied, key=lambda x: (artifacts[x[0]["model"]].get("size_bytes") or 0, -(x[0].get("accuracy") or 0)))
+    best, tied = fastest_within_noise(cands, lambda r: artifacts[r["model"]].get("size_bytes"))
     r, est, lo, hi, how = best
     label = r.get("label")
     reason = (f"fastest that keeps accuracy on {device} ({label} time, {how}: {est:.4g} ms [{lo:.4g}, {hi:.4g}])"

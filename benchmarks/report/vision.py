@@ -15,8 +15,9 @@ Schema ``edgedistill.report/1``::
                  "keeps_accuracy": bool, "bench_error": str | null}],
      "devices": [{"device", "label": measured|constrained|emulated|estimated, "profile", "model", "threads",
                   "p50_ms", "peak_rss_mb", "accuracy", "parity_vs_host", "applied", "error"}],
+     "per_device": {...}, "auto": {...export/auto.json: export --auto's decision, or null when it is off},
      "summary": {"teacher_accuracy", "baseline_accuracy", "kd_accuracy", "kd_gain", "kd_helped",
-                 "recommended", "recommended_reason", "threads"}}
+                 "recommended" (export --auto's choice when it is on), "recommended_reason", "threads"}}
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgedistill.benchmarks.report.common import device_rows as device_rows
 from edgedistill.benchmarks.report.common import (
+    auto_markdown,
     devices_markdown,
     fmt,
     gate_markdown,
@@ -34,6 +35,7 @@ from edgedistill.benchmarks.report.common import (
     per_device_markdown,
     write_report,
 )
+from edgedistill.benchmarks.report.common import device_rows as device_rows
 from edgedistill.benchmarks.report.per_device import per_device
 
 SCHEMA = "edgedistill.report/1"
@@ -65,6 +67,7 @@ class ReportInputs:
     distill: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)  # the export stage's info: which student shipped, why
     teacher_artifacts: list[dict[str, Any]] = field(default_factory=list)  # the teacher's own fp32 exports
+    auto: dict[str, Any] | None = None  # export --auto's decision (edgedistill.benchmarks.select): what ships
 
 
 def _rows(inp: ReportInputs) -> list[dict[str, Any]]:
@@ -141,17 +144,19 @@ def build(inp: ReportInputs) -> dict[str, Any]:
     rec, reason = _recommend(rows, inp.accuracy_tolerance)
     devices = device_rows(inp.bench, {r["name"] for r in rows if r["role"] == "artifact"})
     src = {r["variant"]: r["accuracy"] for r in rows if r["role"] == "student"}
-    arts = {r["name"]: {"fp32": r["precision"] == "fp32", "min_top1": _bar(r["parity"]),
+    arts = {r["name"]: {"fp32": r["precision"] == "fp32", "min_top1": min_top1_bar(r["parity"]),
                         "size_bytes": r.get("size_bytes"), "source_accuracy": src.get(r["source"])}
             for r in rows if r["role"] == "artifact"}
     truth = per_device({"devices": devices}, arts, inp.accuracy_tolerance)
     host = truth["recommended"].get("host") or truth["recommended"].get("local")
     if host is not None:  # the host is one device among the others: the same rule decides there
         rec, reason = host["artifact"], host["reason"]
+    if inp.auto is not None:  # export --auto chose for its device under its retention budget: that ships
+        rec, reason = inp.auto["chosen"], f"export --auto on {inp.auto['device']}: {inp.auto['reason']}"
     threads = sorted({int(t) for r in rows for t in r["latency_ms"]})
     return {"schema": SCHEMA, "recipe": inp.recipe, "run_dir": inp.run_dir, "definitions": DEFINITIONS,
             "data": inp.data, "distill": {k: v for k, v in inp.distill.items() if k in ("mode", "cache", "tuning")},
-            "models": rows, "devices": devices, "per_device": truth,
+            "models": rows, "devices": devices, "per_device": truth, "auto": inp.auto,
             "summary": {"teacher_accuracy": teacher["accuracy"], "baseline_accuracy": base, "kd_accuracy": kd,
                         "kd_gain": kd_gain, "kd_helped": None if kd_gain is None else kd_gain > 0,
                         "recommended": rec, "recommended_reason": reason, "threads": threads,
@@ -159,7 +164,7 @@ def build(inp: ReportInputs) -> dict[str, Any]:
                         "shipped_reason": inp.export.get("shipped_reason"), "tuning": inp.distill.get("tuning")}}
 
 
-def _bar(parity: dict[str, Any]) -> float | None:
+def min_top1_bar(parity: dict[str, Any]) -> float | None:
     """The top-1 agreement an int8 artifact was held to at export (from its criterion), None for fp32."""
     crit = str(parity.get("criterion", ""))
     return float(crit.split(">=")[-1]) if "top1_agreement >=" in crit else None
@@ -214,6 +219,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              *md_table(header, body)]
     lines += devices_markdown(report.get("devices") or [])
     lines += per_device_markdown(report.get("per_device"))
+    lines += auto_markdown(report.get("auto"))
     lines += gate_markdown(report)
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
     errors = [f"- {r['name']}: {r['bench_error']}" for r in report["models"] if r.get("bench_error")]

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edgedistill.toolchain.recipe import Fraction, RecipeBase, SafeName, Section
+from edgedistill.toolchain.recipe import AutoExport, Fraction, RecipeBase, SafeName, Section
 
 GGUFVariant = Literal["f32", "f16", "q8_0", "q4_0", "q4_k_m"]
 ONNXVariant = Literal["fp32", "int8_dynamic"]
@@ -215,6 +215,7 @@ class LLMExportConfig(Section):
         "the teacher's own GGUF variants, held to the same parity contract and benched beside the student's: the "
         "report then separates the speed-up distillation buys (teacher vs student file, same runtime and "
         "precision) from what the runtime and quantisation buy; [] skips it (a 70B teacher's F32 file is 280 GB)"))
+    auto: AutoExport = AutoExport()
 
 
 class LLMBenchConfig(Section):

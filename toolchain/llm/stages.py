@@ -12,6 +12,7 @@ Run-directory layout (relative to the run root)::
     blackbox/teacher-f32.gguf  blackbox/collected.jsonl      the served teacher and the collect journal
     export/student-<variant>.gguf  export/artifacts.json    GGUFs of the best student, with fidelity
     export/student-onnx-<variant>/model.onnx                ONNX (KV cache, optimum) of the best student
+    export/auto.json                                        export --auto's choice (toolchain/auto_select.py)
     bench/eval-tokens.npz  bench/<name>-t<T>.json           the agent's inputs and one document per measurement
     bench/devices/<device>/...  bench/results.json          other devices; everything, scored
 """
@@ -32,7 +33,7 @@ import torch
 
 from edgedistill.benchmarks.report import llm as report_mod
 from edgedistill.core.fileio import atomic_path, read_json, sha256_json, sha256_path, write_json
-from edgedistill.toolchain import pipeline
+from edgedistill.toolchain import auto_select, pipeline
 from edgedistill.toolchain.llm.data import Splits, load_splits
 from edgedistill.toolchain.llm.recipe import GGUFVariant, LLMRecipe, ONNXVariant
 from edgedistill.toolchain.pipeline import GateItem, Stage, finish_report
@@ -529,7 +530,7 @@ def stage_export(ctx: Context) -> None:
 
     r, best = ctx.recipe, best_student(ctx)
     sdir = ctx.run.path("students", best)
-    h = sha256_json({"student": sha256_path(sdir), "best": best, "export": r.section("export"),
+    h = sha256_json({"student": sha256_path(sdir), "best": best, "export": auto_select.export_section(r),
                      "data": data_hash(ctx), "teacher": _teacher_sha(ctx), "parity": PARITY_VERSION,
                      "llama_cpp": llama_cpp_version() if r.export.gguf else None})
     if ctx.skip("export", h):
@@ -763,7 +764,7 @@ def stage_report(ctx: Context) -> dict[str, Any]:
         export=opt("export", "artifacts.json") if run.stage("export") else None,
         bench=opt("bench", "results.json") if run.stage("bench") else None,
         manifest=run.manifest(), threads=ctx.recipe.bench.threads,
-        accuracy_tolerance=ctx.recipe.bench.accuracy_tolerance))
+        accuracy_tolerance=ctx.recipe.bench.accuracy_tolerance, auto=auto_select.report_decision(ctx)))
     finish_report(ctx, rep, report_mod)
     return rep
 
@@ -773,7 +774,15 @@ def gate_items(ctx: Context) -> list[GateItem]:
             for i in bench_items(ctx, artifacts_only=True)]
 
 
+def auto_candidates(ctx: Context, spec: str) -> Any:
+    """``export --auto``: the exported artifacts measured on ``spec`` (:mod:`edgedistill.toolchain.llm.auto`)."""
+    from edgedistill.toolchain.llm.auto import auto_candidates as measure
+
+    return measure(ctx, spec)
+
+
 STAGES = (Stage("data", stage_data, "distill"), Stage("teacher", stage_teacher, "distill"),
           Stage("distill", stage_distill, "distill"), Stage("blackbox", stage_blackbox, "distill"),
-          Stage("export", stage_export, "export"), Stage("bench", stage_bench, "bench"),
+          Stage("export", stage_export, "export"), Stage(auto_select.STAGE, auto_select.stage_select, "export"),
+          Stage("bench", stage_bench, "bench"),
           Stage("report", stage_report, "report"))

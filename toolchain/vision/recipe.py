@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from edgedistill.toolchain.recipe import Fraction, RecipeBase, Section
+from edgedistill.toolchain.recipe import AutoExport, Fraction, RecipeBase, Section
 
 
 class DataConfig(Section):
@@ -196,6 +196,7 @@ class ExportConfig(Section):
         "also export the teacher (fp32, in each format the teacher converts to) and bench it beside the student: "
         "the report then separates the speed-up distillation buys (teacher vs student, same runtime and "
         "precision) from what the runtime and quantisation buy (PyTorch student vs each artifact)"))
+    auto: AutoExport = AutoExport()
 
     @model_validator(mode="after")
     def _unique_formats(self) -> ExportConfig:

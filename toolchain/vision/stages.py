@@ -8,6 +8,7 @@ Run-directory layout (relative to the run root)::
     students/{baseline,kd}.safetensors  students/*.json   CE-only and distilled students
     export/student-<variant>.onnx  export/student-tflite-<variant>.tflite  export/artifacts.json
                                                          every artifact, with its parity vs the KD student
+    export/auto.json                                      export --auto's choice (toolchain/auto_select.py)
     bench/<name>-t<threads>.json  bench/results.json      one agent document per measurement
 """
 
@@ -29,7 +30,7 @@ from edgedistill.benchmarks.report import vision as report_mod
 from edgedistill.core.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json, write_text
 from edgedistill.devices.profile import int8_saturates
 from edgedistill.runtimes.torch_ref import load_reference
-from edgedistill.toolchain import pipeline
+from edgedistill.toolchain import auto_select, pipeline
 from edgedistill.toolchain.pipeline import GateItem, Stage, finish_report
 from edgedistill.toolchain.progress import make_progress
 from edgedistill.toolchain.rundir import RunDir
@@ -305,7 +306,7 @@ def stage_export(ctx: Context) -> None:
     rr = r.export.onnx.reduce_range
     int8 = any(int8_saturates(p) for p in targets) if rr == "auto" else rr
     h = sha256_json({"student": ctx.run.output_sha("distill", STUDENTS[best]), "best": best,
-                     "export": r.section("export"), "data": data_hash(ctx), "reduce_range": int8,
+                     "export": auto_select.export_section(r), "data": data_hash(ctx), "reduce_range": int8,
                      "teacher": ctx.run.output_sha("teacher", TEACHER) if r.export.teacher else None})
     if ctx.skip("export", h):
         return
@@ -648,6 +649,7 @@ def stage_report(ctx: Context) -> dict[str, Any]:
         data=(run.stage("data") or {}).get("info", {}),
         distill=(run.stage("distill") or {}).get("info", {}),
         export=(run.stage("export") or {}).get("info", {}),
+        auto=auto_select.report_decision(ctx),
     )
     report = report_mod.build(inputs)
     labels = np.load(run.path("data", "test.npz"), allow_pickle=False)["y"] if run.stage("data") else None
@@ -702,6 +704,14 @@ def gate_items(ctx: Context) -> list[GateItem]:
             for a in read_json(listing)]
 
 
+def auto_candidates(ctx: Context, spec: str) -> Any:
+    """``export --auto``: the exported artifacts measured on ``spec`` (:mod:`edgedistill.toolchain.vision.auto`)."""
+    from edgedistill.toolchain.vision.auto import auto_candidates as measure
+
+    return measure(ctx, spec)
+
+
 STAGES = (Stage("data", stage_data, "distill"), Stage("teacher", stage_teacher, "distill"),
           Stage("distill", stage_distill, "distill"), Stage("export", stage_export, "export"),
+          Stage(auto_select.STAGE, auto_select.stage_select, "export"),
           Stage("bench", stage_bench, "bench"), Stage("report", stage_report, "report"))
