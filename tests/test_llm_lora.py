@@ -275,3 +275,27 @@ def test_ddp_lora_student_matches_one_process(tiny_lm: TinyLM, tmp_path: Path) -
     one = [h["loss"] for h in histories["one"]["history"]]
     two = [h["loss"] for h in histories["two"]["history"]]
     assert len(one) == len(two) > 2 and two == pytest.approx(one, rel=LOSS_MATCH_RTOL)
+
+
+def test_report_gives_trainable_params_and_adapters() -> None:
+    """Student rows carry trainable vs total parameters (all of them under full fine-tuning) and the Markdown says
+    which students trained through adapters; a run without LoRA gets no such section."""
+    from edgedistill.benchmarks.report.llm import ReportInputs, build, to_markdown
+
+    lora = {"r": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "quantize": "4bit",
+            "trainable_params": 2048, "params": 102400}
+    students = {"baseline": {"role": "baseline", "params": 102400, "trainable_params": 102400, "lora": None},
+                "kd": {"role": "kd", "params": 102400, "trainable_params": 2048, "lora": lora},
+                "old": {"role": "kd", "params": 5}}  # metadata written before LoRA existed
+    rep = build(ReportInputs("r", "d", {}, students, None, None, {}, 1, 0.02))
+    rows = {r["name"]: r for r in rep["models"]}
+    assert rows["kd-student"]["trainable_params"] == 2048 and rows["kd-student"]["lora"]["quantize"] == "4bit"
+    assert rows["baseline-student"]["trainable_params"] == 102400 and rows["baseline-student"]["lora"] is None
+    assert rows["old-student"]["trainable_params"] == 5
+    md = to_markdown(rep)
+    assert ("- kd-student: LoRA r=8, alpha=16 on q_proj, v_proj, base weights NF4 (QLoRA) while training; 2,048 of "
+            "102,400 parameters trained (2.00%), adapters merged before export") in md
+    assert "baseline-student: LoRA" not in md
+    students["kd"]["lora"] = None
+    assert "trained through adapters" not in to_markdown(build(ReportInputs("r", "d", {}, students, None, None, {},
+                                                                            1, 0.02)))
