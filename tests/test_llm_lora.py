@@ -299,3 +299,26 @@ def test_report_gives_trainable_params_and_adapters() -> None:
     students["kd"]["lora"] = None
     assert "trained through adapters" not in to_markdown(build(ReportInputs("r", "d", {}, students, None, None, {},
                                                                             1, 0.02)))
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_other_families_merge_with_biases_and_tied_embeddings(family: str) -> None:
+    """Qwen2 (bias on q/k/v) and Mistral with tied embeddings, under LoRA and QLoRA: the merged model computes what
+    the adapted one did, keeps its biases and its tied head."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    for quantize in ("none", "4bit"):
+        if quantize == "4bit" and lora_mod.nf4_unavailable(torch.device("cpu")):
+            continue
+        torch.manual_seed(0)
+        cfg = AutoConfig.for_model(family, vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        model, ids = AutoModelForCausalLM.from_config(cfg), torch.randint(0, 96, (2, 10))
+        adapted = lora_mod.attach(model, LoRAConfig(enabled=True, r=4, quantize=quantize))
+        _randomise_b(adapted.peft)
+        with torch.no_grad():
+            before = adapted.peft.eval()(input_ids=ids).logits
+            merged = lora_mod.merge(adapted)
+            assert (merged(input_ids=ids).logits - before).abs().max() < 1e-5, (family, quantize)
+        assert (merged.model.layers[0].self_attn.q_proj.bias is not None) == (family == "qwen2")
+        assert merged.lm_head.weight is merged.model.embed_tokens.weight
