@@ -95,6 +95,7 @@ def train_lm(model: torch.nn.Module, data: list[Encoded], cfg: LMTrainConfig, se
 
         adapted = attach(model, lora)
         model = adapted.peft
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before FSDP shards them
     opt, sched = optimizer_and_schedule(model, cfg)
     if accelerator is not None:  # DDP/FSDP wraps the model; the loss must call the wrapped one
         model, opt = accelerator.prepare(model, opt)
@@ -114,14 +115,14 @@ def train_lm(model: torch.nn.Module, data: list[Encoded], cfg: LMTrainConfig, se
     if adapted is None:
         res = fit(model, step, ShuffleSampler(len(data), cfg.batch_size, seed), opt, sched, loop, checkpoint, desc,
                   accelerator=accelerator)
-        return LMFitResult(**_fields(res), trainable_params=sum(p.numel() for p in model.parameters()))
+        return LMFitResult(**_fields(res), trainable_params=trainable)
     from edgedistill.toolchain.llm.lora import AdapterState, merge
 
     res = fit(AdapterState(adapted, model), step, ShuffleSampler(len(data), cfg.batch_size, seed), opt, sched, loop,
               checkpoint, f"{desc} (LoRA r={lora.r}{', NF4 base' if lora.quantize == '4bit' else ''})",
               accelerator=accelerator)
     merge(adapted)
-    return LMFitResult(**_fields(res), trainable_params=adapted.trainable, lora=adapted.info())
+    return LMFitResult(**_fields(res), trainable_params=trainable, lora=adapted.info())
 
 
 def _fields(res: FitResult) -> dict[str, Any]:
