@@ -203,6 +203,9 @@ def test_lora_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(lora_mod.LoRAError, match=r"^student.lora.target_modules: the student has no linear layer "
                                                  r"named \['qkv'\]; its linear layers are \['down_proj', "):
         lora_mod.attach(build_llama(SMALL, 96, 1, 2, 0), LoRAConfig(enabled=True, target_modules=["q_proj", "qkv"]))
+    dotted = lora_mod.attach(build_llama(SMALL, 96, 1, 2, 0), LoRAConfig(enabled=True, r=2,
+                                                                         target_modules=["self_attn.q_proj"]))
+    assert dotted.trainable == 2 * (64 + 64) * SMALL.num_hidden_layers  # PEFT's dotted-suffix names work too
     from importlib import resources
 
     base = yaml.safe_load(resources.files("edgedistill.toolchain.recipes").joinpath("tiny-llama.yaml").read_text())

@@ -76,8 +76,12 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _linear_names(model: nn.Module) -> set[str]:
-    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+def _missing_targets(model: nn.Module, targets: list[str]) -> tuple[list[str], list[str]]:
+    """Targets that name no linear layer (PEFT's rule: the module's name, or a dotted suffix of its path), and the
+    model's linear layer names."""
+    paths = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    missing = [t for t in targets if not any(p == t or p.endswith(f".{t}") for p in paths)]
+    return missing, sorted({p.rsplit(".", 1)[-1] for p in paths})
 
 
 def _quantize_4bit(model: nn.Module) -> int:
@@ -149,10 +153,10 @@ def attach(model: nn.Module, cfg: LoRAConfig) -> Adapted:
     Raises:
         LoRAError: a target module the model does not have, or 4-bit weights this machine cannot hold.
     """
-    have = _linear_names(model)
-    if missing := [m for m in cfg.target_modules if m not in have]:
+    missing, have = _missing_targets(model, list(cfg.target_modules))
+    if missing:
         raise LoRAError(f"student.lora.target_modules: the student has no linear layer named {missing}; its linear "
-                        f"layers are {sorted(have)}")
+                        f"layers are {have}")
     if cfg.quantize == "4bit" and (why := nf4_unavailable(next(model.parameters()).device)):
         raise LoRAError(f"student.lora.quantize: 4bit cannot run here: {why}; {QLORA_FALLBACK}")
     get_peft_model = _import_peft().get_peft_model

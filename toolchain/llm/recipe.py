@@ -144,7 +144,8 @@ class LoRAConfig(Section):
     alpha: float = Field(16.0, gt=0, description="the update is scaled by alpha / r")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
     target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_LINEARS), min_length=1,
-                                      description="names of the linear layers that get adapters")
+                                      description="names of the linear layers that get adapters (or a dotted "
+                                      "suffix of their path, e.g. self_attn.q_proj)")
     quantize: Literal["none", "4bit"] = Field(
         "none", description="4bit: QLoRA, the blocks' frozen weights in NF4 (bitsandbytes) while training; the "
         "saved student is the dequantized weights plus the merged adapters")
