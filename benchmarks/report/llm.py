@@ -7,7 +7,8 @@ teacher-artifact: the teacher's own GGUF, benched beside the student's, never re
 ``format``, ``task_score``, ``exact_match``, ``rouge_l``, ``retention`` (task score / the teacher's),
 ``perplexity``, ``kld``, ``same_top_token``, ``pp_tps``, ``tg_tps``, ``ttft_ms``, ``peak_rss_mb``, ``size_bytes``,
 ``latency_ms`` ``{"<threads>": {p50, p90, p99, mean, min}}`` (per generated token), ``speedup``
-``{"<threads>": tg tokens/s / the PyTorch teacher's}``, ``keeps_accuracy`` (artifacts) and ``bench_error``;
+``{"<threads>": tg tokens/s / the PyTorch teacher's}``, ``keeps_accuracy`` (artifacts) and ``bench_error``; student
+rows also ``params``, ``trainable_params`` and ``lora`` (the adapter settings, or null for full fine-tuning);
 ``summary`` has ``teacher_task_score``, ``best_student``, ``recommended`` (``export --auto``'s choice when it is on;
 the decision itself is ``auto``), ``recommended_reason``,
 ``recommended_retention``, ``recommended_speedup`` and ``threads``; ``gate`` the recipe's budgets and failures.
@@ -44,6 +45,8 @@ DEFINITIONS = {
                        "runtime and quantisation buy",
     "keeps_accuracy": "artifact task score >= its PyTorch student's - bench.accuracy_tolerance",
     "kld": "students: KL(teacher || student); artifacts: KL(PyTorch student || artifact), over the test completions",
+    "trainable_params": "students: parameters the optimiser updated — all of them, or only the LoRA adapters "
+                        "(merged into the saved student, which has params parameters either way)",
 }
 
 
@@ -118,7 +121,8 @@ def build(inp: ReportInputs) -> dict[str, Any]:
         r.update(params=s.get("params"), val_nll=s.get("val_nll"), val_task_score=s.get("val_task_score"),
                  perplexity=f.get("perplexity"), kld=f.get("kld_vs_teacher"),
                  same_top_token=f.get("same_top_vs_teacher"),
-                 train_seconds=s.get("train_seconds"), loss=s.get("loss"))
+                 train_seconds=s.get("train_seconds"), loss=s.get("loss"),
+                 trainable_params=s.get("trainable_params", s.get("params")), lora=s.get("lora"))
         rows.append(r)
     listed = [("artifact", a) for a in (inp.export or {}).get("artifacts", [])]
     listed += [("teacher-artifact", a) for a in (inp.export or {}).get("teacher_artifacts", [])]
@@ -227,6 +231,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              "completions; KLD and same-top (as llama.cpp's perplexity --kl-divergence computes them): each student "
              "vs the teacher, each artifact (GGUF or ONNX) vs the PyTorch student it came from; pp/tg: llama-bench "
              "style.", "", *md_table(header, body)]
+    lines += _adapter_lines(report["models"])
     errs = [(r["name"], r["bench_error"]) for r in report["models"] if r.get("bench_error")]
     if errs:
         lines += ["", "Bench failures:", *[f"- {n}: {e}" for n, e in errs]]
@@ -236,6 +241,21 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += gate_markdown(report)
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _adapter_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per student trained through LoRA adapters: rank, base precision, trainable share (none when every
+    student was fully fine-tuned)."""
+    out = []
+    for r in rows:
+        lora = r.get("lora")
+        if lora:
+            base = "NF4 (QLoRA)" if lora.get("quantize") == "4bit" else "full precision"
+            out.append(f"- {r['name']}: LoRA r={lora['r']}, alpha={lora['alpha']:g} on "
+                       f"{', '.join(lora['target_modules'])}, base weights {base} while training; "
+                       f"{lora['trainable_params']:,} of {lora['params']:,} parameters trained "
+                       f"({100 * lora['trainable_params'] / lora['params']:.2f}%), adapters merged before export")
+    return ["", "Students trained through adapters:", *out] if out else []
 
 
 def write(report: dict[str, Any], json_path: Path, md_path: Path) -> None:

@@ -129,6 +129,36 @@ class LLMTeacherConfig(Section):
     train: LMTrainConfig = LMTrainConfig()
 
 
+#: a Llama/Mistral/Qwen2 block's linear layers: attention (q, k, v, o) and MLP (gate, up, down)
+LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoRAConfig(Section):
+    """Train the students through PEFT LoRA adapters instead of every weight (Hu et al. 2021, LoRA): each target
+    linear ``W`` becomes ``W + (alpha / r) · B·A`` with only ``A (r × in)`` and ``B (out × r)`` trained. ``quantize:
+    4bit`` holds the frozen base weights of the blocks in bitsandbytes NF4 while the adapters train (Dettmers et al.
+    2023, QLoRA). The adapters are merged before the student is saved, so it exports as a plain checkpoint."""
+
+    enabled: bool = False
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16.0, gt=0, description="the update is scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_LINEARS), min_length=1,
+                                      description="names of the linear layers that get adapters (or a dotted "
+                                      "suffix of their path, e.g. self_attn.q_proj)")
+    quantize: Literal["none", "4bit"] = Field(
+        "none", description="4bit: QLoRA, the blocks' frozen weights in NF4 (bitsandbytes) while training; the "
+        "saved student is the dequantized weights plus the merged adapters")
+
+    @model_validator(mode="after")
+    def _check(self) -> LoRAConfig:
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise ValueError(f"target_modules: names must be unique, got {self.target_modules}")
+        if self.quantize != "none" and not self.enabled:
+            raise ValueError(f"quantize: {self.quantize} quantizes the base under LoRA adapters; set enabled: true")
+        return self
+
+
 class LLMStudentConfig(Section):
     path: Path | None = Field(None, description="a local HF Llama directory to start from (e.g. Llama-3.2-1B)")
     arch: LlamaArch = LlamaArch(intermediate_size=512, num_hidden_layers=2)
@@ -136,6 +166,7 @@ class LLMStudentConfig(Section):
         "teacher-layers", description="teacher-layers: copy embeddings, head and every other block (DistilBERT)")
     selection_samples: int = Field(
         32, ge=1, description="validation examples summarised greedily to pick the best student (its task score)")
+    lora: LoRAConfig = Field(LoRAConfig(), description="train through LoRA/QLoRA adapters (merged before saving)")
 
 
 class KDLossConfig(Section):
@@ -264,3 +295,14 @@ class LLMRecipe(RecipeBase):
     export: LLMExportConfig = LLMExportConfig()
     bench: LLMBenchConfig = LLMBenchConfig()
     plan: PlanConfig = PlanConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> LLMRecipe:
+        lora, parallel = self.student.lora, self.distill.parallel
+        if lora.enabled and parallel == "fsdp":
+            raise ValueError("student.lora: not supported with distill.parallel: fsdp (PEFT adapters need FSDP "
+                             "wrapping of their own); use parallel: ddp or none")
+        if lora.quantize == "4bit" and parallel != "none":
+            raise ValueError(f"student.lora.quantize: 4bit trains in one process; use distill.parallel: none, or "
+                             f"quantize: none under {parallel}")
+        return self

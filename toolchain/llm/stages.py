@@ -285,11 +285,35 @@ def _student_outputs(ctx: Context, name: str) -> list[Path]:
     return [*_files(ctx.run.path("students", name)), ctx.run.path("students", f"{name}.json")]
 
 
+def _trained(res: Any) -> dict[str, Any]:
+    """A student's metadata on what trained: the parameters the optimiser updated (every one, or the LoRA
+    adapters'), and the adapter settings (None: full fine-tuning)."""
+    return {"trainable_params": res.trainable_params, "lora": res.lora}
+
+
+def _lora_note(meta: dict[str, Any]) -> str:
+    lora = meta.get("lora")
+    if not lora:
+        return ""
+    base = ", NF4 base" if lora["quantize"] == "4bit" else ""
+    return (f"; LoRA r={lora['r']}{base}: {lora['trainable_params']:,} of {lora['params']:,} params trained "
+            f"({100 * lora['trainable_params'] / lora['params']:.2f}%), merged")
+
+
 # -- white-box KD ----------------------------------------------------------------------------------------------
+def _student_section(ctx: Context) -> dict[str, Any]:
+    """The student section as the students' hashes see it: LoRA settings only when LoRA is on (so they cannot
+    retrain students that never used them)."""
+    sec = ctx.recipe.section("student")
+    if not sec["lora"]["enabled"]:
+        del sec["lora"]
+    return sec
+
+
 def distill_hash(ctx: Context) -> str:
     r = ctx.recipe
     distill = {k: v for k, v in r.section("distill").items() if k not in ("cache_dir", "parallel", "num_processes")}
-    return sha256_json({"teacher": _teacher_sha(ctx), "data": data_hash(ctx), "student": r.section("student"),
+    return sha256_json({"teacher": _teacher_sha(ctx), "data": data_hash(ctx), "student": _student_section(ctx),
                         "distill": distill, "seed": r.seed, "meta": STUDENT_META_VERSION})
 
 
@@ -339,11 +363,11 @@ def train_kd_students(ctx: Context, h: str, accelerator: Any = None) -> dict[str
         ckpt = _train_state(ctx, "students", sh, f"{loss.name}-")
         res = train_kd(student, ctx.encoded("train"), loss, cfg.train, ctx.recipe.seed, tok.pad_token_id,
                        cfg.chunk_tokens, ckpt, cache=cache, teacher=None if cache is not None else get_teacher(),
-                       accelerator=accelerator, vocab=vocab)
+                       accelerator=accelerator, vocab=vocab, lora=ctx.recipe.student.lora)
         meta = {"config_hash": sh, "role": "kd", "loss": loss.model_dump(mode="json"), "init_layers": layers,
                 "steps": res.steps, "train_seconds": res.seconds, "tokens_per_second": res.per_second,
                 "resumed_from": res.resumed_from, "history": res.history,
-                "params": sum(p.numel() for p in student.parameters()),
+                "params": sum(p.numel() for p in student.parameters()), **_trained(res),
                 "processes": accelerator.num_processes if accelerator is not None else 1}
         if main:
             _save_student(ctx, loss.name, student, meta)
@@ -365,10 +389,10 @@ def _train_baseline(ctx: Context, h: str, get_teacher: Any, info: dict[str, Any]
         student, layers, _ = _new_student(ctx, get_teacher())
         ckpt = _train_state(ctx, "students", sh, f"{name}-")
         res = train_lm(student, ctx.encoded("train"), cfg.train, ctx.recipe.seed, tok.pad_token_id, ckpt,
-                       "training CE-only baseline", accelerator=accelerator)
+                       "training CE-only baseline", accelerator=accelerator, lora=ctx.recipe.student.lora)
         meta = {"config_hash": sh, "role": "baseline", "init_layers": layers, "steps": res.steps,
                 "train_seconds": res.seconds, "tokens_per_second": res.per_second, "resumed_from": res.resumed_from,
-                "history": res.history, "params": sum(p.numel() for p in student.parameters())}
+                "history": res.history, "params": sum(p.numel() for p in student.parameters()), **_trained(res)}
         if accelerator is None or accelerator.is_main_process:
             _save_student(ctx, name, student, meta)
             _drop_train_states(ctx.run.path("students"), f"{name}-")
@@ -386,11 +410,13 @@ def stage_distill(ctx: Context) -> None:
     names = ([BASELINE] if cfg.baseline else []) + [loss.name for loss in cfg.losses]
     outputs = [p for n in names for p in _student_outputs(ctx, n)]
     for name, meta in info["students"].items():
-        ctx.console.print(f"  {name}: val NLL {meta['val_nll']:.4f}, val task {meta['val_task_score']:.3f}")
+        ctx.console.print(f"  {name}: val NLL {meta['val_nll']:.4f}, val task {meta['val_task_score']:.3f}"
+                          f"{_lora_note(meta)}")
     ctx.run.record("distill", h, outputs, {
         "mode": cfg.mode, "cache": info.get("cache"), "parallel": cfg.parallel,
         "processes": cfg.num_processes if cfg.parallel != "none" else 1,
-        "students": {k: {"val_nll": v["val_nll"], "val_task_score": v["val_task_score"]}
+        "students": {k: {"val_nll": v["val_nll"], "val_task_score": v["val_task_score"], "params": v["params"],
+                         "trainable_params": v.get("trainable_params", v["params"])}
                      for k, v in info["students"].items()}})
 
 
@@ -428,7 +454,7 @@ def _launch_distill(ctx: Context, h: str) -> dict[str, Any]:
 # -- black-box: serve the teacher, collect its replies, SFT -----------------------------------------------------
 def _blackbox_hash(ctx: Context) -> str:
     r = ctx.recipe
-    return sha256_json({"teacher": _teacher_sha(ctx), "data": data_hash(ctx), "student": r.section("student"),
+    return sha256_json({"teacher": _teacher_sha(ctx), "data": data_hash(ctx), "student": _student_section(ctx),
                         "blackbox": r.section("blackbox"), "max_length": r.data.max_length, "seed": r.seed,
                         "meta": STUDENT_META_VERSION})
 
@@ -481,18 +507,21 @@ def stage_blackbox(ctx: Context) -> None:
     student, layers, _ = _new_student(ctx, teacher)
     del teacher
     ckpt = _train_state(ctx, "blackbox", h)
-    res = train_sft(student, ctx.tok, pairs, cfg.train, ckpt, ctx.recipe.seed, ctx.recipe.data.max_length)
+    res = train_sft(student, ctx.tok, pairs, cfg.train, ckpt, ctx.recipe.seed, ctx.recipe.data.max_length,
+                    lora=ctx.recipe.student.lora)
     meta = {"config_hash": h, "role": "sft", "endpoint": served, "collected": len(pairs), "prompts": len(prompts),
             "collect_failed": stats.failed, "collect_retries": stats.retries, "collect_seconds": collect_s,
             "init_layers": layers, "steps": res.steps, "train_seconds": res.seconds,
             "tokens_per_second": res.per_second, "resumed_from": res.resumed_from, "history": res.history,
-            "params": sum(p.numel() for p in student.parameters())}
+            "params": sum(p.numel() for p in student.parameters()), **_trained(res)}
     outs = _save_student(ctx, SFT, student, meta)
     ctx.run.record("blackbox", h, [*outs, journal], {"collected": len(pairs), "prompts": len(prompts),
                                                      "val_nll": meta["val_nll"],
-                                                     "val_task_score": meta["val_task_score"]})
+                                                     "val_task_score": meta["val_task_score"],
+                                                     "params": meta["params"],
+                                                     "trainable_params": meta["trainable_params"]})
     _drop_train_states(ctx.run.path("blackbox"))
-    ctx.console.print(f"  sft: val NLL {meta['val_nll']:.4f}, val task {meta['val_task_score']:.3f}")
+    ctx.console.print(f"  sft: val NLL {meta['val_nll']:.4f}, val task {meta['val_task_score']:.3f}{_lora_note(meta)}")
 
 
 def _journal_hash(ctx: Context) -> str | None:

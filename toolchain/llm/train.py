@@ -3,19 +3,21 @@ AdamW with warm-up and cosine decay, and the plain completion-only cross-entropy
 
 Teacher training, the KD students (:mod:`.distill.kd`, their own loss) and the SFT student (:mod:`.distill.sft`) all
 train through :func:`train_lm`, in one process or under ``accelerate launch`` (each rank takes its slice of every
-global batch, so N processes see exactly the one-process batches between them).
+global batch, so N processes see exactly the one-process batches between them). Given ``lora``, the student trains
+through LoRA/QLoRA adapters that are merged back before :func:`train_lm` returns (:mod:`.lora`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edgedistill.toolchain.llm.recipe import LMTrainConfig
+from edgedistill.toolchain.llm.recipe import LMTrainConfig, LoRAConfig
 from edgedistill.toolchain.llm.tokenizer import Encoded
 from edgedistill.toolchain.training import IGNORE_INDEX, FitResult, LoopConfig, ShuffleSampler, fit
 
@@ -23,6 +25,15 @@ from edgedistill.toolchain.training import IGNORE_INDEX, FitResult, LoopConfig, 
 LossFn = Callable[[list[int], dict[str, torch.Tensor]], torch.Tensor]
 #: makes the loss for the model being trained (under DDP the wrapped one, so gradients synchronise)
 LossFactory = Callable[[torch.nn.Module], LossFn]
+
+
+@dataclass
+class LMFitResult(FitResult):
+    """:class:`FitResult` plus what was trained: ``trainable_params`` the optimiser updated (all of the model's, or
+    the adapters'), and ``lora`` (the adapter settings and counts) when the model trained through adapters."""
+
+    trainable_params: int = 0
+    lora: dict[str, Any] | None = None
 
 
 def n_targets(e: Encoded) -> int:
@@ -46,7 +57,8 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 def optimizer_and_schedule(model: torch.nn.Module, cfg: LMTrainConfig
                            ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW with linear warm-up then cosine decay to 10% over ``cfg.steps``."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    trainable = [p for p in model.parameters() if p.requires_grad]  # all, or the adapters under LoRA
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
 
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -64,9 +76,12 @@ def lm_loss(model: torch.nn.Module) -> LossFn:
 
 def train_lm(model: torch.nn.Module, data: list[Encoded], cfg: LMTrainConfig, seed: int, pad_id: int,
              checkpoint: Path, desc: str = "training", loss: LossFactory | None = None,
-             accelerator: Any = None) -> FitResult:
+             accelerator: Any = None, lora: LoRAConfig | None = None) -> LMFitResult:
     """``cfg.steps`` optimiser steps of ``loss(model)`` (default: completion cross-entropy) on shuffled batches of
     ``data``, grad-norm clipped at 1, checkpointed every ``cfg.checkpoint_every`` steps to ``checkpoint``.
+
+    With ``lora.enabled`` only LoRA adapters train (on NF4 base weights for ``quantize: 4bit``), the checkpoint holds
+    only them, and they are merged into ``model`` before returning: ``model`` is a plain model again.
 
     Under ``accelerator`` (DDP/FSDP), rank ``r`` of ``w`` takes ``batch[r::w]`` of each global batch, and the batch
     carries ``global_targets`` (trained positions in the global batch / ``w``) so a loss normalised by it makes
@@ -74,6 +89,13 @@ def train_lm(model: torch.nn.Module, data: list[Encoded], cfg: LMTrainConfig, se
     """
     torch.manual_seed(seed)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    adapted = None
+    if lora is not None and lora.enabled:
+        from edgedistill.toolchain.llm.lora import attach
+
+        adapted = attach(model, lora)
+        model = adapted.peft
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before FSDP shards them
     opt, sched = optimizer_and_schedule(model, cfg)
     if accelerator is not None:  # DDP/FSDP wraps the model; the loss must call the wrapped one
         model, opt = accelerator.prepare(model, opt)
@@ -90,5 +112,18 @@ def train_lm(model: torch.nn.Module, data: list[Encoded], cfg: LMTrainConfig, se
         return fn(idx, batch), {"n": tokens}
 
     loop = LoopConfig(total_steps=cfg.steps, save_every=cfg.checkpoint_every, clip_grad_norm=1.0)
-    return fit(model, step, ShuffleSampler(len(data), cfg.batch_size, seed), opt, sched, loop, checkpoint, desc,
-               accelerator=accelerator)
+    if adapted is None:
+        res = fit(model, step, ShuffleSampler(len(data), cfg.batch_size, seed), opt, sched, loop, checkpoint, desc,
+                  accelerator=accelerator)
+        return LMFitResult(**_fields(res), trainable_params=trainable)
+    from edgedistill.toolchain.llm.lora import AdapterState, merge
+
+    res = fit(AdapterState(adapted, model), step, ShuffleSampler(len(data), cfg.batch_size, seed), opt, sched, loop,
+              checkpoint, f"{desc} (LoRA r={lora.r}{', NF4 base' if lora.quantize == '4bit' else ''})",
+              accelerator=accelerator)
+    merge(adapted)
+    return LMFitResult(**_fields(res), trainable_params=trainable, lora=adapted.info())
+
+
+def _fields(res: FitResult) -> dict[str, Any]:
+    return {f.name: getattr(res, f.name) for f in fields(FitResult)}

@@ -10,10 +10,9 @@ import torch
 
 from edgedistill.toolchain.llm.distill.cache import TopKCache, positions
 from edgedistill.toolchain.llm.distill.losses import TeacherSlice, chunked_kd_loss
-from edgedistill.toolchain.llm.recipe import KDLossConfig, LMTrainConfig
+from edgedistill.toolchain.llm.recipe import KDLossConfig, LMTrainConfig, LoRAConfig
 from edgedistill.toolchain.llm.tokenizer import Encoded
-from edgedistill.toolchain.llm.train import train_lm
-from edgedistill.toolchain.training import FitResult
+from edgedistill.toolchain.llm.train import LMFitResult, train_lm
 
 
 def _gather(hidden: torch.Tensor, ids: torch.Tensor, pos: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,13 +63,14 @@ def kd_step(student: torch.nn.Module, data: list[Encoded], cfg: KDLossConfig, ch
 
 def train_kd(student: torch.nn.Module, data: list[Encoded], cfg: KDLossConfig, train: LMTrainConfig, seed: int,
              pad_id: int, chunk: int, checkpoint: Path, cache: TopKCache | None = None,
-             teacher: torch.nn.Module | None = None, accelerator: Any = None, vocab: int | None = None) -> FitResult:
+             teacher: torch.nn.Module | None = None, accelerator: Any = None, vocab: int | None = None,
+             lora: LoRAConfig | None = None) -> LMFitResult:
     """Train ``student`` for ``train.steps`` steps on ``alpha·T²·D + (1-alpha)·CE`` (see :mod:`.losses`) over the
     first ``vocab`` logits (see :func:`~edgedistill.toolchain.llm.models.align_vocab`), on the shared loop
-    (checkpointed to ``checkpoint``, resumed from it)."""
+    (checkpointed to ``checkpoint``, resumed from it); through merged LoRA adapters with ``lora``."""
     if (cache is None) == (teacher is None):
         raise ValueError("train_kd: give exactly one of cache (offline) or teacher (online)")
     if teacher is not None:
         teacher.eval().requires_grad_(False)
     return train_lm(student, data, train, seed, pad_id, checkpoint, f"distilling ({cfg.name})",
-                    lambda model: kd_step(model, data, cfg, chunk, cache, teacher, vocab), accelerator)
+                    lambda model: kd_step(model, data, cfg, chunk, cache, teacher, vocab), accelerator, lora)

@@ -16,17 +16,18 @@ from typing import Any
 
 import torch
 
-from edgedistill.toolchain.llm.recipe import LMTrainConfig
+from edgedistill.toolchain.llm.recipe import LMTrainConfig, LoRAConfig
 from edgedistill.toolchain.llm.tokenizer import encode
-from edgedistill.toolchain.llm.train import train_lm
-from edgedistill.toolchain.training import FitResult
+from edgedistill.toolchain.llm.train import LMFitResult, train_lm
 
 
 def train_sft(student: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], cfg: LMTrainConfig,
-              checkpoint: Path, seed: int, max_length: int, accelerator: Any = None) -> FitResult:
-    """Fine-tune ``student`` in place on ``(prompt, completion)`` pairs for ``cfg.steps`` steps."""
+              checkpoint: Path, seed: int, max_length: int, accelerator: Any = None,
+              lora: LoRAConfig | None = None) -> LMFitResult:
+    """Fine-tune ``student`` in place on ``(prompt, completion)`` pairs for ``cfg.steps`` steps (through merged
+    LoRA adapters with ``lora``)."""
     if not pairs:
         raise ValueError("SFT: no collected targets (every request failed?); see the collect journal")
     data = [encode(tokenizer, p, c, max_length) for p, c in pairs]
     return train_lm(student, data, cfg, seed, tokenizer.pad_token_id, checkpoint, "SFT on teacher replies",
-                    accelerator=accelerator)
+                    accelerator=accelerator, lora=lora)
