@@ -109,6 +109,31 @@ def test_ensemble_teacher_with_another_vocabulary_is_one_line(tiny_lm: TinyLM, t
     assert "\n" not in msg and msg.startswith(f"teacher.ensemble.1 ({other}): vocabulary differs from the main "
                                               "teacher's"), msg
     check_same_vocab(tiny_lm.tok, tiny_lm.dir, "teacher.ensemble.0")  # the same tokenizer passes
+    bare = tmp_path / "bare"  # weights without the tokenizer they were trained with: nothing to compare
+    tiny_lm.model.save_pretrained(str(bare), safe_serialization=True)
+    for folder, start in ((bare, f"teacher.ensemble.2 ({bare}): no tokenizer files"),
+                          (tmp_path / "nope", f"teacher.ensemble.2: {tmp_path / 'nope'}: not a Hugging Face")):
+        with pytest.raises(ModelError) as err:
+            check_same_vocab(tiny_lm.tok, folder, "teacher.ensemble.2")
+        assert str(err.value).startswith(start) and "\n" not in str(err.value), str(err.value)
+
+
+def test_pipeline_names_the_mismatching_teacher_in_one_line(tiny_lm: TinyLM, tmp_path: Path) -> None:  # noqa: F811
+    """`edgedistill distill` with an ensemble teacher of another tokenizer: exit 2, one line, before any training."""
+    from edgedistill.toolchain.llm.tokenizer import train_bpe
+    from tests.test_bad_inputs import _one_line_exit_2
+    from tests.test_cli import cli
+
+    other = tmp_path / "other"
+    train_bpe((e.prompt + e.completion for e in tiny_lm.train_examples[:100]), 600, other)
+    tiny_lm.model.save_pretrained(str(other), safe_serialization=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    doc = _llm_doc(tiny_lm, teacher={"ensemble": [{"path": str(tiny_lm.dir)}, {"path": str(other)}]})
+    (run / "recipe.yaml").write_text(yaml.safe_dump(doc))
+    res = cli("distill", "--out", str(run))
+    _one_line_exit_2(res, f"teacher.ensemble.1 ({other}): vocabulary differs from the main teacher's")
+    assert not (run / "students").exists()
 
 
 def _llm_doc(tiny: TinyLM, **over: dict) -> dict:

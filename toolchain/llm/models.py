@@ -167,17 +167,25 @@ def check_same_vocab(tok: Any, folder: Path, label: str) -> None:
     """An ensemble teacher's local checkpoint must share the main teacher's tokenizer (the run's): same
     token → id map, and at least as many embedding rows (more are padding, cut by :func:`align_vocab`).
     Raises :class:`ModelError` with one line naming ``label`` (e.g. ``teacher.ensemble.0``) and the folder."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    try:
+        model_type(folder)  # a HF model folder, or one line saying it is not
+    except ModelError as err:
+        raise ModelError(f"{label}: {err}") from None
     head = f"{label} ({folder}): vocabulary differs from the main teacher's"
-    rows = AutoConfig.from_pretrained(str(folder), local_files_only=True).vocab_size
+    rows = int(json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("vocab_size") or 0)
     if rows < len(tok):
         raise ModelError(f"{head}: {rows} embedding rows for the main tokenizer's {len(tok)} tokens; every "
                          "ensemble teacher must share the main teacher's tokenizer")
     if not any((Path(folder) / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         raise ModelError(f"{label} ({folder}): no tokenizer files to compare with the main teacher's; copy the "
                          "tokenizer this teacher was trained with into the folder")
-    theirs = AutoTokenizer.from_pretrained(str(folder), local_files_only=True).get_vocab()
+    try:
+        theirs = AutoTokenizer.from_pretrained(str(folder), local_files_only=True).get_vocab()
+    except Exception as err:  # tokenizers raise their own types for unreadable files: one line naming the folder
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"{label} ({folder}): cannot read its tokenizer ({first})") from None
     ours = tok.get_vocab()
     if theirs != ours:
         moved = sum(1 for t, i in ours.items() if theirs.get(t) != i)

@@ -291,7 +291,7 @@ class _Teachers:
     what KD learns from: the main teacher, or the list of all (mixed with ``weights``)."""
 
     def __init__(self, ctx: Context) -> None:
-        self.ctx, self._main, self._others = ctx, None, None
+        self.ctx, self._main, self._others, self._shas = ctx, None, None, None
         t = ctx.recipe.teacher
         self.weights: list[float] | None = t.weights() if t.ensemble else None
 
@@ -313,8 +313,11 @@ class _Teachers:
         return [self.main(), *self._others]
 
     def shas(self) -> list[str]:
-        return [_teacher_sha(self.ctx)] + [sha256_path(_member_dir(self.ctx, i))
-                                           for i in range(len(self.ctx.recipe.teacher.ensemble))]
+        """Every teacher's weights hash, the main one first (computed once: a large teacher takes a while)."""
+        if self._shas is None:
+            self._shas = [_teacher_sha(self.ctx)] + [sha256_path(_member_dir(self.ctx, i))
+                                                     for i in range(len(self.ctx.recipe.teacher.ensemble))]
+        return self._shas
 
 
 # -- students --------------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def _teacher_slices(idx: list[int], batch: dict[str, torch.Tensor], pos: list[li
     def tslice(s: int, e: int) -> TeacherSlice:
         with torch.no_grad():
             if len(teachers) == 1:
-                return TeacherSlice(logits=teachers[0].lm_head(t_h[0][s:e]))
+                return TeacherSlice(logits=teachers[0].lm_head(t_h[0][s:e])[..., :vocab])
             w = list(weights) if weights is not None else [1.0] * len(teachers)
             return TeacherSlice(logp=mixture_logp([t.lm_head(h[s:e]) for t, h in zip(teachers, t_h, strict=True)],
                                                   w, temperature, vocab))
