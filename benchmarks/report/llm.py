@@ -12,6 +12,9 @@ rows also ``params``, ``trainable_params`` and ``lora`` (the adapter settings, o
 ``summary`` has ``teacher_task_score``, ``best_student``, ``recommended`` (``export --auto``'s choice when it is on;
 the decision itself is ``auto``), ``recommended_reason``,
 ``recommended_retention``, ``recommended_speedup`` and ``threads``; ``gate`` the recipe's budgets and failures.
+Student rows also carry ``strategy`` (how the student was trained, in words), ``teachers`` (how many teachers its
+KD target mixes), ``layers``, and for self-distilled students ``exit_val_nll`` (validation NLL of the model cut at
+each exit) and ``cut_at``; ``ensemble`` is the teacher ensemble's stage info (each teacher's weight and val NLL).
 """
 
 from __future__ import annotations
@@ -47,6 +50,11 @@ DEFINITIONS = {
     "kld": "students: KL(teacher || student); artifacts: KL(PyTorch student || artifact), over the test completions",
     "trainable_params": "students: parameters the optimiser updated — all of them, or only the LoRA adapters "
                         "(merged into the saved student, which has params parameters either way)",
+    "teacher ensemble": "KD targets are the weighted mean of the teachers' probability distributions (teacher."
+                        "ensemble_weights), top-k cached like one teacher's; KLD and retention stay vs the main "
+                        "teacher",
+    "self-distill": "a student whose early exits learned its own final layer's distribution (distill.self_distill); "
+                    "-exitN: that student cut after N layers, a plain model of N layers",
 }
 
 
@@ -121,8 +129,10 @@ def build(inp: ReportInputs) -> dict[str, Any]:
         r.update(params=s.get("params"), val_nll=s.get("val_nll"), val_task_score=s.get("val_task_score"),
                  perplexity=f.get("perplexity"), kld=f.get("kld_vs_teacher"),
                  same_top_token=f.get("same_top_vs_teacher"),
-                 train_seconds=s.get("train_seconds"), loss=s.get("loss"),
-                 trainable_params=s.get("trainable_params", s.get("params")), lora=s.get("lora"))
+                 train_seconds=s.get("train_seconds"), loss=s.get("loss"), strategy=strategy(s),
+                 teachers=s.get("teachers"), layers=s.get("layers"), exit_val_nll=s.get("exit_val_nll"),
+                 cut_at=s.get("cut_at"), trainable_params=s.get("trainable_params", s.get("params")),
+                 lora=s.get("lora"))
         rows.append(r)
     listed = [("artifact", a) for a in (inp.export or {}).get("artifacts", [])]
     listed += [("teacher-artifact", a) for a in (inp.export or {}).get("teacher_artifacts", [])]
@@ -167,7 +177,22 @@ def build(inp: ReportInputs) -> dict[str, Any]:
     return {"schema": SCHEMA, "recipe": inp.recipe, "run_dir": inp.run_dir, "definitions": DEFINITIONS,
             "models": rows, "summary": summary, "devices": devices, "per_device": truth, "auto": inp.auto,
             "distill": stages.get("distill", {}).get("info"), "blackbox": stages.get("blackbox", {}).get("info"),
-            "files": files}
+            "ensemble": stages.get("ensemble", {}).get("info"), "files": files}
+
+
+def strategy(meta: dict[str, Any]) -> str:
+    """How a student was trained, in words (from its metadata)."""
+    role, loss, n = meta.get("role", "kd"), meta.get("loss") or {}, meta.get("teachers") or 0
+    target = f"an ensemble of {n} teachers" if n > 1 else "the teacher"
+    kd = f"{loss.get('divergence', 'kd')} KD (T={loss.get('temperature')}, α={loss.get('alpha')}) from {target}"
+    if role in ("self-distill", "self-distill-exit"):
+        sd = meta.get("self_distill") or {}
+        final = kd if loss else "CE"
+        text = (f"self-distillation: exits {sd.get('exits')} learn the final layer (KL at T={sd.get('temperature')}, "
+                f"weight {sd.get('weight')}, CE weight {sd.get('ce_weight')}, {sd.get('exit_norm')} norm); final "
+                f"layer: {final}")
+        return text + (f"; cut at exit {meta['cut_at']}" if role == "self-distill-exit" else "")
+    return {"baseline": "CE only (reference completions)", "sft": "SFT on the teacher's replies"}.get(role, kd)
 
 
 def same_top_bar(fmt_: str) -> float | None:
@@ -235,6 +260,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     errs = [(r["name"], r["bench_error"]) for r in report["models"] if r.get("bench_error")]
     if errs:
         lines += ["", "Bench failures:", *[f"- {n}: {e}" for n, e in errs]]
+    lines += strategies_markdown(report)
     lines += devices_markdown(report.get("devices") or [], latency="p50 ms/token", accuracy="next-token acc.")
     lines += per_device_markdown(report.get("per_device"))
     lines += auto_markdown(report.get("auto"))
@@ -256,6 +282,32 @@ def _adapter_lines(rows: list[dict[str, Any]]) -> list[str]:
                        f"{lora['trainable_params']:,} of {lora['params']:,} parameters trained "
                        f"({100 * lora['trainable_params'] / lora['params']:.2f}%), adapters merged before export")
     return ["", "Students trained through adapters:", *out] if out else []
+
+
+def strategies_markdown(report: dict[str, Any]) -> list[str]:
+    """The teacher ensemble and each student's training strategy; nothing when every student is a plain one."""
+    ens = report.get("ensemble")
+    students = [r for r in report["models"] if r["kind"] not in ("teacher", "artifact", "teacher-artifact")]
+    if not ens and not any(r["kind"].startswith("self-distill") for r in students):
+        return []
+    lines = ["", "## Distillation strategies", ""]
+    if ens:
+        teacher = next(r for r in report["models"] if r["kind"] == "teacher")
+        rows = [["main teacher", fmt(ens.get("main_weight"), ".3f"), fmt(teacher.get("params"), ","),
+                 fmt(teacher.get("val_nll"), ".4f"), ""]]
+        rows += [[m["label"], fmt(m.get("weight"), ".3f"), fmt(m.get("params"), ","), fmt(m.get("val_nll"), ".4f"),
+                  "trained here" if m.get("trained_here") else str(m.get("path"))] for m in ens["members"]]
+        lines += ["Teacher ensemble (KD targets: the weighted mean of their probability distributions):", "",
+                  *md_table(["teacher", "weight", "params", "val NLL", "source"], rows), ""]
+    body = []
+    for r in students:
+        nll = r.get("exit_val_nll") or {}
+        exits = ", ".join(f"exit {k}: {v:.4f}" for k, v in nll.items()) if nll else "–"
+        body.append([r["name"], fmt(r.get("layers"), "d"), fmt(r.get("params"), ","), fmt(r.get("val_nll"), ".4f"),
+                     exits, fmt(r.get("val_task_score"), ".3f"), r.get("strategy") or ""])
+    lines += md_table(["student", "layers", "params", "val NLL", "val NLL per exit (layers kept)", "val task",
+                       "strategy"], body)
+    return lines
 
 
 def write(report: dict[str, Any], json_path: Path, md_path: Path) -> None:

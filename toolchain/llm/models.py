@@ -12,8 +12,10 @@ Supported families (:data:`FAMILIES`, by ``config.json``'s ``model_type``), each
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PretrainedConfig, PreTrainedModel
@@ -159,3 +161,93 @@ def align_vocab(teacher_vocab: int, student_vocab: int, tokenizer_len: int) -> i
 
 def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def check_same_vocab(tok: Any, folder: Path, label: str) -> None:
+    """An ensemble teacher's local checkpoint must share the main teacher's tokenizer (the run's): same
+    token → id map, and at least as many embedding rows (more are padding, cut by :func:`align_vocab`).
+    Raises :class:`ModelError` with one line naming ``label`` (e.g. ``teacher.ensemble.0``) and the folder."""
+    from transformers import AutoTokenizer
+
+    try:
+        model_type(folder)  # a HF model folder, or one line saying it is not
+    except ModelError as err:
+        raise ModelError(f"{label}: {err}") from None
+    head = f"{label} ({folder}): vocabulary differs from the main teacher's"
+    rows = int(json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("vocab_size") or 0)
+    if rows < len(tok):
+        raise ModelError(f"{head}: {rows} embedding rows for the main tokenizer's {len(tok)} tokens; every "
+                         "ensemble teacher must share the main teacher's tokenizer")
+    if not any((Path(folder) / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise ModelError(f"{label} ({folder}): no tokenizer files to compare with the main teacher's; copy the "
+                         "tokenizer this teacher was trained with into the folder")
+    try:
+        theirs = AutoTokenizer.from_pretrained(str(folder), local_files_only=True).get_vocab()
+    except Exception as err:  # tokenizers raise their own types for unreadable files: one line naming the folder
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"{label} ({folder}): cannot read its tokenizer ({first})") from None
+    ours = tok.get_vocab()
+    if theirs != ours:
+        moved = sum(1 for t, i in ours.items() if theirs.get(t) != i)
+        raise ModelError(f"{head}: {len(theirs)} vs {len(ours)} tokens, {moved} of the main tokenizer's map to "
+                         "another id or are missing; every ensemble teacher must share the main teacher's tokenizer")
+
+
+class EarlyExitLM(torch.nn.Module):
+    """A causal LM with early exits for self-distillation: ``forward`` returns the final (normed) hidden states
+    and, per exit ``N`` (decoder layers kept), the raw hidden state after layer ``N``; an exit's logits are
+    ``lm_head(norm_N(h_N))`` with the model's own head and final norm (``per_exit_norm``: a copy of the final norm
+    per exit, trained with it). Cut at an exit (:func:`cut_at_exit`) the model is the same family with
+    ``num_hidden_layers = N`` and these logits."""
+
+    def __init__(self, student: PreTrainedModel, exits: list[int], per_exit_norm: bool = False) -> None:
+        super().__init__()
+        n = student.config.num_hidden_layers
+        if bad := [e for e in exits if not 1 <= e < n]:
+            raise ModelError(f"distill.self_distill.exits: {bad} not in 1 … {n - 1} (the student has {n} layers)")
+        self.student = student
+        self.exits = list(exits)
+        self.norms = (torch.nn.ModuleDict({str(e): copy.deepcopy(student.model.norm) for e in self.exits})
+                      if per_exit_norm else None)
+
+    def norm(self, exit_: int) -> torch.nn.Module:
+        return self.norms[str(exit_)] if self.norms is not None else self.student.model.norm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        out = self.student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                           logits_to_keep=1)
+        hs = out.hidden_states  # (embeddings, layer 1 … layer L-1 outputs, final normed)
+        return hs[-1], [hs[e] for e in self.exits]
+
+    @torch.no_grad()
+    def exit_logits(self, input_ids: torch.Tensor, exit_: int,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, L, V)`` logits of exit ``exit_`` (the final layer's when it is the layer count)."""
+        final, exits = self(input_ids, attention_mask)
+        if exit_ == self.student.config.num_hidden_layers:
+            return self.student.lm_head(final)
+        return self.student.lm_head(self.norm(exit_)(exits[self.exits.index(exit_)]))
+
+
+def cut_at_exit(model: EarlyExitLM, exit_: int) -> PreTrainedModel:
+    """The model cut after ``exit_`` decoder layers: its embeddings, first ``exit_`` layers, the exit's norm (the
+    final norm when shared) and head, as a fresh model of the same family with ``num_hidden_layers = exit_`` (a
+    plain HF checkpoint once saved; GGUF/ONNX export and the parity contract apply unchanged)."""
+    from transformers import AutoModelForCausalLM
+
+    if exit_ not in model.exits:
+        raise ModelError(f"distill.self_distill.export_exit: {exit_} is not a trained exit ({model.exits})")
+    src = model.student
+    cfg = {k: v for k, v in src.config.to_dict().items() if k not in ("_name_or_path", "torch_dtype", "dtype")}
+    cfg["num_hidden_layers"] = exit_
+    if cfg.get("layer_types"):
+        cfg["layer_types"] = cfg["layer_types"][:exit_]
+    if cfg.get("max_window_layers") is not None:
+        cfg["max_window_layers"] = min(cfg["max_window_layers"], exit_)
+    cut = AutoModelForCausalLM.from_config(type(src.config).from_dict(cfg)).to(next(src.parameters()).dtype)
+    state = {k: v for k, v in src.state_dict().items()
+             if not k.startswith("model.layers.") or int(k.split(".")[2]) < exit_}
+    state["model.norm.weight"] = model.norm(exit_).weight.detach()
+    cut.load_state_dict(state, strict=True)
+    return cut.eval()

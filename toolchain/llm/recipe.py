@@ -7,7 +7,7 @@ Shared conventions (unknown keys are errors, one-line messages, paths relative t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -123,10 +123,50 @@ class LMTrainConfig(Section):
     checkpoint_every: int = Field(50, ge=1, description="steps between resumable training checkpoints")
 
 
+class EnsembleTeacher(Section):
+    """One more teacher of a multi-teacher ensemble: a local HF folder (``path``, with the tokenizer it was trained
+    with, which must be the main teacher's), or trained here like the main teacher (``arch`` and ``train`` default
+    to the main teacher's, ``seed`` to the recipe's seed + its 1-based position in the list)."""
+
+    path: Path | None = Field(None, description="a local HF checkpoint folder; null: train this teacher here")
+    arch: LlamaArch | None = Field(None, description="trained here: its shape (default: teacher.arch)")
+    seed: int | None = Field(None, description="trained here: its seed (default: recipe seed + position)")
+    train: LMTrainConfig | None = Field(None, description="trained here: its training (default: teacher.train)")
+
+    @model_validator(mode="after")
+    def _check(self) -> EnsembleTeacher:
+        if self.path is not None and (self.arch is not None or self.seed is not None or self.train is not None):
+            raise ValueError("path: a local teacher takes no arch, seed or train (those describe one trained here)")
+        return self
+
+
 class LLMTeacherConfig(Section):
     path: Path | None = Field(None, description="a local HF Llama checkpoint directory; null: train one here")
     arch: LlamaArch = LlamaArch()
     train: LMTrainConfig = LMTrainConfig()
+    ensemble: list[EnsembleTeacher] = Field(default_factory=list, description=(
+        "more teachers with the main teacher's vocabulary: white-box KD then learns the (weighted) mean of all "
+        "the teachers' probability distributions (offline: its top-k is cached; online: averaged every step)"))
+    ensemble_weights: list[Annotated[float, Field(gt=0)]] | None = Field(None, description=(
+        "one weight per teacher, the main teacher first, then teacher.ensemble in order (normalised to sum 1); "
+        "null: equal weights"))
+
+    @model_validator(mode="after")
+    def _check(self) -> LLMTeacherConfig:
+        if self.ensemble_weights is not None and len(self.ensemble_weights) != 1 + len(self.ensemble):
+            raise ValueError(f"ensemble_weights: expected {1 + len(self.ensemble)} (the main teacher, then each of "
+                             f"teacher.ensemble), got {len(self.ensemble_weights)}")
+        return self
+
+    def member_seed(self, i: int, recipe_seed: int) -> int:
+        """The seed of ``ensemble[i]`` when trained here."""
+        seed = self.ensemble[i].seed
+        return seed if seed is not None else recipe_seed + i + 1
+
+    def weights(self) -> list[float]:
+        """Normalised weights of every teacher, the main one first."""
+        w = self.ensemble_weights or [1.0] * (1 + len(self.ensemble))
+        return [x / sum(w) for x in w]
 
 
 #: a Llama/Mistral/Qwen2 block's linear layers: attention (q, k, v, o) and MLP (gate, up, down)
@@ -179,6 +219,45 @@ class KDLossConfig(Section):
     alpha: float = Field(0.5, ge=0, le=1)
 
 
+class SelfDistillConfig(Section):
+    """Self-distillation with early exits (BYOT, Zhang et al. 2019): after each of ``exits`` decoder layers the
+    hidden state goes through the model's own final norm and head (shared; ``exit_norm: per-exit`` gives each exit
+    its own norm, initialised from the final one) and learns the final layer's distribution, detached, at
+    ``temperature``: ``weight · Σ_exits [T²·KL(p_final ‖ p_exit) + ce_weight·CE]``, beside the final layer's own
+    loss (CE, or a teacher's KD with ``kd_loss``). The student is its own candidate (``name``); with
+    ``export_exit: N`` the model cut after N layers (a plain HF folder with ``num_hidden_layers: N``) is one more
+    candidate, ``<name>-exitN``."""
+
+    enabled: bool = False
+    name: SafeName = "self-distill"
+    exits: list[Annotated[int, Field(ge=1)]] = Field(
+        [1], min_length=1, description="exit points as the number of decoder layers kept (1 … layers - 1)")
+    weight: float = Field(1.0, ge=0, description="the exits' loss weight beside the final layer's")
+    temperature: float = Field(1.0, gt=0)
+    ce_weight: float = Field(1.0, ge=0, description="cross-entropy on the labels at each exit, beside its KL")
+    exit_norm: Literal["shared", "per-exit"] = "shared"
+    kd_loss: SafeName | None = Field(None, description=(
+        "a distill.losses name: the final layer also learns the teacher's targets with that loss (divergence, "
+        "temperature, alpha; from the same top-k cache); null: the final layer learns the labels (CE) alone"))
+    export_exit: int | None = Field(None, ge=1, description=(
+        "also make the model cut after this many layers (one of exits) a candidate, <name>-exitN; null: none"))
+
+    @model_validator(mode="after")
+    def _check(self) -> SelfDistillConfig:
+        if len(set(self.exits)) != len(self.exits):
+            raise ValueError(f"exits: must be unique, got {self.exits}")
+        if self.export_exit is not None and self.export_exit not in self.exits:
+            raise ValueError(f"export_exit: {self.export_exit} is not one of exits {self.exits} (only a trained "
+                             "exit can be cut at)")
+        return self
+
+    def candidate_names(self) -> list[str]:
+        """The students this strategy adds: the full model, then the cut one (``export_exit``)."""
+        if not self.enabled:
+            return []
+        return [self.name] + ([f"{self.name}-exit{self.export_exit}"] if self.export_exit is not None else [])
+
+
 class WhiteBoxConfig(Section):
     enabled: bool = True
     mode: Literal["offline", "online"] = "offline"
@@ -193,6 +272,7 @@ class WhiteBoxConfig(Section):
     parallel: Literal["none", "ddp", "fsdp"] = Field(
         "none", description="ddp/fsdp: the distill stage runs under `accelerate launch` with num_processes ranks")
     num_processes: int = Field(1, ge=1, description="ranks for parallel: ddp/fsdp (CPU: gloo; one per GPU)")
+    self_distill: SelfDistillConfig = SelfDistillConfig()
 
     @model_validator(mode="after")
     def _check(self) -> WhiteBoxConfig:
@@ -205,6 +285,14 @@ class WhiteBoxConfig(Section):
             raise ValueError("losses: 'baseline' and 'sft' name the CE-only and black-box students; rename the loss")
         if len(set(names)) != len(names):
             raise ValueError(f"losses: names must be unique, got {names}")
+        sd = self.self_distill
+        if sd.enabled:
+            if clash := {"baseline", "sft", *names} & set(sd.candidate_names()):
+                raise ValueError(f"self_distill.name: {sorted(clash)[0]!r} already names another student; rename it")
+            if sd.kd_loss is not None and sd.kd_loss not in names:
+                raise ValueError(f"self_distill.kd_loss: {sd.kd_loss!r} is not one of losses {names}")
+            if self.parallel != "none":
+                raise ValueError("self_distill: trains in one process; set parallel: none (or disable it)")
         return self
 
 
@@ -305,4 +393,23 @@ class LLMRecipe(RecipeBase):
         if lora.quantize == "4bit" and parallel != "none":
             raise ValueError(f"student.lora.quantize: 4bit trains in one process; use distill.parallel: none, or "
                              f"quantize: none under {parallel}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_strategies(self) -> LLMRecipe:
+        t = self.teacher
+        for i, m in enumerate(t.ensemble):
+            same = (t.path is None and m.path is None and (m.arch or t.arch) == t.arch
+                    and (m.train or t.train) == t.train and t.member_seed(i, self.seed) == self.seed)
+            if same:
+                raise ValueError(f"teacher.ensemble.{i}: identical to the main teacher (same arch, train and seed "
+                                 f"{self.seed}); give it another seed")
+        sd = self.distill.self_distill
+        layers = self.student.arch.num_hidden_layers
+        if sd.enabled and self.student.path is None and (bad := [e for e in sd.exits if e >= layers]):
+            raise ValueError(f"distill.self_distill.exits: {bad} not below the student's {layers} layers (an exit "
+                             "keeps 1 … layers - 1 of them)")
+        if sd.enabled and self.student.lora.enabled:
+            raise ValueError("distill.self_distill: not with student.lora (the exits train the whole student); "
+                             "turn one of them off")
         return self

@@ -1,5 +1,6 @@
-"""The LLM pipeline's stages (``kind: llm``), in the order they run: data → teacher → distill (KD students) →
-blackbox (SFT student) → export → bench → report. The framework (context, runner, skipping) is
+"""The LLM pipeline's stages (``kind: llm``), in the order they run: data → teacher → ensemble (more teachers,
+when ``teacher.ensemble`` lists any) → distill (KD students, the self-distilled student) → blackbox (SFT student) →
+export → bench → report. The framework (context, runner, skipping) is
 :mod:`edgedistill.toolchain.pipeline`; every stage has a config hash over its recipe sections and the content of
 its inputs, records its outputs in the manifest, and is skipped when both are unchanged.
 
@@ -8,6 +9,7 @@ Run-directory layout (relative to the run root)::
     recipe.yaml  manifest.json  report.json  report.md
     data/{train,val,test}.jsonl  data/tokenizer/            the splits and the tokenizer
     teacher/model/  teacher/metrics.json                    HF Llama folder (trained here) + metrics
+    teacher/ensemble-<i>/  teacher/ensemble-<i>.json        teacher.ensemble[i] (trained here) + metrics
     students/<name>/  students/<name>.json                  KD students (one per loss) and the SFT student
     blackbox/teacher-f32.gguf  blackbox/collected.jsonl      the served teacher and the collect journal
     export/student-<variant>.gguf  export/artifacts.json    GGUFs of the best student, with fidelity
@@ -118,8 +120,8 @@ def stage_data(ctx: Context) -> None:
 def _teacher_hash(ctx: Context) -> str:
     t = ctx.recipe.teacher
     ckpt = sha256_path(t.path) if t.path is not None else None  # every shard and the index
-    return sha256_json({"data": data_hash(ctx), "teacher": ctx.recipe.section("teacher"), "ckpt": ckpt,
-                        "seed": ctx.recipe.seed})
+    main = {k: v for k, v in ctx.recipe.section("teacher").items() if k not in ("ensemble", "ensemble_weights")}
+    return sha256_json({"data": data_hash(ctx), "teacher": main, "ckpt": ckpt, "seed": ctx.recipe.seed})
 
 
 @torch.no_grad()
@@ -217,6 +219,108 @@ def _teacher_sha(ctx: Context) -> str:
     return sha256_path(ctx.teacher_dir)
 
 
+# -- teacher ensemble ------------------------------------------------------------------------------------------
+def _member_dir(ctx: Context, i: int) -> Path:
+    m = ctx.recipe.teacher.ensemble[i]
+    return m.path if m.path is not None else ctx.run.path("teacher", f"ensemble-{i}")
+
+
+def _member_hash(ctx: Context, i: int) -> str:
+    t, m = ctx.recipe.teacher, ctx.recipe.teacher.ensemble[i]
+    if m.path is not None:
+        return sha256_json({"ckpt": sha256_path(m.path)})
+    return sha256_json({"data": data_hash(ctx), "arch": (m.arch or t.arch).model_dump(mode="json"),
+                        "train": (m.train or t.train).model_dump(mode="json"),
+                        "seed": t.member_seed(i, ctx.recipe.seed)})
+
+
+def stage_ensemble(ctx: Context) -> None:
+    """``teacher.ensemble``: check every local teacher's vocabulary against the main teacher's (the run's
+    tokenizer), then train the others here like the main teacher (resumable, each keyed by its own hash and reused
+    while unchanged). Nothing to do without an ensemble."""
+    t = ctx.recipe.teacher
+    if not t.ensemble:
+        return
+    h = sha256_json({"members": [_member_hash(ctx, i) for i in range(len(t.ensemble))], "data": data_hash(ctx),
+                     "weights": t.weights()})
+    if ctx.skip("ensemble", h):
+        return
+    from edgedistill.toolchain.llm.models import build_llama, check_same_vocab, load_causal_lm, param_count
+    from edgedistill.toolchain.llm.train import train_lm
+
+    tok = ctx.tok
+    for i, m in enumerate(t.ensemble):  # every mismatch before any training
+        if m.path is not None:
+            check_same_vocab(tok, m.path, f"teacher.ensemble.{i}")
+    outputs, members = [], []
+    weights = t.weights()
+    for i, m in enumerate(t.ensemble):
+        folder, mh = _member_dir(ctx, i), _member_hash(ctx, i)
+        meta = ctx.run.path("teacher", f"ensemble-{i}.json")
+        info: dict[str, Any] = {"label": f"teacher.ensemble.{i}", "path": str(folder),
+                                "trained_here": m.path is None, "config_hash": mh, "weight": weights[i + 1]}
+        old = read_json(meta) if meta.is_file() and not ctx.force else {}
+        if m.path is None and not (old.get("config_hash") == mh and folder.is_dir()
+                                   and old.get("weights_sha256") == sha256_path(folder)):
+            seed = t.member_seed(i, ctx.recipe.seed)
+            model = build_llama(m.arch or t.arch, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id,
+                                seed)
+            res = train_lm(model, ctx.encoded("train"), m.train or t.train, seed, tok.pad_token_id,
+                           _train_state(ctx, "teacher", mh, f"ensemble-{i}-"), f"training teacher.ensemble.{i}")
+            with atomic_dir(folder) as tmp:
+                model.save_pretrained(str(tmp), safe_serialization=True)
+            _drop_train_states(ctx.run.path("teacher"), f"ensemble-{i}-")
+            info.update(seed=seed, steps=res.steps, train_seconds=res.seconds, resumed_from=res.resumed_from,
+                        history=res.history, params=param_count(model),
+                        val_nll=val_nll(model, ctx.encoded("val"), tok.pad_token_id))
+        elif m.path is None:
+            info = {**old, "weight": weights[i + 1]}
+        else:
+            model = load_causal_lm(folder)
+            info.update(params=param_count(model), val_nll=val_nll(model, ctx.encoded("val"), tok.pad_token_id))
+        info["weights_sha256"] = sha256_path(folder)
+        write_json(meta, info)
+        outputs += [*(_files(folder) if m.path is None else []), meta]
+        members.append({k: info.get(k) for k in ("label", "path", "trained_here", "weight", "params", "val_nll")})
+        ctx.console.print(f"  {info['label']}: {info['params']:,} params, val NLL {info['val_nll']:.4f}, weight "
+                          f"{info['weight']:.3f}")
+    ctx.run.record("ensemble", h, outputs, {"main_weight": weights[0], "members": members})
+
+
+class _Teachers:
+    """The main teacher and, with ``teacher.ensemble``, the others: loaded once, on first use. ``target()`` is
+    what KD learns from: the main teacher, or the list of all (mixed with ``weights``)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx, self._main, self._others, self._shas = ctx, None, None, None
+        t = ctx.recipe.teacher
+        self.weights: list[float] | None = t.weights() if t.ensemble else None
+
+    def main(self) -> Any:
+        from edgedistill.toolchain.llm.models import load_causal_lm
+
+        if self._main is None:
+            self._main = load_causal_lm(self.ctx.teacher_dir).eval()
+        return self._main
+
+    def target(self) -> Any:
+        from edgedistill.toolchain.llm.models import load_causal_lm
+
+        if self.weights is None:
+            return self.main()
+        if self._others is None:
+            n = len(self.ctx.recipe.teacher.ensemble)
+            self._others = [load_causal_lm(_member_dir(self.ctx, i)).eval() for i in range(n)]
+        return [self.main(), *self._others]
+
+    def shas(self) -> list[str]:
+        """Every teacher's weights hash, the main one first (computed once: a large teacher takes a while)."""
+        if self._shas is None:
+            self._shas = [_teacher_sha(self.ctx)] + [sha256_path(_member_dir(self.ctx, i))
+                                                     for i in range(len(self.ctx.recipe.teacher.ensemble))]
+        return self._shas
+
+
 # -- students --------------------------------------------------------------------------------------------------
 def _new_student(ctx: Context, teacher: torch.nn.Module) -> tuple[torch.nn.Module, list[int] | None, int]:
     """The student before training (a local checkpoint, or a fresh model of the teacher's family with
@@ -311,39 +415,45 @@ def _student_section(ctx: Context) -> dict[str, Any]:
 
 
 def distill_hash(ctx: Context) -> str:
+    """What the KD and CE-only students depend on (the self-distilled student adds its own section:
+    :func:`_distill_stage_hash`)."""
     r = ctx.recipe
-    distill = {k: v for k, v in r.section("distill").items() if k not in ("cache_dir", "parallel", "num_processes")}
-    return sha256_json({"teacher": _teacher_sha(ctx), "data": data_hash(ctx), "student": _student_section(ctx),
-                        "distill": distill, "seed": r.seed, "meta": STUDENT_META_VERSION})
+    distill = {k: v for k, v in r.section("distill").items()
+               if k not in ("cache_dir", "parallel", "num_processes", "self_distill")}
+    parts = {"teacher": _teacher_sha(ctx), "data": data_hash(ctx), "student": _student_section(ctx),
+             "distill": distill, "seed": r.seed, "meta": STUDENT_META_VERSION}
+    if r.teacher.ensemble:  # absent without one, so runs made before ensembles keep their hash
+        parts["ensemble"] = {"teachers": _Teachers(ctx).shas()[1:], "weights": r.teacher.weights()}
+    return sha256_json(parts)
 
 
-def _teacher_cache(ctx: Context, loss: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
+def _distill_stage_hash(ctx: Context, h: str) -> str:
+    sd = ctx.recipe.distill.self_distill
+    return h if not sd.enabled else sha256_json({"students": h, "self_distill": sd.model_dump(mode="json")})
+
+
+def _teacher_cache(ctx: Context, loss: Any, teachers: _Teachers) -> tuple[Any, dict[str, Any]]:
     from edgedistill.toolchain.llm.distill.cache import build_cache, cache_key, default_cache_dir
 
     cfg, tok = ctx.recipe.distill, ctx.tok
     assert cfg.top_k is not None
     data = ctx.encoded("train")
-    key = cache_key(_teacher_sha(ctx), data, cfg.top_k, loss.temperature)
+    key = cache_key(teachers.shas(), data, cfg.top_k, loss.temperature, teachers.weights)
     cache, hit = build_cache(key, cfg.cache_dir or default_cache_dir(), data, tok.pad_token_id, len(tok),
-                             cfg.top_k, loss.temperature, teacher, cfg.shard_tokens)
-    return cache, {"path": str(cache.folder), "hit": hit, "bytes_per_token": cache.bytes_per_token, "k": cfg.top_k}
+                             cfg.top_k, loss.temperature, teachers.target, cfg.shard_tokens, weights=teachers.weights)
+    return cache, {"path": str(cache.folder), "hit": hit, "bytes_per_token": cache.bytes_per_token, "k": cfg.top_k,
+                   "teachers": int(cache.index.get("teachers", 1))}
 
 
 def train_kd_students(ctx: Context, h: str, accelerator: Any = None) -> dict[str, Any]:
     """Train every loss's student that is not already done (one process, or each rank under ``accelerator``);
     returns ``{"students": {name: meta}, "cache": info}``. Only the main process writes files."""
     from edgedistill.toolchain.llm.distill.kd import train_kd
-    from edgedistill.toolchain.llm.models import load_causal_lm
 
     cfg, tok = ctx.recipe.distill, ctx.tok
     main = accelerator is None or accelerator.is_main_process
-    teacher: Any = None
-
-    def get_teacher() -> Any:
-        nonlocal teacher
-        if teacher is None:
-            teacher = load_causal_lm(ctx.teacher_dir).eval()
-        return teacher
+    teachers = _Teachers(ctx)
+    get_teacher = teachers.main
 
     info: dict[str, Any] = {"students": {}, "cache": None}
     if cfg.baseline:
@@ -355,16 +465,18 @@ def train_kd_students(ctx: Context, h: str, accelerator: Any = None) -> dict[str
             continue
         cache = None
         if cfg.mode == "offline":
-            cache, info["cache"] = _teacher_cache(ctx, loss, get_teacher)
+            cache, info["cache"] = _teacher_cache(ctx, loss, teachers)
             if main:
                 ctx.console.print(f"  teacher top-{cfg.top_k} cache {'hit' if info['cache']['hit'] else 'written'}: "
                                   f"{cache.bytes_per_token:.1f} B/token")
         student, layers, vocab = _new_student(ctx, get_teacher())
         ckpt = _train_state(ctx, "students", sh, f"{loss.name}-")
         res = train_kd(student, ctx.encoded("train"), loss, cfg.train, ctx.recipe.seed, tok.pad_token_id,
-                       cfg.chunk_tokens, ckpt, cache=cache, teacher=None if cache is not None else get_teacher(),
-                       accelerator=accelerator, vocab=vocab, lora=ctx.recipe.student.lora)
+                       cfg.chunk_tokens, ckpt, cache=cache, teacher=None if cache is not None else teachers.target(),
+                       accelerator=accelerator, vocab=vocab, weights=teachers.weights,
+                       lora=ctx.recipe.student.lora)
         meta = {"config_hash": sh, "role": "kd", "loss": loss.model_dump(mode="json"), "init_layers": layers,
+                "teachers": 1 + len(ctx.recipe.teacher.ensemble), "layers": student.config.num_hidden_layers,
                 "steps": res.steps, "train_seconds": res.seconds, "tokens_per_second": res.per_second,
                 "resumed_from": res.resumed_from, "history": res.history,
                 "params": sum(p.numel() for p in student.parameters()), **_trained(res),
@@ -375,7 +487,50 @@ def train_kd_students(ctx: Context, h: str, accelerator: Any = None) -> dict[str
         if accelerator is not None:
             accelerator.wait_for_everyone()
         info["students"][loss.name] = read_json(ctx.run.path("students", f"{loss.name}.json"))
+    if cfg.self_distill.enabled:
+        _train_self_distill(ctx, h, teachers, info)
     return info
+
+
+def _train_self_distill(ctx: Context, h: str, teachers: _Teachers, info: dict[str, Any]) -> None:
+    """``distill.self_distill``: the student with early exits (its exits learn its final layer's distribution;
+    the final layer the labels, or the teacher's targets with ``kd_loss``), saved as a plain HF folder, and with
+    ``export_exit`` the model cut at that exit as one more candidate. One process (the recipe checks it)."""
+    from edgedistill.toolchain.llm.distill.kd import train_self_distill
+    from edgedistill.toolchain.llm.models import EarlyExitLM, cut_at_exit, param_count
+
+    cfg, tok, r = ctx.recipe.distill, ctx.tok, ctx.recipe
+    sd = cfg.self_distill
+    kd = next((loss for loss in cfg.losses if loss.name == sd.kd_loss), None)
+    sh = sha256_json({"stage": h, "self_distill": sd.model_dump(mode="json"),
+                      "kd": kd.model_dump(mode="json") if kd is not None else None})
+    names = sd.candidate_names()
+    if not all(_student_done(ctx, n, sh) for n in names):
+        cache = None
+        if kd is not None and cfg.mode == "offline":
+            cache, info["cache"] = _teacher_cache(ctx, kd, teachers)
+        student, layers, vocab = _new_student(ctx, teachers.main())
+        model = EarlyExitLM(student, sd.exits, per_exit_norm=sd.exit_norm == "per-exit")
+        ckpt = _train_state(ctx, "students", sh, f"{sd.name}-")
+        online = teachers.target() if kd is not None and cache is None else None
+        res = train_self_distill(model, ctx.encoded("train"), sd, cfg.train, r.seed, tok.pad_token_id,
+                                 cfg.chunk_tokens, ckpt, kd, cache, online, vocab, teachers.weights)
+        val = ctx.encoded("val")
+        exit_nll = {str(e): val_nll(cut_at_exit(model, e), val, tok.pad_token_id) for e in sd.exits}
+        n_layers = student.config.num_hidden_layers
+        base = {"config_hash": sh, "role": "self-distill", "self_distill": sd.model_dump(mode="json"),
+                "loss": kd.model_dump(mode="json") if kd is not None else None,
+                "teachers": (1 + len(r.teacher.ensemble)) if kd is not None else 0, "init_layers": layers,
+                "steps": res.steps, "train_seconds": res.seconds, "tokens_per_second": res.per_second,
+                "resumed_from": res.resumed_from, "history": res.history, "exit_val_nll": exit_nll}
+        _save_student(ctx, sd.name, student, {**base, "layers": n_layers, "params": param_count(student)})
+        if sd.export_exit is not None:
+            cut = cut_at_exit(model, sd.export_exit)
+            _save_student(ctx, names[1], cut, {**base, "role": "self-distill-exit", "cut_at": sd.export_exit,
+                                               "layers": sd.export_exit, "params": param_count(cut)})
+        _drop_train_states(ctx.run.path("students"), f"{sd.name}-")
+    for n in names:
+        info["students"][n] = read_json(ctx.run.path("students", f"{n}.json"))
 
 
 def _train_baseline(ctx: Context, h: str, get_teacher: Any, info: dict[str, Any], accelerator: Any = None) -> None:
@@ -390,7 +545,8 @@ def _train_baseline(ctx: Context, h: str, get_teacher: Any, info: dict[str, Any]
         ckpt = _train_state(ctx, "students", sh, f"{name}-")
         res = train_lm(student, ctx.encoded("train"), cfg.train, ctx.recipe.seed, tok.pad_token_id, ckpt,
                        "training CE-only baseline", accelerator=accelerator, lora=ctx.recipe.student.lora)
-        meta = {"config_hash": sh, "role": "baseline", "init_layers": layers, "steps": res.steps,
+        meta = {"config_hash": sh, "role": "baseline", "init_layers": layers,
+                "layers": student.config.num_hidden_layers, "steps": res.steps,
                 "train_seconds": res.seconds, "tokens_per_second": res.per_second, "resumed_from": res.resumed_from,
                 "history": res.history, "params": sum(p.numel() for p in student.parameters()), **_trained(res)}
         if accelerator is None or accelerator.is_main_process:
@@ -404,15 +560,16 @@ def _train_baseline(ctx: Context, h: str, get_teacher: Any, info: dict[str, Any]
 def stage_distill(ctx: Context) -> None:
     cfg = ctx.recipe.distill
     h = distill_hash(ctx)
-    if not cfg.enabled or ctx.skip("distill", h):
+    if not cfg.enabled or ctx.skip("distill", _distill_stage_hash(ctx, h)):
         return
     info = train_kd_students(ctx, h) if cfg.parallel == "none" else _launch_distill(ctx, h)
     names = ([BASELINE] if cfg.baseline else []) + [loss.name for loss in cfg.losses]
+    names += cfg.self_distill.candidate_names()
     outputs = [p for n in names for p in _student_outputs(ctx, n)]
     for name, meta in info["students"].items():
         ctx.console.print(f"  {name}: val NLL {meta['val_nll']:.4f}, val task {meta['val_task_score']:.3f}"
                           f"{_lora_note(meta)}")
-    ctx.run.record("distill", h, outputs, {
+    ctx.run.record("distill", _distill_stage_hash(ctx, h), outputs, {
         "mode": cfg.mode, "cache": info.get("cache"), "parallel": cfg.parallel,
         "processes": cfg.num_processes if cfg.parallel != "none" else 1,
         "students": {k: {"val_nll": v["val_nll"], "val_task_score": v["val_task_score"], "params": v["params"],
@@ -424,13 +581,12 @@ def _launch_distill(ctx: Context, h: str) -> dict[str, Any]:
     """``distill.parallel``: build the teacher cache here (once), then train the students under ``accelerate launch``
     with ``num_processes`` ranks (:mod:`edgedistill.toolchain.llm.launch`); the ranks write the students."""
     from edgedistill.toolchain.llm.distill.server import free_port
-    from edgedistill.toolchain.llm.models import load_causal_lm
 
     cfg = ctx.recipe.distill
     cache_info = None
     if cfg.mode == "offline":
         for loss in cfg.losses:
-            _, cache_info = _teacher_cache(ctx, loss, lambda: load_causal_lm(ctx.teacher_dir).eval())
+            _, cache_info = _teacher_cache(ctx, loss, _Teachers(ctx))
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--num_processes", str(cfg.num_processes), "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
@@ -531,9 +687,11 @@ def _journal_hash(ctx: Context) -> str | None:
 
 # -- export: GGUF and ONNX of the best student, with fidelity --------------------------------------------------
 def student_names(ctx: Context) -> list[str]:
-    """Trained students in report order: the CE-only baseline, KD students (recipe order), then the SFT student."""
+    """Trained students in report order: the CE-only baseline, KD students (recipe order), the self-distilled
+    student (and its cut at ``export_exit``), then the SFT student."""
     d = ctx.recipe.distill
     names = ([BASELINE] if d.baseline else []) + [loss.name for loss in d.losses] if d.enabled else []
+    names += d.self_distill.candidate_names() if d.enabled else []
     if ctx.recipe.blackbox.enabled:
         names.append(SFT)
     return [n for n in names if ctx.run.path("students", f"{n}.json").is_file()]
@@ -811,7 +969,8 @@ def auto_candidates(ctx: Context, spec: str) -> Any:
 
 
 STAGES = (Stage("data", stage_data, "distill"), Stage("teacher", stage_teacher, "distill"),
-          Stage("distill", stage_distill, "distill"), Stage("blackbox", stage_blackbox, "distill"),
+          Stage("ensemble", stage_ensemble, "distill"), Stage("distill", stage_distill, "distill"),
+          Stage("blackbox", stage_blackbox, "distill"),
           Stage("export", stage_export, "export"), Stage(auto_select.STAGE, auto_select.stage_select, "export"),
           Stage("bench", stage_bench, "bench"),
           Stage("report", stage_report, "report"))

@@ -6,6 +6,11 @@ outside the top-k is not stored, it is ``1 - sum(exp(log-probs))``. At k=8 with 
 is 32 B/token (DistillKit stores about 300 B/token). Only positions that are trained (those predicting a
 completion token) are cached.
 
+A teacher ensemble is cached the same way: the rows are the top-k of the weighted mean of the teachers'
+probability distributions (:func:`~edgedistill.toolchain.llm.distill.losses.mixture_logp`), so the remainder
+``1 - sum(exp(log-probs))`` is the mixture's mass outside its top-k; the key holds every teacher's weights hash
+and the weights.
+
 Layout of a cache folder ``<cache_dir>/<key[:24]>/``::
 
     index.json                       key, k, temperature, vocab, dtypes, shards, bytes_per_token
@@ -14,16 +19,16 @@ Layout of a cache folder ``<cache_dir>/<key[:24]>/``::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from edgedistill.core.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
 from edgedistill.core.paths import cache_root
+from edgedistill.toolchain.llm.distill.losses import mixture_logp
 from edgedistill.toolchain.llm.tokenizer import Encoded
 from edgedistill.toolchain.llm.train import collate
 from edgedistill.toolchain.progress import progress_bar
@@ -41,23 +46,45 @@ def positions(e: Encoded) -> list[int]:
     return [t for t in range(len(e.input_ids) - 1) if e.labels[t + 1] != IGNORE_INDEX]
 
 
-def cache_key(teacher_sha256: str, data: list[Encoded], k: int, temperature: float) -> str:
+def cache_key(teacher_sha256: str | Sequence[str], data: list[Encoded], k: int, temperature: float,
+              weights: Sequence[float] | None = None) -> str:
+    """The cache's key: the teacher's weights hash (an ensemble: every teacher's, in order, and their normalised
+    weights; one teacher keys as before), the data, k and the temperature."""
     ids = sha256_json([[e.input_ids, e.labels] for e in data])
-    return sha256_json({"teacher": teacher_sha256, "data": ids, "k": k, "T": temperature, "v": CACHE_VERSION})
+    teacher: object = teacher_sha256
+    if not isinstance(teacher_sha256, str):
+        shas = list(teacher_sha256)
+        w = list(weights) if weights is not None else [1.0] * len(shas)
+        if len(w) != len(shas):
+            raise ValueError(f"cache_key: {len(shas)} teachers but {len(w)} weights")
+        teacher = shas[0] if len(shas) == 1 else {"ensemble": shas, "weights": [x / sum(w) for x in w]}
+    return sha256_json({"teacher": teacher, "data": ids, "k": k, "T": temperature, "v": CACHE_VERSION})
+
+
+def _teachers(teacher: torch.nn.Module | Sequence[torch.nn.Module]) -> list[torch.nn.Module]:
+    return [teacher] if isinstance(teacher, torch.nn.Module) else list(teacher)
 
 
 @torch.no_grad()
-def teacher_topk(teacher: torch.nn.Module, items: list[Encoded], pad_id: int, k: int, temperature: float,
-                 vocab: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_topk(teacher: torch.nn.Module | Sequence[torch.nn.Module], items: list[Encoded], pad_id: int, k: int,
+                 temperature: float, vocab: int | None = None, weights: Sequence[float] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k log-probs ``(T, k)`` and ids ``(T, k)`` at every trained position of ``items``, example by example,
-    over the first ``vocab`` logits (the vocabulary shared with the student; padding rows beyond it are cut)."""
-    dev = next(teacher.parameters()).device
+    over the first ``vocab`` logits (the vocabulary shared with the student; padding rows beyond it are cut).
+
+    ``teacher`` may be a list (an ensemble with ``weights``, default equal): the rows are then the top-k of the
+    weighted mean of the teachers' distributions at ``temperature``."""
+    teachers = _teachers(teacher)
+    w = list(weights) if weights is not None else [1.0] * len(teachers)
+    dev = next(teachers[0].parameters()).device
     batch = {k: v.to(dev) for k, v in collate(items, pad_id).items()}
-    hidden = teacher.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = [t.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+              for t in teachers]
     vals, idx = [], []
     for i, e in enumerate(items):
         pos = torch.tensor(positions(e), dtype=torch.long, device=dev)
-        logp = F.log_softmax(teacher.lm_head(hidden[i, pos])[..., :vocab].float() / temperature, dim=-1)
+        logp = mixture_logp([t.lm_head(h[i, pos]) for t, h in zip(teachers, hidden, strict=True)], w, temperature,
+                            vocab)
         v, j = logp.topk(k, dim=-1)
         vals.append(v.cpu())
         idx.append(j.cpu())
@@ -111,10 +138,12 @@ def load_cache(folder: Path) -> TopKCache:
 
 
 def build_cache(key: str, cache_dir: Path, data: list[Encoded], pad_id: int, vocab: int, k: int,
-                temperature: float, load_teacher: Callable[[], torch.nn.Module], shard_tokens: int,
-                batch_size: int = 16) -> tuple[TopKCache, bool]:
+                temperature: float, load_teacher: Callable[[], torch.nn.Module | Sequence[torch.nn.Module]],
+                shard_tokens: int, batch_size: int = 16, weights: Sequence[float] | None = None
+                ) -> tuple[TopKCache, bool]:
     """Load the cache for ``key`` or build it (``load_teacher`` is called only on a miss). Returns ``(cache, hit)``.
 
+    ``load_teacher`` may return a list of teachers (an ensemble, mixed with ``weights``; see :func:`teacher_topk`).
     ``index.json`` is written last, so an interrupted build is rebuilt rather than half-read.
     """
     folder = Path(cache_dir) / key[:24]
@@ -126,7 +155,8 @@ def build_cache(key: str, cache_dir: Path, data: list[Encoded], pad_id: int, voc
         except CacheCorrupt:
             pass  # rebuilt below, never used
         (folder / "index.json").unlink()
-    teacher = load_teacher().eval()
+    teachers = [t.eval() for t in _teachers(load_teacher())]
+    w = list(weights) if weights is not None else [1.0] * len(teachers)
     idx_dtype = torch.uint16 if vocab <= 65536 else torch.int32
     shards, buf_v, buf_i, counts, first, total = [], [], [], [0], 0, 0
 
@@ -142,7 +172,7 @@ def build_cache(key: str, cache_dir: Path, data: list[Encoded], pad_id: int, voc
         buf_v, buf_i, counts, first = [], [], [0], last
 
     for s in progress_bar(range(0, len(data), batch_size), "caching teacher top-k"):
-        v, i = teacher_topk(teacher, data[s:s + batch_size], pad_id, k, temperature, vocab)
+        v, i = teacher_topk(teachers, data[s:s + batch_size], pad_id, k, temperature, vocab, w)
         n_per = [len(positions(e)) for e in data[s:s + batch_size]]
         buf_v.append(v)
         buf_i.append(i)
@@ -157,5 +187,6 @@ def build_cache(key: str, cache_dir: Path, data: list[Encoded], pad_id: int, voc
         "key": key, "version": CACHE_VERSION, "k": k, "temperature": temperature, "vocab": vocab,
         "value_dtype": "float16", "index_dtype": str(idx_dtype).removeprefix("torch."), "examples": len(data),
         "tokens": total, "shards": shards, "payload_bytes_per_token": payload / max(1, total),
+        "teachers": len(teachers), "weights": [x / sum(w) for x in w],
         "bytes_per_token": sum(sh["bytes"] for sh in shards) / max(1, total)})
     return load_cache(folder), False

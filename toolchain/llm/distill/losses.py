@@ -13,12 +13,16 @@ one KL definition.
 
 A top-k teacher is a distribution over ``k + 1`` bins: its k cached log-probs plus the probability mass left
 outside them; the student is folded onto the same bins (its mass outside the teacher's top-k in the last bin).
+
+A teacher ensemble is one distribution: the weighted mean of the teachers' probabilities (:func:`mixture_logp`),
+cached as its top-k like a single teacher's. Self-distillation (:func:`chunked_self_distill_loss`) trains early
+exits on the final layer's own distribution, detached.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,14 +68,27 @@ def topk_bins(t_topk_logp: torch.Tensor, t_idx: torch.Tensor, s_logp: torch.Tens
     return torch.cat([t, remainder_logp(t)], -1), torch.cat([s_top, s_rest], -1)
 
 
+def mixture_logp(logits: Sequence[torch.Tensor], weights: Sequence[float], temperature: float,
+                 vocab: int | None = None) -> torch.Tensor:
+    """``log Σ_i w_i softmax(z_i / T)`` ``(N, V)``: the weighted mean of the teachers' probability distributions
+    (weights normalised to sum 1), as log-probs over the first ``vocab`` logits of each (float32). One teacher
+    of weight 1 gives its own ``log_softmax(z / T)`` exactly."""
+    total = float(sum(weights))
+    parts = [F.log_softmax(z[..., :vocab].float() / temperature, dim=-1) + math.log(w / total)
+             for z, w in zip(logits, weights, strict=True)]
+    return parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), dim=0)
+
+
 @dataclass
 class TeacherSlice:
     """Teacher targets for ``n`` positions: full ``logits (n, V)``, or ``topk_logp``/``topk_idx`` ``(n, k)``
-    (log-probs already at the loss temperature)."""
+    (log-probs already at the loss temperature), or full log-probs ``logp (n, V)`` at the loss temperature (an
+    ensemble's mixture, online)."""
 
     logits: torch.Tensor | None = None
     topk_logp: torch.Tensor | None = None
     topk_idx: torch.Tensor | None = None
+    logp: torch.Tensor | None = None
 
 
 def kd_token_loss(s_logits: torch.Tensor, teacher: TeacherSlice, labels: torch.Tensor, kind: str, beta: float,
@@ -82,7 +99,9 @@ def kd_token_loss(s_logits: torch.Tensor, teacher: TeacherSlice, labels: torch.T
         s_logits: ``(n, V)`` student logits. labels: ``(n,)`` next-token ids.
     """
     s_logp = F.log_softmax(s_logits.float() / temperature, dim=-1)
-    if teacher.logits is not None:
+    if teacher.logp is not None:
+        kd = divergence(teacher.logp.to(s_logp.dtype), s_logp, kind, beta)
+    elif teacher.logits is not None:
         t_logp = F.log_softmax(teacher.logits.float() / temperature, dim=-1)
         kd = divergence(t_logp, s_logp, kind, beta)
     else:
@@ -121,3 +140,51 @@ def chunked_kd_loss(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torc
         total = total + (checkpoint(part, hidden[s:e], use_reentrant=False) if hidden.requires_grad
                          else part(hidden[s:e]))
     return total / max(1, normalizer if normalizer is not None else len(hidden))
+
+
+def self_distill_token_loss(final_logits: torch.Tensor, exit_logits: Sequence[torch.Tensor], labels: torch.Tensor,
+                            temperature: float, weight: float, ce_weight: float) -> torch.Tensor:
+    """Summed exit loss of ``n`` positions: ``weight · Σ_exits [T²·KL(p_final ‖ p_exit) + ce_weight·CE]``, the
+    final layer's distribution detached (a target: no gradient flows into the final layer through the exits).
+
+    Args:
+        final_logits: ``(n, V)`` the final layer's logits. exit_logits: ``(n, V)`` each exit's. labels: ``(n,)``.
+    """
+    target = F.log_softmax(final_logits.detach().float() / temperature, dim=-1)
+    total = final_logits.new_zeros((), dtype=torch.float32)
+    for z in exit_logits:
+        total = total + temperature**2 * soft_kl(target, F.log_softmax(z.float() / temperature, dim=-1)).sum()
+        if ce_weight:
+            total = total + ce_weight * F.cross_entropy(z.float(), labels, reduction="sum")
+    return weight * total
+
+
+def chunked_self_distill_loss(final_h: torch.Tensor, exit_h: Sequence[torch.Tensor], lm_head: torch.nn.Module,
+                              exit_norms: Sequence[torch.nn.Module], labels: torch.Tensor,
+                              final_loss: Callable[[torch.Tensor, TeacherSlice | None, torch.Tensor], torch.Tensor],
+                              temperature: float, weight: float, ce_weight: float, chunk: int,
+                              teacher: Callable[[int, int], TeacherSlice] | None = None,
+                              vocab: int | None = None) -> torch.Tensor:
+    """Mean per-position loss of the final layer (``final_loss(logits, teacher slice, labels)``, summed) plus the
+    exits' :func:`self_distill_token_loss`, ``chunk`` positions at a time with activation checkpointing.
+
+    Args:
+        final_h: ``(N, H)`` the final (normed) hidden states at the trained positions.
+        exit_h: ``(N, H)`` per exit: the raw hidden state after its last kept layer (normed here by its norm).
+        teacher: ``(start, end) → TeacherSlice`` for the final layer's KD, or None (no teacher).
+    """
+    total = final_h.new_zeros(())
+    for s in range(0, len(final_h), chunk):
+        e = min(s + chunk, len(final_h))
+        t = teacher(s, e) if teacher is not None else None
+
+        def part(hf: torch.Tensor, *hx: torch.Tensor, t: TeacherSlice | None = t, s: int = s,
+                 e: int = e) -> torch.Tensor:
+            zf = lm_head(hf)[..., :vocab]
+            zx = [lm_head(norm(h))[..., :vocab] for norm, h in zip(exit_norms, hx, strict=True)]
+            return final_loss(zf, t, labels[s:e]) + self_distill_token_loss(zf, zx, labels[s:e], temperature,
+                                                                             weight, ce_weight)
+
+        args = (final_h[s:e], *(h[s:e] for h in exit_h))
+        total = total + (checkpoint(part, *args, use_reentrant=False) if final_h.requires_grad else part(*args))
+    return total / max(1, len(final_h))
