@@ -4,7 +4,7 @@ Schema ``edgedistill.report/1``::
 
     {"schema": "edgedistill.report/1", "recipe": str, "run_dir": str,
      "definitions": {"peak_rss_mb": str, "retention": str, "speedup": str, "kd_gain": str, "keeps_accuracy": str},
-     "data": {...split sizes...}, "distill": {"mode": ..., "cache": {...}},
+     "data": {...split sizes...}, "distill": {"mode": ..., "cache": {...}, "tuning", "paraphraser"},
      "models": [{"name", "role": teacher|student|artifact|teacher-artifact, "format": pytorch|onnx|tflite,
                  "precision",
                  "variant", "source", "file", "size_bytes", "accuracy", "retention", "kd_gain",
@@ -17,7 +17,13 @@ Schema ``edgedistill.report/1``::
                   "p50_ms", "peak_rss_mb", "accuracy", "parity_vs_host", "applied", "error"}],
      "per_device": {...}, "auto": {...export/auto.json: export --auto's decision, or null when it is off},
      "summary": {"teacher_accuracy", "baseline_accuracy", "kd_accuracy", "kd_gain", "kd_helped",
-                 "recommended" (export --auto's choice when it is on), "recommended_reason", "threads"}}
+                 "recommended" (export --auto's choice when it is on), "recommended_reason", "threads",
+                 "ensemble": null | {"test_accuracy", "val_accuracy", "weights", "members": [{"name", "seed",
+                                     "file", "weight", "val_accuracy", "test_accuracy"}]}}}
+
+A ``mutual`` student row (``distill.mutual``) also has ``peer_accuracy``: its co-trained peer's test accuracy.
+``summary.ensemble`` (``ensemble.teachers``) is the teachers' own ensemble: the argmax of their weighted mean
+probabilities (T = 1), beside the main teacher's accuracy.
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ def _rows(inp: ReportInputs) -> list[dict[str, Any]]:
     for role, m in inp.students.items():
         rows.append({"name": f"{role}-student", "role": "student", "format": "pytorch", "precision": "fp32",
                      "variant": role, "file": f"students/{role}.safetensors", "accuracy": m["test_accuracy"],
-                     "val_accuracy": m.get("val_accuracy"), "tuned": m.get("tuned")})
+                     "val_accuracy": m.get("val_accuracy"), "tuned": m.get("tuned"),
+                     **({"peer_accuracy": m["peer"]["test_accuracy"]} if "peer" in m else {})})
     for role, listing in (("artifact", inp.artifacts), ("teacher-artifact", inp.teacher_artifacts)):
         for a in listing:
             rows.append({"role": role, **{k: a[k] for k in ("name", "format", "precision", "variant", "source",
@@ -155,13 +162,15 @@ def build(inp: ReportInputs) -> dict[str, Any]:
         rec, reason = inp.auto["chosen"], f"export --auto on {inp.auto['device']}: {inp.auto['reason']}"
     threads = sorted({int(t) for r in rows for t in r["latency_ms"]})
     return {"schema": SCHEMA, "recipe": inp.recipe, "run_dir": inp.run_dir, "definitions": DEFINITIONS,
-            "data": inp.data, "distill": {k: v for k, v in inp.distill.items() if k in ("mode", "cache", "tuning")},
+            "data": inp.data,
+            "distill": {k: v for k, v in inp.distill.items() if k in ("mode", "cache", "tuning", "paraphraser")},
             "models": rows, "devices": devices, "per_device": truth, "auto": inp.auto,
             "summary": {"teacher_accuracy": teacher["accuracy"], "baseline_accuracy": base, "kd_accuracy": kd,
                         "kd_gain": kd_gain, "kd_helped": None if kd_gain is None else kd_gain > 0,
                         "recommended": rec, "recommended_reason": reason, "threads": threads,
                         "shipped_student": inp.export.get("shipped"),
-                        "shipped_reason": inp.export.get("shipped_reason"), "tuning": inp.distill.get("tuning")}}
+                        "shipped_reason": inp.export.get("shipped_reason"), "tuning": inp.distill.get("tuning"),
+                        "ensemble": inp.teacher.get("ensemble")}}
 
 
 def min_top1_bar(parity: dict[str, Any]) -> float | None:
@@ -208,11 +217,18 @@ def to_markdown(report: dict[str, Any]) -> str:
     s = report["summary"]
     students = ", ".join(f"{r['variant']} {fmt(r.get('val_accuracy'), '.4f')} → {fmt(r['accuracy'], '.4f')}"
                          for r in report["models"] if r["role"] == "student")
+    ens = s.get("ensemble")
+    ens_text = "" if not ens else (f" (ensemble of {len(ens['members'])} teachers: "
+                                   f"{fmt(ens['test_accuracy'], '.4f')}; each "
+                                   + ", ".join(fmt(m["test_accuracy"], ".4f") for m in ens["members"]) + ")")
+    peers = "".join(f" The mutual student's co-trained peer: {fmt(r['peer_accuracy'], '.4f')}."
+                    for r in report["models"] if r.get("peer_accuracy") is not None)
     lines = [f"# edgedistill report — {report['recipe']}", "",
-             f"Teacher accuracy {fmt(s['teacher_accuracy'], '.4f')}; CE-only student "
+             f"Teacher accuracy {fmt(s['teacher_accuracy'], '.4f')}{ens_text}; CE-only student "
              f"{fmt(s['baseline_accuracy'], '.4f')}; KD student {fmt(s['kd_accuracy'], '.4f')} "
              f"(KD gain {fmt(s['kd_gain'], '+.4f')}"
-             + ("" if s["kd_helped"] is None else ("" if s["kd_helped"] else ": distillation did not help")) + ").",
+             + ("" if s["kd_helped"] is None else ("" if s["kd_helped"] else ": distillation did not help")) + ")."
+             + peers,
              "", f"Shipped student: **{s.get('shipped_student')}** — {s.get('shipped_reason')}. Students, "
              f"validation → test accuracy (selection never looks at test): {students}.",
              "", f"Recommended artifact (★): **{s['recommended']}** — {s['recommended_reason']}.", "",

@@ -73,6 +73,50 @@ class TeacherConfig(ModelConfig):
     train: TrainConfig = TrainConfig(epochs=30, lr=1e-3, augment=True)
 
 
+class EnsembleTeacher(TeacherConfig):
+    """One extra teacher of the ensemble: trained by the teacher stage (or loaded from ``checkpoint``)."""
+
+    seed: int | None = Field(None, description="its training seed (default: the recipe's seed + its 1-based "
+                                               "position here, so two identical entries still differ)")
+
+
+class EnsembleConfig(Section):
+    """Multi-teacher KD (the ensemble target of Hinton et al. 2015, sec. 1; You et al. 2017): the main ``teacher``
+    and each of ``teachers`` (different seeds or shapes) give soft targets that are averaged, weighted by
+    ``weights``, into one target for every KD student (``kd``, ``kd-tuned``).
+
+    Probabilities are averaged, not logits, **at the KD temperature**: with ``T = distill.response.temperature``
+    the target is ``p_ens = sum_m w_m softmax(z_m / T)`` (each teacher softened first, then mixed), which is what
+    the student's ``KL(p_ens || softmax(z_S / T))`` compares against; ``T²`` scales the KL as for one teacher.
+    The target is cached offline like one teacher's outputs (the key covers every teacher's weights and the
+    weights); hint, attention, factor and RKD terms use the main teacher's features and embeddings. The
+    ensemble's own accuracy (reported beside the teacher's) is the argmax of the mixture at T = 1.
+    """
+
+    teachers: list[EnsembleTeacher] = Field(
+        default_factory=list, description="extra teachers beside `teacher` (empty: a single teacher)")
+    weights: list[float] | None = Field(
+        None, description="one positive weight per teacher, the main teacher first (null: equal); normalised")
+
+    @model_validator(mode="after")
+    def _check(self) -> EnsembleConfig:
+        if self.weights is None:
+            return self
+        if not self.teachers:
+            raise ValueError("weights: set ensemble.teachers first (one weight per teacher, the main one first)")
+        if len(self.weights) != len(self.teachers) + 1:
+            raise ValueError(f"weights: expected {len(self.teachers) + 1} (the main teacher first, then each of "
+                             f"ensemble.teachers), got {len(self.weights)}")
+        if any(not (w > 0) for w in self.weights):
+            raise ValueError(f"weights: every weight must be > 0, got {self.weights}")
+        return self
+
+    def normalised_weights(self) -> list[float]:
+        """The members' weights summing to 1, the main teacher first."""
+        w = self.weights or [1.0] * (len(self.teachers) + 1)
+        return [v / sum(w) for v in w]
+
+
 class ResponseKD(Section):
     """Hinton et al. 2015: ``alpha * T^2 * KL(p_T || p_S) + (1 - alpha) * CE``."""
 
@@ -101,6 +145,38 @@ class RelationKD(Section):
 
     distance_weight: float = Field(0.0, ge=0)
     angle_weight: float = Field(0.0, ge=0)
+
+
+class MutualKD(Section):
+    """Deep mutual learning (Zhang et al. 2018, "Deep Mutual Learning"): online co-training of a peer and the
+    student. The peer **starts from the trained teacher's weights** and keeps learning: each step both models see
+    the same batch and each minimises ``CE(own logits, labels) + weight * T^2 * KL(p_other || p_self)`` at
+    temperature ``T`` (the other's softened outputs detached), so the teacher adapts to the student's pace —
+    unlike ``mode: online``, where a frozen teacher runs every step. The student uses the labelled subset, the
+    peer every training label (the teacher's own). Both models and their optimiser (one AdamW, the peer in its
+    own parameter group at ``peer_lr``) are checkpointed by the one training loop, so the pair resumes.
+    The student becomes the ``mutual`` candidate; the KD student's other losses do not apply to it."""
+
+    enabled: bool = False
+    weight: float = Field(1.0, ge=0, description="the KL term's weight (both directions)")
+    temperature: float = Field(1.0, gt=0)
+    peer_lr: float = Field(1e-4, gt=0, description="the peer's peak learning rate (it starts trained; the "
+                                                  "student's is distill.train.lr)")
+
+
+class FactorKD(Section):
+    """Factor transfer (Kim et al. 2018, "Paraphrasing Complex Network: Network Compression via Factor
+    Transfer"). A paraphraser (a small convolutional auto-encoder) is trained for ``paraphraser_epochs`` to
+    reconstruct the teacher's ``teacher_layer`` map; its encoder's output, ``rate`` × the teacher's channels, is
+    the teacher factor. A translator (small conv stack, trained with the student) maps the student's
+    ``student_layer`` map onto factors; the loss is ``weight * mean_b || F_T/||F_T||_2 - F_S/||F_S||_2 ||_1`` on
+    flattened factors. The trained paraphraser is cached beside the teacher cache."""
+
+    weight: float = Field(0.0, ge=0)
+    teacher_layer: str | None = Field(None, description="default: distill.feature.teacher_layer")
+    student_layer: str | None = Field(None, description="default: distill.feature.student_layer")
+    rate: float = Field(0.5, gt=0, le=1, description="factor channels / teacher channels (the paper's k)")
+    paraphraser_epochs: int = Field(5, ge=1)
 
 
 Span = tuple[float, float]
@@ -145,12 +221,30 @@ class DistillConfig(Section):
     relation: RelationKD = RelationKD()
     baseline: bool = Field(True, description="also train a CE-only student with the same budget")
     tune: TuneConfig = TuneConfig()
+    mutual: MutualKD = MutualKD()
+    factor: FactorKD = FactorKD()
 
     @model_validator(mode="after")
     def _tune_needs_cache(self) -> DistillConfig:
         if self.tune.trials and self.mode != "offline":
             raise ValueError("tune.trials: tuning runs on the offline teacher cache; set mode: offline")
+        f = self.factor
+        if (f.weight > 0 and f.teacher_layer not in (None, self.feature.teacher_layer)
+                and (self.feature.weight > 0 or self.attention.weight > 0)):
+            raise ValueError(f"factor.teacher_layer: the teacher is read at one layer and hint/attention use "
+                             f"feature.teacher_layer {self.feature.teacher_layer!r}; use it or leave this unset")
         return self
+
+    @property
+    def teacher_layer(self) -> str | None:
+        """The teacher layer the feature losses (hint, attention, factor) read; None when none is on."""
+        if self.feature.weight > 0 or self.attention.weight > 0:
+            return self.feature.teacher_layer
+        return (self.factor.teacher_layer or self.feature.teacher_layer) if self.factor.weight > 0 else None
+
+    @property
+    def factor_student_layer(self) -> str:
+        return self.factor.student_layer or self.feature.student_layer
 
 
 OnnxVariant = Literal["fp32", "int8_static_u8s8", "int8_static_s8s8", "int8_dynamic"]
@@ -225,5 +319,12 @@ class VisionRecipe(RecipeBase):
     teacher: TeacherConfig
     student: ModelConfig
     distill: DistillConfig = DistillConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
+
+    @model_validator(mode="after")
+    def _ensemble_is_offline(self) -> VisionRecipe:
+        if self.ensemble.teachers and self.distill.mode != "offline":
+            raise ValueError("ensemble.teachers: the ensemble target is cached offline; set distill.mode: offline")
+        return self

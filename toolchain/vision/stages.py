@@ -5,7 +5,8 @@ Run-directory layout (relative to the run root)::
     recipe.yaml  manifest.json  report.json  report.md
     data/split.json  data/test.npz                       the split definition and the saved test split
     teacher/teacher.safetensors  teacher/metrics.json    reference artifact + training metrics
-    students/{baseline,kd}.safetensors  students/*.json   CE-only and distilled students
+    teacher/ensemble-<i>.{safetensors,json}               extra teachers of ``ensemble.teachers`` (1-based)
+    students/{baseline,kd,kd-tuned,mutual}.safetensors  students/*.json   CE-only and distilled students
     export/student-<variant>.onnx  export/student-tflite-<variant>.tflite  export/artifacts.json
                                                          every artifact, with its parity vs the KD student
     export/auto.json                                      export --auto's choice (toolchain/auto_select.py)
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,21 @@ from edgedistill.toolchain.progress import make_progress
 from edgedistill.toolchain.rundir import RunDir
 from edgedistill.toolchain.vision import models
 from edgedistill.toolchain.vision.data import VisionData, load_vision_data
-from edgedistill.toolchain.vision.distill.cache import cache_key, cached_teacher_outputs, default_cache_dir
-from edgedistill.toolchain.vision.distill.trainer import accuracy, freeze, train_student, train_supervised
+from edgedistill.toolchain.vision.distill.cache import (
+    cache_key,
+    cached_teacher_outputs,
+    default_cache_dir,
+    run_teacher,
+)
+from edgedistill.toolchain.vision.distill.features import Paraphraser
+from edgedistill.toolchain.vision.distill.losses import ensemble_logits
+from edgedistill.toolchain.vision.distill.trainer import (
+    accuracy,
+    freeze,
+    train_mutual,
+    train_student,
+    train_supervised,
+)
 from edgedistill.toolchain.vision.export import onnx as onnx_export
 from edgedistill.toolchain.vision.export.parity import (
     INT8_MIN_TOP1_AGREEMENT,
@@ -50,6 +64,7 @@ from edgedistill.toolchain.vision.recipe import (
     ExportConfig,
     OnnxExport,
     OnnxVariant,
+    TeacherConfig,
     TfliteExport,
     TfliteVariant,
     VisionRecipe,
@@ -57,9 +72,10 @@ from edgedistill.toolchain.vision.recipe import (
 
 TEACHER = "teacher/teacher.safetensors"
 STUDENTS = {"baseline": "students/baseline.safetensors", "kd": "students/kd.safetensors",
-            "kd-tuned": "students/kd-tuned.safetensors"}
+            "kd-tuned": "students/kd-tuned.safetensors",
+            "mutual": "students/mutual.safetensors"}  # distill.mutual: co-trained with its peer
 #: when validation accuracies tie, the order students are preferred in (distillation's first)
-SHIP_ORDER = ("kd-tuned", "kd", "baseline")
+SHIP_ORDER = ("kd-tuned", "kd", "mutual", "baseline")
 REPORT = report_mod
 #: the PyTorch student's logits on the test split, saved by export: the source every device's parity is against
 REFERENCE_LOGITS = "reference-logits.npy"
@@ -97,39 +113,117 @@ def stage_data(ctx: Context) -> None:
                       f"{len(d.val_x)} val, {len(d.test_x)} test, {d.num_classes} classes")
 
 
-def _teacher_hash(ctx: Context) -> str:
-    t = ctx.recipe.teacher
+def ensemble_member(i: int) -> str:
+    """The run-relative weights of extra teacher ``i`` of ``ensemble.teachers`` (1-based)."""
+    return f"teacher/ensemble-{i}.safetensors"
+
+
+def _members(ctx: Context) -> list[tuple[TeacherConfig, int]]:
+    """``ensemble.teachers`` with their seeds (default: the recipe's seed + the 1-based position)."""
+    r = ctx.recipe
+    return [(t, r.seed + i if t.seed is None else t.seed) for i, t in enumerate(r.ensemble.teachers, 1)]
+
+
+def _teacher_hash(ctx: Context, cfg: TeacherConfig | None = None, seed: int | None = None) -> str:
+    """The key of one teacher's weights (default: the main ``teacher``): data, section, checkpoint bytes, seed."""
+    t = cfg or ctx.recipe.teacher
     ckpt = sha256_file(t.checkpoint) if t.checkpoint and t.checkpoint.is_file() else None
-    return sha256_json({"data": data_hash(ctx), "teacher": ctx.recipe.section("teacher"), "ckpt": ckpt,
-                        "seed": ctx.recipe.seed})
+    return sha256_json({"data": data_hash(ctx), "teacher": t.model_dump(mode="json", exclude={"seed"}), "ckpt": ckpt,
+                        "seed": ctx.recipe.seed if seed is None else seed})
+
+
+def _teacher_stage_hash(ctx: Context) -> str:
+    """The main teacher's key; with an ensemble, every teacher's key and the mixing weights too."""
+    h = _teacher_hash(ctx)
+    if not ctx.recipe.ensemble.teachers:
+        return h
+    return sha256_json({"teacher": h, "ensemble": [_teacher_hash(ctx, t, s) for t, s in _members(ctx)],
+                        "weights": ctx.recipe.ensemble.normalised_weights()})
 
 
 def stage_teacher(ctx: Context) -> None:
-    h = _teacher_hash(ctx)
+    h = _teacher_stage_hash(ctx)
     if ctx.skip("teacher", h):
         return
-    cfg, d = ctx.recipe.teacher, ctx.data
-    torch.manual_seed(ctx.recipe.seed)
+    metrics = ctx.run.path("teacher", "metrics.json")
+    model, info = _one_teacher(ctx, ctx.recipe.teacher, ctx.recipe.seed, TEACHER, metrics, "training teacher")
+    outputs = [ctx.run.path(TEACHER), metrics]
+    info.pop("ensemble", None)
+    if ctx.recipe.ensemble.teachers:
+        info["ensemble"] = _ensemble(ctx, model, info)
+        outputs += [ctx.run.path(m["file"]) for m in info["ensemble"]["members"][1:]]
+        outputs += [ctx.run.path(m["file"]).with_suffix(".json") for m in info["ensemble"]["members"][1:]]
+    write_json(metrics, info)
+    ens = info.get("ensemble")
+    ctx.run.record("teacher", h, outputs, {"test_accuracy": info["test_accuracy"],
+                                           **({"ensemble_test_accuracy": ens["test_accuracy"]} if ens else {})})
+    _drop_train_states(ctx.run.path("teacher"))
+    ctx.console.print(f"  teacher test accuracy {info['test_accuracy']:.4f}")
+    if ens:
+        accs = ", ".join(f"{m['test_accuracy']:.4f}" for m in ens["members"])
+        ctx.console.print(f"  ensemble of {len(ens['members'])} teachers: test accuracy {ens['test_accuracy']:.4f} "
+                          f"(each: {accs})")
+
+
+def _one_teacher(ctx: Context, cfg: TeacherConfig, seed: int, rel: str, metrics: Path,
+                 desc: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Train one teacher with ``seed`` (or load its ``checkpoint``) and save it at ``rel`` with ``metrics``; a
+    finished one with the same key is loaded instead (adding an ensemble teacher never retrains the others)."""
+    d, h = ctx.data, _teacher_hash(ctx, cfg, seed)
+    out = ctx.run.path(rel)
+    if not ctx.force and _student_intact(out, metrics, h):
+        return load_reference(out), read_json(metrics)
+    torch.manual_seed(seed)
     model = models.build(cfg, d.num_classes)
-    info: dict[str, Any] = {"model": cfg.name, "params": sum(p.numel() for p in model.parameters())}
+    info: dict[str, Any] = {"model": cfg.name, "params": sum(p.numel() for p in model.parameters()), "seed": seed}
     if cfg.checkpoint is None:
         ckpt = ctx.run.path("teacher", f"train-state-{h[:12]}.pt")  # keyed: a changed recipe never resumes it
         if ctx.force:
             ckpt.unlink(missing_ok=True)
-        res = train_supervised(model, d, cfg.train, torch.arange(len(d.train_x)), ckpt, "training teacher",
-                               ctx.recipe.seed)
+        res = train_supervised(model, d, cfg.train, torch.arange(len(d.train_x)), ckpt, desc, seed)
         info.update(trained_here=True, val_accuracy=res.val_accuracy, train_seconds=res.train_seconds,
                     steps=res.steps, history=res.history)
     else:
         info.update(trained_here=False, checkpoint=str(cfg.checkpoint), val_accuracy=accuracy(model, d.val_x, d.val_y))
     info["test_accuracy"] = accuracy(model, d.test_x, d.test_y)
-    out = ctx.run.path(TEACHER)
     models.save_reference(model, cfg, d.num_classes, out)
-    metrics = ctx.run.path("teacher", "metrics.json")
+    info.update(config_hash=h, weights_sha256=sha256_file(out))
     write_json(metrics, info)
-    ctx.run.record("teacher", h, [out, metrics], {"test_accuracy": info["test_accuracy"]})
-    _drop_train_states(ctx.run.path("teacher"))
-    ctx.console.print(f"  teacher test accuracy {info['test_accuracy']:.4f}")
+    return model, info
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _ensemble(ctx: Context, main: nn.Module, main_info: dict[str, Any]) -> dict[str, Any]:
+    """Train (or load) every extra teacher; the ensemble's own accuracy is the argmax of the weighted mean of the
+    teachers' probabilities (T = 1) on validation and test. Stale files of a longer earlier ensemble go."""
+    d, r = ctx.data, ctx.recipe
+    w = r.ensemble.normalised_weights()
+    members = [{"name": r.teacher.name, "seed": r.seed, "file": TEACHER, "weight": w[0],
+                "val_accuracy": main_info["val_accuracy"], "test_accuracy": main_info["test_accuracy"]}]
+    val, test = [_logits(main, d.val_x)], [_logits(main, d.test_x)]
+    n = len(r.ensemble.teachers)
+    for i, (cfg, seed) in enumerate(_members(ctx), 1):
+        rel = ensemble_member(i)
+        model, info = _one_teacher(ctx, cfg, seed, rel, ctx.run.path(rel).with_suffix(".json"),
+                                   f"training ensemble teacher {i}/{n}")
+        members.append({"name": cfg.name, "seed": seed, "file": rel, "weight": w[i],
+                        "val_accuracy": info["val_accuracy"], "test_accuracy": info["test_accuracy"]})
+        val.append(_logits(model, d.val_x))
+        test.append(_logits(model, d.test_x))
+    for stale in ctx.run.path("teacher").glob("ensemble-*.*"):
+        if stale.stem.removeprefix("ensemble-").isdigit() and int(stale.stem.removeprefix("ensemble-")) > n:
+            stale.unlink()
+    wt = torch.tensor(w)
+
+    def acc(logits: list[torch.Tensor], y: torch.Tensor) -> float:
+        return int((ensemble_logits(torch.stack(logits, 1), wt, 1.0).argmax(1) == y).sum()) / len(y)
+
+    return {"weights": w, "members": members, "val_accuracy": acc(val, d.val_y), "test_accuracy": acc(test, d.test_y)}
 
 
 def _drop_train_states(folder: Path, prefix: str = "") -> None:
@@ -138,31 +232,75 @@ def _drop_train_states(folder: Path, prefix: str = "") -> None:
         p.unlink()
 
 
-def _distill_hash(ctx: Context, with_tuning: bool = True) -> str:
-    """The distill stage's key; without ``tune`` it keys the baseline and KD students (changing the search budget
-    never retrains them). ``tune.chosen`` is an output written back into the recipe, never part of a key."""
+def _distill_hash(ctx: Context, with_tuning: bool = True, with_ensemble: bool = True) -> str:
+    """The distill stage's key; without ``tune`` and ``mutual`` it keys the KD student (changing the search budget
+    or the mutual pair never retrains it), and without the ensemble too the baseline and the mutual pair, which
+    never see it. ``tune.chosen`` is an output written back into the recipe, never part of a key; ``factor`` while
+    off is left out (keys made before it existed still hold)."""
     r = ctx.recipe
     distill = {k: v for k, v in r.section("distill").items() if k != "cache_dir"}
     tune = {k: v for k, v in distill.pop("tune").items() if k != "chosen"}
+    mutual = distill.pop("mutual")
+    if not distill["factor"]["weight"]:
+        del distill["factor"]
     if with_tuning and tune["trials"]:
         distill["tune"] = tune
-    return sha256_json({"teacher": ctx.run.output_sha("teacher", TEACHER), "data": data_hash(ctx),
-                        "student": r.section("student"), "distill": distill, "seed": r.seed})
+    if with_tuning and mutual["enabled"]:
+        distill["mutual"] = mutual
+    doc = {"teacher": ctx.run.output_sha("teacher", TEACHER), "data": data_hash(ctx),
+           "student": r.section("student"), "distill": distill, "seed": r.seed}
+    if r.ensemble.teachers and with_ensemble:
+        doc["ensemble"] = {"teachers": _ensemble_shas(ctx), "weights": r.ensemble.normalised_weights()}
+    return sha256_json(doc)
+
+
+def _ensemble_shas(ctx: Context) -> list[str]:
+    """The sha256 of every teacher of the ensemble, the main teacher first (empty for a single teacher)."""
+    n = len(ctx.recipe.ensemble.teachers)
+    return [ctx.run.output_sha("teacher", p) for p in (TEACHER, *map(ensemble_member, range(1, n + 1)))] if n else []
 
 
 def _teacher_outputs(ctx: Context) -> tuple[Any, dict[str, Any]]:
-    """Offline: the cached teacher outputs for the train split (teacher built only on a miss)."""
-    cfg, d = ctx.recipe.distill, ctx.data
-    layer = cfg.feature.teacher_layer if (cfg.feature.weight > 0 or cfg.attention.weight > 0) else None
-    key = cache_key(ctx.run.output_sha("teacher", TEACHER), data_hash(ctx), layer)
+    """Offline: the cached teacher outputs for the train split (teachers built only on a miss); for an ensemble
+    every teacher's logits too (the key covers them all) and the recipe's weights."""
+    r, cfg, d = ctx.recipe, ctx.recipe.distill, ctx.data
+    layer = cfg.teacher_layer
+    shas = _ensemble_shas(ctx)
+    weights = r.ensemble.normalised_weights() if shas else []
+    key = cache_key(ctx.run.output_sha("teacher", TEACHER), data_hash(ctx), layer, shas)
     cache_dir = cfg.cache_dir or default_cache_dir()
-    out, path, hit = cached_teacher_outputs(key, cache_dir, d.train_x, layer,
-                                            lambda: freeze(load_reference(ctx.run.path(TEACHER))))
-    return out, {"path": str(path), "hit": hit, "bytes": path.stat().st_size, "key": key}
+
+    def loader(rel: str) -> Any:
+        return lambda: freeze(load_reference(ctx.run.path(rel)))
+
+    members = [loader(ensemble_member(i)) for i in range(1, len(shas))]
+    out, path, hit = cached_teacher_outputs(key, cache_dir, d.train_x, layer, loader(TEACHER), members, weights)
+    return out, {"path": str(path), "hit": hit, "bytes": path.stat().st_size, "key": key,
+                 **({"teachers": len(shas)} if shas else {})}
 
 
-def _train_one(ctx: Context, role: str, h: str, cached: Any = None, teacher: Any = None) -> dict[str, Any]:
-    """Train the ``baseline`` or ``kd`` student unless a finished one with hash ``h`` is on disk."""
+def _paraphraser(ctx: Context, features: Any) -> tuple[Paraphraser, dict[str, Any]]:
+    """Factor transfer's paraphraser for the main teacher's ``distill.teacher_layer`` maps, from the cache beside
+    the teacher cache or trained (resumably) on ``features()`` and cached."""
+    from edgedistill.toolchain.vision.distill.factor import cached_paraphraser, paraphraser_key
+
+    r, cfg = ctx.recipe, ctx.recipe.distill
+    teacher_key = cache_key(ctx.run.output_sha("teacher", TEACHER), data_hash(ctx), cfg.teacher_layer)
+    key = paraphraser_key(teacher_key, cfg.factor, cfg.train.batch_size, cfg.train.max_steps, r.seed)
+    ckpt = ctx.run.path("students", f"paraphraser-train-state-{key[:12]}.pt")
+    if ctx.force:
+        ckpt.unlink(missing_ok=True)
+    model, info = cached_paraphraser(key, cfg.cache_dir or default_cache_dir(), features, cfg.factor,
+                                     cfg.train.batch_size, ckpt, r.seed, cfg.train.max_steps)
+    done = info.to_dict()
+    ctx.console.print(f"  paraphraser {'cache hit' if info.hit else 'trained'} ({done['steps']} steps, "
+                      f"reconstruction MSE {done['reconstruction_first']:.4g} → {done['reconstruction_last']:.4g})")
+    return model, done
+
+
+def _train_one(ctx: Context, role: str, h: str, cached: Any = None, teacher: Any = None,
+               paraphraser: Paraphraser | None = None) -> dict[str, Any]:
+    """Train the ``baseline``, ``kd`` or ``mutual`` student unless a finished one with hash ``h`` is on disk."""
     r, d = ctx.recipe, ctx.data
     weights, metrics = ctx.run.path(STUDENTS[role]), ctx.run.path("students", f"{role}.json")
     if not ctx.force and _student_intact(weights, metrics, h):
@@ -172,16 +310,23 @@ def _train_one(ctx: Context, role: str, h: str, cached: Any = None, teacher: Any
     ckpt = ctx.run.path("students", f"{role}-train-state-{h[:12]}.pt")
     if ctx.force:
         ckpt.unlink(missing_ok=True)  # --force redoes the work: never resume it
+    extra: dict[str, Any] = {}
     if role == "baseline":  # CE on the labelled subset only, with the KD student's step budget
         res = train_supervised(student, d, r.distill.train.model_copy(update={"augment": False}),
                                torch.nonzero(d.labelled).flatten(), ckpt, "training CE-only baseline", r.seed)
+    elif role == "mutual":  # the peer starts as the trained teacher and trains with the student
+        peer = load_reference(ctx.run.path(TEACHER))
+        res = train_mutual(student, peer, d, r.distill, ckpt, r.seed)
+        extra["peer"] = {"val_accuracy": accuracy(peer, d.val_x, d.val_y),
+                         "test_accuracy": accuracy(peer, d.test_x, d.test_y)}
     else:
-        res = train_student(student, d, r.distill, ckpt, r.seed, cached=cached, teacher=teacher)
+        res = train_student(student, d, r.distill, ckpt, r.seed, cached=cached, teacher=teacher,
+                            paraphraser=paraphraser)
     models.save_reference(student, r.student, d.num_classes, weights)
     info = {"config_hash": h, "weights_sha256": sha256_file(weights), "role": role, "val_accuracy": res.val_accuracy,
             "test_accuracy": accuracy(student, d.test_x, d.test_y), "steps": res.steps,
             "train_seconds": res.train_seconds, "samples_per_second": res.samples_per_second,
-            "params": sum(p.numel() for p in student.parameters()), "history": res.history}
+            "params": sum(p.numel() for p in student.parameters()), "history": res.history, **extra}
     write_json(metrics, info)
     _drop_train_states(ckpt.parent, f"{role}-")
     return info
@@ -207,27 +352,40 @@ def stage_distill(ctx: Context) -> None:
             _write_back_chosen(ctx, read_json(tuned)["chosen"])
         return
     hc = _distill_hash(ctx, with_tuning=False)
+    h_plain = _distill_hash(ctx, with_tuning=False, with_ensemble=False)  # what the baseline and mutual pair see
     cfg = ctx.recipe.distill
     info: dict[str, Any] = {"mode": cfg.mode}
     outputs: list[Path] = []
     roles = ["baseline"] if cfg.baseline else []
     if cfg.baseline:
-        info["baseline"] = _train_one(ctx, "baseline", hc)
+        info["baseline"] = _train_one(ctx, "baseline", h_plain)
     if cfg.mode == "offline":
         cached, info["cache"] = _teacher_outputs(ctx)
         ctx.console.print(f"  teacher cache {'hit' if info['cache']['hit'] else 'written'}: {info['cache']['path']}")
+        if cfg.factor.weight > 0:  # the paraphraser's factors of the cached maps: one more teacher output
+            para, info["paraphraser"] = _paraphraser(ctx, lambda: cached.feature)
+            cached = replace(cached, factor=para.factors(cached.feature))
         info["kd"] = _train_one(ctx, "kd", hc, cached=cached)
         if cfg.tune.trials:
             info["kd-tuned"] = _tune(ctx, h, cached)
             info["tuning"] = {k: info["kd-tuned"][k] for k in ("trials", "chosen", "tune_seconds", "val_accuracy")}
     else:
-        info["kd"] = _train_one(ctx, "kd", hc, teacher=freeze(load_reference(ctx.run.path(TEACHER))))
-    roles += ["kd", *(["kd-tuned"] if "kd-tuned" in info else [])]
+        teacher = freeze(load_reference(ctx.run.path(TEACHER)))
+        para = None
+        if cfg.factor.weight > 0:
+            para, info["paraphraser"] = _paraphraser(ctx, lambda: run_teacher(
+                teacher, ctx.data.train_x, cfg.teacher_layer, desc="teacher maps for the paraphraser").feature)
+        info["kd"] = _train_one(ctx, "kd", hc, teacher=teacher, paraphraser=para)
+    if cfg.mutual.enabled:
+        info["mutual"] = _train_one(ctx, "mutual", sha256_json({"students": h_plain,
+                                                                "mutual": cfg.mutual.model_dump()}))
+    roles += ["kd", *(r for r in ("kd-tuned", "mutual") if r in info)]
     for role in roles:
         outputs += [ctx.run.path(STUDENTS[role]), ctx.run.path("students", f"{role}.json")]
     summary = {k: {"val_accuracy": info[k]["val_accuracy"], "test_accuracy": info[k]["test_accuracy"]}
                for k in roles}
     ctx.run.record("distill", h, outputs, {"mode": cfg.mode, "cache": info.get("cache"), "tuning": info.get("tuning"),
+                                           **({"paraphraser": info["paraphraser"]} if "paraphraser" in info else {}),
                                            **summary})
     for role in roles:
         ctx.console.print(f"  {role} student: val accuracy {info[role]['val_accuracy']:.4f}, test "
@@ -286,7 +444,7 @@ def _tune(ctx: Context, h: str, cached: Any) -> dict[str, Any]:
 
 def best_student(ctx: Context) -> tuple[str, str]:
     """The student to ship: the highest **validation** accuracy among every trained student (CE-only baseline,
-    KD, tuned KD), ties to :data:`SHIP_ORDER`; never chosen on the test split. Returns ``(role, reason)``."""
+    KD, tuned KD, mutual), ties to :data:`SHIP_ORDER`; never chosen on the test split. Returns ``(role, reason)``."""
     scores = {}
     for role in SHIP_ORDER:
         meta = ctx.run.path("students", f"{role}.json")

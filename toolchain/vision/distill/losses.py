@@ -83,3 +83,50 @@ def rkd_angle(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         t = _angles(teacher)
     return F.smooth_l1_loss(_angles(student), t)
+
+
+def ensemble_logits(member_logits: torch.Tensor, weights: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The ensemble target of several teachers as logits at temperature ``T`` (You et al. 2017, "Learning from
+    Multiple Teacher Networks"; the averaged soft targets of Hinton et al. 2015).
+
+    Probabilities are averaged, not logits, each teacher softened at ``T`` first:
+    ``p_ens = sum_m w_m softmax(z_m / T)``. Returned as ``z_ens = T * log p_ens``, so that
+    ``softmax(z_ens / T) == p_ens`` exactly and :func:`response_kd` uses it unchanged (only at this same ``T``).
+
+    Args:
+        member_logits: ``(B, M, K)``, one row of logits per teacher. weights: ``(M,)``, positive, summing to 1.
+    Returns:
+        ``(B, K)``.
+    """
+    logp = F.log_softmax(member_logits.float() / temperature, dim=-1) + weights.log().view(1, -1, 1)
+    return temperature * torch.logsumexp(logp, dim=1)
+
+
+def mutual_kl(logits: torch.Tensor, peer_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+              weight: float) -> torch.Tensor:
+    """One side of deep mutual learning (Zhang et al. 2018, "Deep Mutual Learning", eq. 1-2).
+
+    ``CE(z, y) + weight * T^2 * KL(softmax(z_peer/T) || softmax(z/T))``; the peer's logits are detached (each
+    model learns from the other's current outputs, never through them). CE over labelled samples only.
+
+    Args:
+        logits: ``(B, K)`` of the model being trained. peer_logits: ``(B, K)``. labels: ``(B,)`` (:data:`IGNORE`
+        for unlabelled).
+    """
+    kl = soft_kl(peer_logits.detach(), logits, temperature).mean() * temperature**2
+    return masked_ce(logits, labels) + weight * kl
+
+
+def factor_transfer(student_factor: torch.Tensor, teacher_factor: torch.Tensor) -> torch.Tensor:
+    """Kim et al. 2018, "Paraphrasing Complex Network: Network Compression via Factor Transfer", eq. 3 with p=1.
+
+    ``mean_b || F_T/||F_T||_2 - F_S/||F_S||_2 ||_1`` over factors flattened per sample; the teacher's factor is a
+    fixed target. (The authors' code averages over elements too, i.e. divides by ``C*H*W``, with beta=500.)
+
+    Args:
+        student_factor: ``(B, C, H, W)`` from the translator. teacher_factor: ``(B, C, H, W)`` from the
+        paraphraser's encoder (same shape).
+    """
+    s = F.normalize(student_factor.flatten(1), dim=1)
+    t = F.normalize(teacher_factor.detach().flatten(1), dim=1)
+    return (s - t).abs().sum(1).mean()
