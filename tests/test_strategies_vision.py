@@ -151,7 +151,7 @@ def test_mutual_learning_updates_both_models_and_its_loss_decreases(tmp_path: Pa
         v = [h[key] for h in res.history]
         return sum(v[-3:]) / sum(v[:3])
 
-    assert ratio("loss") < 0.7 and ratio("student") < 0.7 and ratio("peer") < 0.9, res.history
+    assert ratio("loss") < 0.7 and ratio("student") < 0.6 and ratio("peer") < 0.95, res.history
     assert not peer.training  # handed back in eval mode
 
 
@@ -237,8 +237,10 @@ def test_factor_transfer_paraphraser_learns_and_translator_follows(tmp_path: Pat
 
 def test_factor_transfer_loss_is_the_normalised_l1() -> None:
     s, t = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
-    us = s.flatten(1) / s.flatten(1).norm(dim=1, keepdim=True)
-    ut = t.flatten(1) / t.flatten(1).norm(dim=1, keepdim=True)
+    def unit(v: torch.Tensor) -> torch.Tensor:
+        return v.flatten(1) / v.flatten(1).norm(dim=1, keepdim=True)
+
+    us, ut = unit(s), unit(t)
     assert losses.factor_transfer(s, t).item() == pytest.approx((us - ut).abs().sum(1).mean().item(), rel=1e-6)
     assert losses.factor_transfer(3 * t, t).item() == pytest.approx(0.0, abs=1e-6)  # scale-free
 

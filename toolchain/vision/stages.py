@@ -376,6 +376,9 @@ def stage_distill(ctx: Context) -> None:
             para, info["paraphraser"] = _paraphraser(ctx, lambda: run_teacher(
                 teacher, ctx.data.train_x, cfg.teacher_layer, desc="teacher maps for the paraphraser").feature)
         info["kd"] = _train_one(ctx, "kd", hc, teacher=teacher, paraphraser=para)
+    if not cfg.mutual.enabled:  # an earlier recipe's mutual student must never be shipped or reported
+        for stale in (ctx.run.path(STUDENTS["mutual"]), ctx.run.path("students", "mutual.json")):
+            stale.unlink(missing_ok=True)
     if cfg.mutual.enabled:
         info["mutual"] = _train_one(ctx, "mutual", sha256_json({"students": h_plain,
                                                                 "mutual": cfg.mutual.model_dump()}))
