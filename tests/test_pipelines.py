@@ -114,7 +114,11 @@ def test_every_command_on_an_llm_run(tiny_lm: TinyLM, tmp_path: Path) -> None:  
     out = tmp_path / "run"
     res = cli("run", str(recipe), "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "student-q8_0" in res.stdout and "(llm)" in res.stdout
+    assert "recommended artifact" in res.stdout and "(llm)" in res.stdout
+    # which artifact is recommended depends on timing (a loaded host may flip it); that both were built and
+    # benched does not
+    names = {m["name"] for m in json.loads((out / "report.json").read_text())["models"]}
+    assert {"student-f32", "student-q8_0"} <= names, names
     res = cli("distill", "--out", str(out))
     assert res.returncode == 0 and "distill: unchanged, skipped" in res.stderr, res.stderr[-2000:]
     res = cli("report", "--out", str(out))
