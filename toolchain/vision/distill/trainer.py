@@ -101,8 +101,16 @@ class KDObjective(nn.Module):
 
     def forward(self, student: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                 teacher: TeacherOutputs) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg = self.cfg
         logits, emb = logits_and_embedding(student, x)
+        terms = self.terms(logits, emb, labels, teacher)
+        total = torch.stack(list(terms.values())).sum()
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+    def terms(self, logits: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor,
+              teacher: TeacherOutputs) -> dict[str, torch.Tensor]:
+        """Each weighted loss term for the student's ``logits`` ``(B, K)`` and embedding ``(B, D)`` from the pass
+        that just ran (the hint tap holds its feature); self-distillation adds its exits' terms to these."""
+        cfg = self.cfg
         terms = {"response": losses.response_kd(logits, teacher.logits, labels,
                                                 cfg.response.temperature, cfg.response.alpha)}
         if self.adapter is not None:
@@ -115,8 +123,7 @@ class KDObjective(nn.Module):
             terms["rkd_distance"] = cfg.relation.distance_weight * losses.rkd_distance(emb, teacher.embedding)
         if cfg.relation.angle_weight > 0:
             terms["rkd_angle"] = cfg.relation.angle_weight * losses.rkd_angle(emb, teacher.embedding)
-        total = torch.stack(list(terms.values())).sum()
-        return total, {k: float(v.detach()) for k, v in terms.items()}
+        return terms
 
 
 @torch.no_grad()
