@@ -69,19 +69,26 @@ def _plain(v: Any) -> bool:
 
 
 def save_reference(model: Any, name: str, kwargs: dict[str, Any], path: Path) -> None:
-    """Write ``model``'s weights with ``name``/``kwargs`` (including ``num_classes``) in the metadata, atomically."""
+    """Write ``model``'s weights with ``name``/``kwargs`` (including ``num_classes``) in the metadata, atomically.
+
+    An early-exit model (:class:`edgedistill.runtimes.early_exit.EarlyExitModel`: the timm model cut at a block,
+    with that block's head) adds its ``exit`` spec; ``name``/``kwargs`` then describe the uncut model."""
     from safetensors.torch import save_file
 
     from edgedistill.core.fileio import atomic_path
+    from edgedistill.runtimes.early_exit import EarlyExitModel
 
-    meta = {META: json.dumps({"model": name, "kwargs": kwargs}, sort_keys=True)}
+    ref: dict[str, Any] = {"model": name, "kwargs": kwargs}
+    if isinstance(model, EarlyExitModel):
+        ref["exit"] = model.spec()
+    meta = {META: json.dumps(ref, sort_keys=True)}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
 
 
 def load_reference(path: Path) -> Any:
-    """Rebuild the timm model saved by :func:`save_reference`, in eval mode."""
+    """Rebuild the timm model saved by :func:`save_reference` (cut at its exit when it has one), in eval mode."""
     import timm
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
@@ -102,6 +109,13 @@ def load_reference(path: Path) -> Any:
     except (ValueError, TypeError, KeyError) as err:
         raise RuntimeError_(str(err) if str(err).startswith(str(path)) else f"{path}: metadata: {err}") from None
     model = timm.create_model(name, pretrained=False, **kwargs)
+    if "exit" in ref:
+        from edgedistill.runtimes.early_exit import ExitError, from_spec
+
+        try:
+            model = from_spec(model, ref["exit"])
+        except ExitError as err:
+            raise RuntimeError_(f"{path}: metadata: {err}") from None
     model.load_state_dict(state)
     return model.eval()
 

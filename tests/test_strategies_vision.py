@@ -248,14 +248,17 @@ def test_factor_transfer_loss_is_the_normalised_l1() -> None:
 # -- all three in one run ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_run_with_ensemble_mutual_and_factor(tmp_path: Path) -> None:
-    """`edgedistill run` on a tiny recipe with every new option: an extra teacher trained by the teacher stage, the
-    KD student on the ensemble target plus factor transfer, the mutual candidate with its peer; all in the report;
-    a second run skips every stage."""
+def test_run_with_every_vision_strategy(tmp_path: Path) -> None:
+    """`edgedistill run` on a tiny recipe with every strategy at once: an extra teacher trained by the teacher
+    stage, the KD student on the ensemble target plus factor transfer, the mutual candidate with its peer, a
+    self-distilled student whose final head takes the same KD losses (factor included), and a chain whose first
+    link learns from the ensemble; all in the report; a second run skips every stage."""
     r = tiny_recipe(
         ensemble={"teachers": [{"name": "vit_tiny_patch16_224", "kwargs": TEACHER_KW,
                                 "train": {"epochs": 1, "max_steps": 2}}], "weights": [2, 1]},
         distill={"train": {"epochs": 1, "max_steps": 2}, "mutual": {"enabled": True},
+                 "self_distill": {"enabled": True, "with_teacher": True, "exits": ["blocks.1"]},
+                 "chain": {"assistants": [{"name": "mobilenetv3_small_050"}], "train": {"epochs": 1, "max_steps": 2}},
                  "factor": {"weight": 0.5, "teacher_layer": "blocks.1", "student_layer": "blocks.1",
                             "paraphraser_epochs": 1}},
         export={"formats": ["onnx"], "onnx": {"variants": ["fp32"]}, "teacher": False})
@@ -271,9 +274,13 @@ def test_run_with_ensemble_mutual_and_factor(tmp_path: Path) -> None:
     assert {"response", "factor"} <= set(kd["history"][-1])
     mutual = json.loads((out / "students" / "mutual.json").read_text())
     assert {"student", "peer"} <= set(mutual["history"][-1]) and 0 <= mutual["peer"]["test_accuracy"] <= 1
+    sd = json.loads((out / "students" / "self-distill.json").read_text())
+    assert {"response", "factor"} <= set(sd["history"][-1]) and set(sd["exits"]) == {"blocks.1", "final"}
+    chain = json.loads((out / "students" / "chain.json").read_text())
+    assert [lk["teacher"] for lk in chain["links"]] == ["teacher", "assistant-1"]
     rep = json.loads((out / "report.json").read_text())
     rows = {m["name"]: m for m in rep["models"]}
-    assert {"baseline-student", "kd-student", "mutual-student"} <= set(rows)
+    assert {"baseline-student", "kd-student", "mutual-student", "self-distill-student", "chain-student"} <= set(rows)
     assert rows["mutual-student"]["peer_accuracy"] == mutual["peer"]["test_accuracy"]
     assert rep["summary"]["ensemble"]["test_accuracy"] == ens["test_accuracy"]
     assert rep["distill"]["paraphraser"]["steps"] == 2 and rep["distill"]["cache"]["teachers"] == 2
@@ -281,3 +288,17 @@ def test_run_with_ensemble_mutual_and_factor(tmp_path: Path) -> None:
     again = cli("run", str(recipe), "--out", str(out))
     assert again.returncode == 0 and "distill: unchanged, skipped" in again.stderr
     assert "teacher: unchanged, skipped" in again.stderr
+    # a different ensemble weighting is a different target: the chain's first link must not be reused
+    from edgedistill.toolchain.pipeline import pipeline_of, run_stages
+    from edgedistill.toolchain.recipe import parse_recipe
+    from edgedistill.toolchain.rundir import RunDir
+
+    r["ensemble"]["weights"] = [1, 2]
+    a1 = out / "students" / "chain" / "assistant-1.json"
+    before = json.loads(a1.read_text())["config_hash"]
+    from rich.console import Console
+
+    parsed = parse_recipe(r, "r.yaml")
+    ctx = pipeline_of(parsed).context(parsed, RunDir(out), Console(quiet=True))
+    run_stages(ctx, ["data", "teacher", "distill"])
+    assert json.loads(a1.read_text())["config_hash"] != before

@@ -371,6 +371,30 @@ def _tuning(report: dict[str, Any]) -> str | None:
             + _table(["trial", "state", "validation accuracy", "settings", "epochs"], rows, table_id="tuning-table"))
 
 
+def _strategies(report: dict[str, Any]) -> str | None:
+    """Self-distillation's heads (each exit's accuracy, which one ships) and the teacher-assistant chain's links."""
+    distill = report.get("distill") or {}
+    body = ""
+    for role, key in (("self-distill", "self_distill"), ("chain", "assistant_chain")):
+        sd = distill.get(key) or {}
+        if sd.get("exits"):
+            shipped = sd.get("deployed_exit") or "final"
+            body += f"<p>{_esc(role)} student: heads, the deployed one marked</p>" + _table(
+                ["head", "params", "val accuracy", "test accuracy"],
+                ([name + (" (deployed)" if name == shipped else ""), _g(e.get("params"), ",.0f"),
+                  _g(e.get("val_accuracy"), ".4f"), _g(e.get("test_accuracy"), ".4f")]
+                 for name, e in sd["exits"].items()), table_id=f"exits-{role}")
+    links = (distill.get("assistant_chain") or {}).get("links") or []
+    if links:
+        body += "<p>teacher-assistant chain: retention = the link's student / its teacher (test accuracy)</p>" + _table(
+            ["link", "models", "teacher test", "student test", "retention", "of the teacher's"],
+            ([f"{lk['teacher']} → {lk['student']}", f"{lk['teacher_model']} → {lk['student_model']}",
+              _g(lk.get("teacher_test_accuracy"), ".4f"), _g(lk.get("student_test_accuracy"), ".4f"),
+              _g(lk.get("retention"), ".3f"), _g(lk.get("retention_vs_teacher"), ".3f")] for lk in links),
+            table_id="chain-table")
+    return body or None
+
+
 def _failures(report: dict[str, Any]) -> str | None:
     errs = [(r.get("name"), r.get("bench_error")) for r in report.get("models") or [] if r.get("bench_error")]
     return "<ul>" + "".join(f"<li><b>{_esc(n)}</b>: {_esc(e)}</li>" for n, e in errs) + "</ul>" if errs else None
@@ -390,7 +414,8 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str | None]]] = [
     ("quantisation", "Quantisation vs fidelity", _quant_fidelity),
     ("devices", "Devices", _devices), ("per-device", "What to ship, per device", _per_device),
     ("auto", "export --auto", _auto),
-    ("tuning", "KD tuning", _tuning), ("bench-failures", "Benchmark failures", _failures),
+    ("tuning", "KD tuning", _tuning), ("strategies", "Early exits and the teacher-assistant chain", _strategies),
+    ("bench-failures", "Benchmark failures", _failures),
     ("definitions", "Definitions", _definitions),
 ]
 

@@ -4,7 +4,10 @@ Schema ``edgedistill.report/1``::
 
     {"schema": "edgedistill.report/1", "recipe": str, "run_dir": str,
      "definitions": {"peak_rss_mb": str, "retention": str, "speedup": str, "kd_gain": str, "keeps_accuracy": str},
-     "data": {...split sizes...}, "distill": {"mode": ..., "cache": {...}, "tuning", "paraphraser"},
+     "data": {...split sizes...}, "distill": {"mode": ..., "cache": {...}, "tuning": {...}, "paraphraser",
+                                              "self_distill": {"deployed_exit", "exits": {head: {...}}},
+                                              "assistant_chain": {"links": [{"teacher", "student", ..., "retention",
+                                                                   "retention_vs_teacher"}], "exits"?}},
      "models": [{"name", "role": teacher|student|artifact|teacher-artifact, "format": pytorch|onnx|tflite,
                  "precision",
                  "variant", "source", "file", "size_bytes", "accuracy", "retention", "kd_gain",
@@ -83,7 +86,8 @@ def _rows(inp: ReportInputs) -> list[dict[str, Any]]:
         rows.append({"name": f"{role}-student", "role": "student", "format": "pytorch", "precision": "fp32",
                      "variant": role, "file": f"students/{role}.safetensors", "accuracy": m["test_accuracy"],
                      "val_accuracy": m.get("val_accuracy"), "tuned": m.get("tuned"),
-                     **({"peer_accuracy": m["peer"]["test_accuracy"]} if "peer" in m else {})})
+                     **({"peer_accuracy": m["peer"]["test_accuracy"]} if "peer" in m else {}),
+                     **({"deployed_exit": m["deployed_exit"]} if m.get("deployed_exit") else {})})
     for role, listing in (("artifact", inp.artifacts), ("teacher-artifact", inp.teacher_artifacts)):
         for a in listing:
             rows.append({"role": role, **{k: a[k] for k in ("name", "format", "precision", "variant", "source",
@@ -163,7 +167,8 @@ def build(inp: ReportInputs) -> dict[str, Any]:
     threads = sorted({int(t) for r in rows for t in r["latency_ms"]})
     return {"schema": SCHEMA, "recipe": inp.recipe, "run_dir": inp.run_dir, "definitions": DEFINITIONS,
             "data": inp.data,
-            "distill": {k: v for k, v in inp.distill.items() if k in ("mode", "cache", "tuning", "paraphraser")},
+            "distill": {k: v for k, v in inp.distill.items()
+                        if k in ("mode", "cache", "tuning", "paraphraser", "self_distill", "assistant_chain")},
             "models": rows, "devices": devices, "per_device": truth, "auto": inp.auto,
             "summary": {"teacher_accuracy": teacher["accuracy"], "baseline_accuracy": base, "kd_accuracy": kd,
                         "kd_gain": kd_gain, "kd_helped": None if kd_gain is None else kd_gain > 0,
@@ -233,6 +238,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              f"validation → test accuracy (selection never looks at test): {students}.",
              "", f"Recommended artifact (★): **{s['recommended']}** — {s['recommended_reason']}.", "",
              *md_table(header, body)]
+    lines += strategies_markdown(report.get("distill") or {})
     lines += devices_markdown(report.get("devices") or [])
     lines += per_device_markdown(report.get("per_device"))
     lines += auto_markdown(report.get("auto"))
@@ -242,6 +248,31 @@ def to_markdown(report: dict[str, Any]) -> str:
     if errors:
         lines += ["", "## Benchmark failures", "", *errors]
     return "\n".join(lines) + "\n"
+
+
+def strategies_markdown(distill: dict[str, Any]) -> list[str]:
+    """Each early-exit head's accuracy (self-distillation), and each teacher-assistant link's retention."""
+    lines: list[str] = []
+    for role, key in (("self-distill", "self_distill"), ("chain", "assistant_chain")):
+        sd = distill.get(key) or {}
+        if not sd.get("exits"):
+            continue
+        lines += ["", f"## Early exits of the {role} student", "",
+                  f"Each head's accuracy; the deployed model is **{sd.get('deployed_exit') or 'final'}** "
+                  "(an exit: the blocks up to it and its head, nothing after).", ""]
+        lines += md_table(["head", "params", "val accuracy", "test accuracy"], [
+            [name + (" (deployed)" if name == (sd.get("deployed_exit") or "final") else ""), fmt(e["params"], ","),
+             fmt(e["val_accuracy"], ".4f"), fmt(e["test_accuracy"], ".4f")] for name, e in sd["exits"].items()])
+    links = (distill.get("assistant_chain") or {}).get("links") or []
+    if links:
+        lines += ["", "## Teacher-assistant chain", "",
+                  "Retention = the link's student test accuracy / its teacher's; the last column / the teacher's.", ""]
+        lines += md_table(["link", "models", "params", "teacher test", "student test", "retention", "of the teacher's"],
+                          [[f"{lk['teacher']} → {lk['student']}", f"{lk['teacher_model']} → {lk['student_model']}",
+                            fmt(lk["params"], ","), fmt(lk["teacher_test_accuracy"], ".4f"),
+                            fmt(lk["student_test_accuracy"], ".4f"), fmt(lk["retention"], ".3f"),
+                            fmt(lk["retention_vs_teacher"], ".3f")] for lk in links])
+    return lines
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:

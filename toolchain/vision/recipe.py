@@ -211,6 +211,73 @@ class TuneConfig(Section):
         return self
 
 
+class SelfDistillConfig(Section):
+    """``distill.self_distill``: Zhang et al. 2019, "Be Your Own Teacher" — the student's deepest head teaches
+    auxiliary heads on its own intermediate blocks; no external teacher needed. Each exit's loss is
+    ``ce_weight·CE + weight·T²·KL(p_final || p_exit)`` (the final head detached: the target) plus, with
+    ``feature_weight``, ``MSE(adapter(exit embedding), final embedding)`` (detached). The final head learns from
+    the labels (CE), or with ``with_teacher`` from the recipe's KD losses on the external teacher too. The student is
+    the ``self-distill`` candidate; ``export_exit`` deploys it cut at one exit (that exit's blocks and head)."""
+
+    enabled: bool = Field(False, description="train the self-distill candidate")
+    exits: list[str] = Field(["blocks.2", "blocks.4"], min_length=1, description=(
+        "student module paths that get an auxiliary head: a top-level module or an item of a top-level Sequential"))
+    head: Literal["bottleneck", "linear"] = Field(
+        "bottleneck", description="bottleneck: 1×1 conv + 3×3 conv (BN, ReLU) + pool + linear; linear: pool + linear")
+    head_channels: int = Field(128, ge=1, le=4096, description="the bottleneck's width")
+    weight: float = Field(1.0, ge=0, description="weight of each exit's KL to the final head")
+    temperature: float = Field(3.0, gt=0)
+    ce_weight: float = Field(1.0, ge=0, description="weight of each exit's own CE on the labels")
+    feature_weight: float = Field(0.0, ge=0, description="weight of each exit's L2 to the final embedding")
+    with_teacher: bool = Field(False, description=(
+        "the final head also learns from the external teacher (the recipe's response/hint/attention/RKD losses); "
+        "false: no teacher at all, the final head learns from the labels only"))
+    export_exit: str | None = Field(None, description=(
+        "null: deploy the whole student; an exit: deploy the student cut there (its blocks and head), which is "
+        "what export, bench and parity then see; best-epoch selection looks at that exit (changing it retrains)"))
+
+    @model_validator(mode="after")
+    def _check(self) -> SelfDistillConfig:
+        from edgedistill.runtimes.early_exit import EXIT_PATH
+
+        for name in self.exits:
+            if not EXIT_PATH.match(name):
+                raise ValueError(f"exits: {name!r}: an exit is a top-level module or an item of a top-level "
+                                 f"Sequential, e.g. blocks.2")
+        if len(set(self.exits)) != len(self.exits):
+            raise ValueError(f"exits: each exit once, got {self.exits}")
+        if self.export_exit is not None and self.export_exit not in self.exits:
+            raise ValueError(f"export_exit: {self.export_exit!r} is not one of exits {self.exits}")
+        if self.weight == 0 and self.ce_weight == 0 and self.feature_weight == 0:
+            raise ValueError("weight: with ce_weight and feature_weight also 0 the exits learn nothing")
+        return self
+
+
+class ChainConfig(Section):
+    """``distill.chain``: teacher-assistant KD (Mirzadeh et al. 2020) — teacher → assistant(s) → student, for size
+    gaps too large for one step. Each link is its own cached, resumable training: an assistant is distilled from its
+    predecessor's cached outputs (the teacher's first), and its own outputs are cached in turn, keyed by its weights'
+    sha256. Links use the response KD and RKD settings (hint and attention transfer name layers of one
+    teacher/student pair and are left out). The chained student is the ``chain`` candidate."""
+
+    assistants: list[ModelConfig] = Field(
+        default_factory=list, description="timm models from the largest to the smallest (empty: chain off)")
+    train: TrainConfig | None = Field(None, description="each assistant's training (default: distill.train)")
+    self_distill: bool = Field(False, description=(
+        "the chain's student also trains distill.self_distill's exits (its final head learning from the last "
+        "assistant); distill.self_distill.export_exit then cuts it too"))
+
+    @model_validator(mode="after")
+    def _check(self) -> ChainConfig:
+        for i, a in enumerate(self.assistants):
+            if a.checkpoint is not None:
+                raise ValueError(f"assistants.{i}.checkpoint: assistants are distilled here from the teacher; "
+                                 "leave it out")
+        if self.self_distill and not self.assistants:
+            raise ValueError("self_distill: the chain has no assistants; add some or use distill.self_distill")
+        return self
+
+
 class DistillConfig(Section):
     mode: Literal["offline", "online"] = "offline"
     cache_dir: Path | None = Field(None, description="offline teacher cache (default: ~/.cache/edgedistill)")
@@ -223,6 +290,8 @@ class DistillConfig(Section):
     tune: TuneConfig = TuneConfig()
     mutual: MutualKD = MutualKD()
     factor: FactorKD = FactorKD()
+    self_distill: SelfDistillConfig = SelfDistillConfig()
+    chain: ChainConfig = ChainConfig()
 
     @model_validator(mode="after")
     def _tune_needs_cache(self) -> DistillConfig:
@@ -233,6 +302,16 @@ class DistillConfig(Section):
                 and (self.feature.weight > 0 or self.attention.weight > 0)):
             raise ValueError(f"factor.teacher_layer: the teacher is read at one layer and hint/attention use "
                              f"feature.teacher_layer {self.feature.teacher_layer!r}; use it or leave this unset")
+        if self.chain.assistants and self.mode != "offline":
+            raise ValueError("chain.assistants: each link learns from its predecessor's cached outputs; "
+                             "set mode: offline")
+        sd = self.self_distill
+        if sd.enabled and sd.with_teacher and self.factor.weight > 0 and self.mode != "offline":
+            raise ValueError("self_distill.with_teacher: factor transfer reaches self-distillation through the "
+                             "offline cache only; set mode: offline or factor.weight: 0")
+        if sd.export_exit is not None and not (sd.enabled or self.chain.self_distill):
+            raise ValueError("self_distill.export_exit: no student trains exits; set self_distill.enabled or "
+                             "chain.self_distill")
         return self
 
     @property
@@ -327,4 +406,26 @@ class VisionRecipe(RecipeBase):
     def _ensemble_is_offline(self) -> VisionRecipe:
         if self.ensemble.teachers and self.distill.mode != "offline":
             raise ValueError("ensemble.teachers: the ensemble target is cached offline; set distill.mode: offline")
+        return self
+
+    @model_validator(mode="after")
+    def _exits_exist(self) -> VisionRecipe:
+        """``distill.self_distill.exits`` name modules of the student (checked on a weightless copy of it)."""
+        if self.distill.self_distill.enabled or self.distill.chain.self_distill:
+            import timm
+            import torch
+
+            from edgedistill.runtimes.early_exit import ExitError, exit_module
+
+            try:
+                with torch.device("meta"):
+                    model = timm.create_model(self.student.name, pretrained=False, **self.student.kwargs)
+            except Exception as err:  # kwargs of the right kinds but values the builder refuses
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ValueError(f"student.kwargs: {self.student.name} cannot be built with them ({first})") from None
+            for name in self.distill.self_distill.exits:
+                try:
+                    exit_module(model, name)
+                except ExitError as err:
+                    raise ValueError(f"distill.self_distill.exits: {err}") from None
         return self

@@ -7,6 +7,8 @@ Run-directory layout (relative to the run root)::
     teacher/teacher.safetensors  teacher/metrics.json    reference artifact + training metrics
     teacher/ensemble-<i>.{safetensors,json}               extra teachers of ``ensemble.teachers`` (1-based)
     students/{baseline,kd,kd-tuned,mutual}.safetensors  students/*.json   CE-only and distilled students
+    students/{self-distill,chain}.safetensors            self-distilled (early exits) and teacher-assistant chain
+    students/chain/assistant-<i>.{safetensors,json}      the chain's assistants, one link each
     export/student-<variant>.onnx  export/student-tflite-<variant>.tflite  export/artifacts.json
                                                          every artifact, with its parity vs the KD student
     export/auto.json                                      export --auto's choice (toolchain/auto_select.py)
@@ -61,7 +63,9 @@ from edgedistill.toolchain.vision.export.parity import (
 )
 from edgedistill.toolchain.vision.recipe import (
     DataConfig,
+    DistillConfig,
     ExportConfig,
+    ModelConfig,
     OnnxExport,
     OnnxVariant,
     TeacherConfig,
@@ -73,9 +77,10 @@ from edgedistill.toolchain.vision.recipe import (
 TEACHER = "teacher/teacher.safetensors"
 STUDENTS = {"baseline": "students/baseline.safetensors", "kd": "students/kd.safetensors",
             "kd-tuned": "students/kd-tuned.safetensors",
-            "mutual": "students/mutual.safetensors"}  # distill.mutual: co-trained with its peer
+            "mutual": "students/mutual.safetensors",  # distill.mutual: co-trained with its peer
+            "self-distill": "students/self-distill.safetensors", "chain": "students/chain.safetensors"}
 #: when validation accuracies tie, the order students are preferred in (distillation's first)
-SHIP_ORDER = ("kd-tuned", "kd", "mutual", "baseline")
+SHIP_ORDER = ("kd-tuned", "kd", "chain", "mutual", "self-distill", "baseline")
 REPORT = report_mod
 #: the PyTorch student's logits on the test split, saved by export: the source every device's parity is against
 REFERENCE_LOGITS = "reference-logits.npy"
@@ -232,11 +237,14 @@ def _drop_train_states(folder: Path, prefix: str = "") -> None:
         p.unlink()
 
 
-def _distill_hash(ctx: Context, with_tuning: bool = True, with_ensemble: bool = True) -> str:
-    """The distill stage's key; without ``tune`` and ``mutual`` it keys the KD student (changing the search budget
-    or the mutual pair never retrains it), and without the ensemble too the baseline and the mutual pair, which
-    never see it. ``tune.chosen`` is an output written back into the recipe, never part of a key; ``factor`` while
-    off is left out (keys made before it existed still hold)."""
+def _distill_hash(ctx: Context, with_tuning: bool = True, with_ensemble: bool = True,
+                  with_strategies: bool = True) -> str:
+    """The distill stage's key; without ``tune`` and the strategies it keys the KD student (changing the search
+    budget, the mutual pair, self-distillation or the chain never retrains it), and without the ensemble too the
+    baseline and the mutual pair, which never see it. ``tune.chosen`` is an output written back into the recipe,
+    never part of a key; ``factor`` while off is left out (keys made before it existed still hold). ``mutual``,
+    ``self_distill`` and ``chain`` join it only when on (each of their candidates has its own key,
+    :func:`_strategy_hash`)."""
     r = ctx.recipe
     distill = {k: v for k, v in r.section("distill").items() if k != "cache_dir"}
     tune = {k: v for k, v in distill.pop("tune").items() if k != "chosen"}
@@ -245,13 +253,22 @@ def _distill_hash(ctx: Context, with_tuning: bool = True, with_ensemble: bool = 
         del distill["factor"]
     if with_tuning and tune["trials"]:
         distill["tune"] = tune
-    if with_tuning and mutual["enabled"]:
-        distill["mutual"] = mutual
+    strategies = {k: distill.pop(k) for k in ("self_distill", "chain")}  # keyed per candidate (_strategy_hash)
+    if with_tuning and with_strategies:
+        if mutual["enabled"]:
+            distill["mutual"] = mutual
+        if r.distill.self_distill.enabled or r.distill.chain.assistants:
+            distill.update(strategies)
     doc = {"teacher": ctx.run.output_sha("teacher", TEACHER), "data": data_hash(ctx),
            "student": r.section("student"), "distill": distill, "seed": r.seed}
     if r.ensemble.teachers and with_ensemble:
-        doc["ensemble"] = {"teachers": _ensemble_shas(ctx), "weights": r.ensemble.normalised_weights()}
+        doc["ensemble"] = _ensemble_doc(ctx)
     return sha256_json(doc)
+
+
+def _ensemble_doc(ctx: Context) -> dict[str, Any]:
+    """What defines the ensemble target: every teacher's weights file and the recipe's weights."""
+    return {"teachers": _ensemble_shas(ctx), "weights": ctx.recipe.ensemble.normalised_weights()}
 
 
 def _ensemble_shas(ctx: Context) -> list[str]:
@@ -357,6 +374,7 @@ def stage_distill(ctx: Context) -> None:
     info: dict[str, Any] = {"mode": cfg.mode}
     outputs: list[Path] = []
     roles = ["baseline"] if cfg.baseline else []
+    cached = None
     if cfg.baseline:
         info["baseline"] = _train_one(ctx, "baseline", h_plain)
     if cfg.mode == "offline":
@@ -367,7 +385,7 @@ def stage_distill(ctx: Context) -> None:
             cached = replace(cached, factor=para.factors(cached.feature))
         info["kd"] = _train_one(ctx, "kd", hc, cached=cached)
         if cfg.tune.trials:
-            info["kd-tuned"] = _tune(ctx, h, cached)
+            info["kd-tuned"] = _tune(ctx, _distill_hash(ctx, with_strategies=False), cached)
             info["tuning"] = {k: info["kd-tuned"][k] for k in ("trials", "chosen", "tune_seconds", "val_accuracy")}
     else:
         teacher = freeze(load_reference(ctx.run.path(TEACHER)))
@@ -376,23 +394,35 @@ def stage_distill(ctx: Context) -> None:
             para, info["paraphraser"] = _paraphraser(ctx, lambda: run_teacher(
                 teacher, ctx.data.train_x, cfg.teacher_layer, desc="teacher maps for the paraphraser").feature)
         info["kd"] = _train_one(ctx, "kd", hc, teacher=teacher, paraphraser=para)
-    if not cfg.mutual.enabled:  # an earlier recipe's mutual student must never be shipped or reported
-        for stale in (ctx.run.path(STUDENTS["mutual"]), ctx.run.path("students", "mutual.json")):
-            stale.unlink(missing_ok=True)
+    for role, on in (("mutual", cfg.mutual.enabled), ("self-distill", cfg.self_distill.enabled),
+                     ("chain", bool(cfg.chain.assistants))):
+        if not on:  # an earlier recipe's student of a strategy now off must never be shipped or reported
+            for stale in (ctx.run.path(STUDENTS[role]), ctx.run.path("students", f"{role}.json")):
+                stale.unlink(missing_ok=True)
     if cfg.mutual.enabled:
         info["mutual"] = _train_one(ctx, "mutual", sha256_json({"students": h_plain,
                                                                 "mutual": cfg.mutual.model_dump()}))
     roles += ["kd", *(r for r in ("kd-tuned", "mutual") if r in info)]
+    if cfg.self_distill.enabled:
+        info["self-distill"] = _self_distill(ctx, hc, cached)
+    if cfg.chain.assistants:
+        info["chain"] = _chain(ctx, hc, cached)
+        outputs += [ctx.run.path(a) for link in info["chain"]["links"][:-1] for a in link["files"]]
+    roles += [r for r in ("chain", "self-distill") if r in info]
     for role in roles:
         outputs += [ctx.run.path(STUDENTS[role]), ctx.run.path("students", f"{role}.json")]
     summary = {k: {"val_accuracy": info[k]["val_accuracy"], "test_accuracy": info[k]["test_accuracy"]}
                for k in roles}
+    strategies = {"self_distill": _exits_summary(info.get("self-distill")),
+                  "assistant_chain": {"links": info["chain"]["links"], **(_exits_summary(info["chain"]) or {})}
+                  if "chain" in info else None}
     ctx.run.record("distill", h, outputs, {"mode": cfg.mode, "cache": info.get("cache"), "tuning": info.get("tuning"),
                                            **({"paraphraser": info["paraphraser"]} if "paraphraser" in info else {}),
-                                           **summary})
+                                           **{k: v for k, v in strategies.items() if v}, **summary})
     for role in roles:
         ctx.console.print(f"  {role} student: val accuracy {info[role]['val_accuracy']:.4f}, test "
                           f"{info[role]['test_accuracy']:.4f}")
+    _print_strategies(ctx, info)
 
 
 def _write_back_chosen(ctx: Context, chosen: dict[str, float]) -> None:
@@ -445,19 +475,192 @@ def _tune(ctx: Context, h: str, cached: Any) -> dict[str, Any]:
     return info
 
 
+# -- self-distillation with early exits, and the teacher-assistant chain ---------------------------------------
+
+
+def _strategy_hash(hc: str, **parts: Any) -> str:
+    """A strategy candidate's key: the baseline/KD key ``hc`` (teacher, data, student, distill settings, seed) and
+    what the strategy adds."""
+    return sha256_json({"base": hc, **parts})
+
+
+def _self_distill(ctx: Context, hc: str, cached: Any) -> dict[str, Any]:
+    """The ``self-distill`` candidate (``distill.self_distill``): with ``with_teacher`` the final head also learns
+    from the teacher (``cached`` offline; the frozen teacher online), else no teacher at all."""
+    cfg = ctx.recipe.distill
+    sd = cfg.self_distill
+    h = _strategy_hash(hc, self_distill=ctx.recipe.section("distill")["self_distill"])
+    teacher = None
+    if sd.with_teacher and cfg.mode == "online":
+        teacher = freeze(load_reference(ctx.run.path(TEACHER)))
+    return _train_exits(ctx, "self-distill", h, cfg, cached if sd.with_teacher else None, teacher,
+                        "self-distilling student" + (" (and from the teacher)" if sd.with_teacher else " (no teacher)"))
+
+
+def _train_exits(ctx: Context, role: str, h: str, cfg: DistillConfig, cached: Any, teacher: Any,
+                 desc: str) -> dict[str, Any]:
+    """Train the student with exit heads unless a finished one with hash ``h`` is on disk; save what ships (the
+    whole student, or the student cut at ``export_exit``) and every head's validation and test accuracy."""
+    from edgedistill.runtimes.early_exit import ExitError, cut
+    from edgedistill.toolchain.vision.distill.self_distill import FINAL, train_self_distill
+
+    r, d = ctx.recipe, ctx.data
+    weights, metrics = ctx.run.path(STUDENTS[role]), ctx.run.path("students", f"{role}.json")
+    if not ctx.force and _student_intact(weights, metrics, h):
+        return read_json(metrics)
+    torch.manual_seed(r.seed)
+    student = models.build(r.student, d.num_classes)
+    ckpt = ctx.run.path("students", f"{role}-train-state-{h[:12]}.pt")
+    if ctx.force:
+        ckpt.unlink(missing_ok=True)
+    res = train_self_distill(student, d, cfg, ckpt, r.seed, cached=cached, teacher=teacher, desc=desc)
+    val, test = res.net.head_accuracies(d.val_x, d.val_y), res.net.head_accuracies(d.test_x, d.test_y)
+    sample, at = d.train_x[:2], cfg.self_distill.export_exit
+    deployed = res.net.deployed(at, sample)
+    n_params: dict[str, int | None] = {FINAL: sum(p.numel() for p in student.parameters())}
+    for name, head in zip(res.net.exits, res.net.heads, strict=True):  # what each exit would ship
+        try:
+            n_params[name] = sum(p.numel() for p in cut(student, name, head, sample).parameters())
+        except ExitError:  # an exit the model cannot be cut at still trains and is scored
+            n_params[name] = None
+    models.save_reference(deployed, r.student, d.num_classes, weights)
+    info = {"config_hash": h, "weights_sha256": sha256_file(weights), "role": role,
+            "val_accuracy": val[res.selected_on], "test_accuracy": test[res.selected_on], "deployed_exit": at,
+            "selected_on": res.selected_on,
+            "exits": {name: {"val_accuracy": val[name], "test_accuracy": test[name], "params": n_params[name]}
+                      for name in [*res.net.exits, FINAL]},
+            "steps": res.fit.steps, "train_seconds": res.fit.train_seconds,
+            "samples_per_second": res.fit.samples_per_second, "params": n_params[at or FINAL],
+            "history": res.fit.history}
+    write_json(metrics, info)
+    _drop_train_states(ckpt.parent, f"{role}-")
+    return info
+
+
+def _exits_summary(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Each head's accuracies and which one ships (None for a student trained without exits)."""
+    return None if not info or "exits" not in info else {"deployed_exit": info["deployed_exit"],
+                                                         "exits": info["exits"]}
+
+
+def _chain(ctx: Context, hc: str, cached: Any) -> dict[str, Any]:
+    """The ``chain`` candidate (``distill.chain``): teacher → assistant 1 → … → student, each link distilled from
+    its predecessor's cached outputs (keyed by the predecessor's weights), each a finished file that a re-run keeps.
+    Returns the student's metadata with ``links``: each link's accuracies and retention."""
+    r, d, cfg = ctx.recipe, ctx.data, ctx.recipe.distill
+    link_cfg = cfg.model_copy(update={"feature": cfg.feature.model_copy(update={"weight": 0.0}),
+                                      "attention": cfg.attention.model_copy(update={"weight": 0.0}),
+                                      "factor": cfg.factor.model_copy(update={"weight": 0.0})})
+    kd = {"response": r.section("distill")["response"], "relation": r.section("distill")["relation"]}
+    t = read_json(ctx.run.path("teacher", "metrics.json"))
+    prev = {"role": "teacher", "model": r.teacher.name, "sha": ctx.run.output_sha("teacher", TEACHER),
+            "val_accuracy": t["val_accuracy"], "test_accuracy": t["test_accuracy"]}
+    teacher_test, outputs, links = t["test_accuracy"], cached, []
+    a_cfg = link_cfg if cfg.chain.train is None else link_cfg.model_copy(update={"train": cfg.chain.train})
+    for i, a in enumerate(cfg.chain.assistants, 1):
+        role = f"assistant-{i}"
+        h = sha256_json({"from": prev["sha"], "model": a.model_dump(mode="json"), "kd": kd, "data": data_hash(ctx),
+                         "train": a_cfg.train.model_dump(mode="json"), "seed": r.seed,
+                         # the first link learns from the ensemble's target when there is one
+                         **({"ensemble": _ensemble_doc(ctx)} if i == 1 and r.ensemble.teachers else {})})
+        files = (f"students/chain/{role}.safetensors", f"students/chain/{role}.json")
+        info = _train_link(ctx, role, h, a, a_cfg, outputs, files,
+                           f"distilling {role} ({a.name}) from the {prev['role']}")
+        links.append(_link(prev, role, a.name, info, teacher_test, files))
+        prev = {"role": role, "model": a.name, "sha": info["weights_sha256"], **{
+            k: info[k] for k in ("val_accuracy", "test_accuracy")}}
+        outputs, _, _ = cached_teacher_outputs(cache_key(prev["sha"], data_hash(ctx), None),
+                                               cfg.cache_dir or default_cache_dir(), d.train_x, None,
+                                               lambda w=files[0]: freeze(load_reference(ctx.run.path(w))))
+    h = _strategy_hash(hc, chain_from=prev["sha"], kd=kd, self_distill=ctx.recipe.section("distill")["self_distill"]
+                       if cfg.chain.self_distill else None)
+    desc = f"distilling the chain's student from {prev['role']}"
+    if cfg.chain.self_distill:
+        info = _train_exits(ctx, "chain", h, link_cfg, outputs, None, desc + " (with exits)")
+    else:
+        info = _train_link(ctx, "chain", h, r.student, link_cfg, outputs, (STUDENTS["chain"], "students/chain.json"),
+                           desc)
+    links.append(_link(prev, "student", r.student.name, info, teacher_test, (STUDENTS["chain"],)))
+    info["links"] = links
+    write_json(ctx.run.path("students", "chain.json"), info)  # same hash and weights: a re-run still finds it intact
+    return info
+
+
+def _link(prev: dict[str, Any], role: str, model: str, info: dict[str, Any], teacher_test: float,
+          files: tuple[str, ...]) -> dict[str, Any]:
+    """One link of the chain: who taught whom, both accuracies, and the retention (student / its teacher's test
+    accuracy, and / the original teacher's)."""
+    acc = info["test_accuracy"]
+    return {"teacher": prev["role"], "teacher_model": prev["model"], "student": role, "student_model": model,
+            "teacher_val_accuracy": prev["val_accuracy"], "teacher_test_accuracy": prev["test_accuracy"],
+            "student_val_accuracy": info["val_accuracy"], "student_test_accuracy": acc,
+            "retention": acc / prev["test_accuracy"] if prev["test_accuracy"] else None,
+            "retention_vs_teacher": acc / teacher_test if teacher_test else None,
+            "params": info["params"], "steps": info["steps"], "files": list(files)}
+
+
+def _train_link(ctx: Context, role: str, h: str, model_cfg: ModelConfig, cfg: DistillConfig, cached: Any,
+                files: tuple[str, str], desc: str) -> dict[str, Any]:
+    """One link: distil ``model_cfg`` from ``cached`` (its predecessor's outputs) unless a finished one with hash
+    ``h`` is on disk; resumable from its own training state."""
+    r, d = ctx.recipe, ctx.data
+    weights, metrics = ctx.run.path(files[0]), ctx.run.path(files[1])
+    if not ctx.force and _student_intact(weights, metrics, h):
+        return read_json(metrics)
+    torch.manual_seed(r.seed)
+    model = models.build(model_cfg, d.num_classes)
+    ckpt = weights.parent / f"{role}-train-state-{h[:12]}.pt"
+    if ctx.force:
+        ckpt.unlink(missing_ok=True)
+    res = train_student(model, d, cfg, ckpt, r.seed, cached=cached, desc=desc)
+    models.save_reference(model, model_cfg, d.num_classes, weights)
+    info = {"config_hash": h, "weights_sha256": sha256_file(weights), "role": role, "model": model_cfg.name,
+            "val_accuracy": res.val_accuracy, "test_accuracy": accuracy(model, d.test_x, d.test_y),
+            "steps": res.steps, "train_seconds": res.train_seconds, "samples_per_second": res.samples_per_second,
+            "params": sum(p.numel() for p in model.parameters()), "history": res.history}
+    write_json(metrics, info)
+    _drop_train_states(ckpt.parent, f"{role}-")
+    return info
+
+
+def _print_strategies(ctx: Context, info: dict[str, Any]) -> None:
+    for role in ("self-distill", "chain"):
+        if exits := (info.get(role) or {}).get("exits"):
+            ctx.console.print(f"  {role} heads (val → test): " + ", ".join(
+                f"{n} {e['val_accuracy']:.4f} → {e['test_accuracy']:.4f}" for n, e in exits.items()))
+    for link in (info.get("chain") or {}).get("links", []):
+        ctx.console.print(f"  chain link {link['teacher']} → {link['student']}: test "
+                          f"{link['teacher_test_accuracy']:.4f} → {link['student_test_accuracy']:.4f}, retention "
+                          f"{link['retention'] or 0:.3f} ({link['retention_vs_teacher'] or 0:.3f} of the teacher's)")
+
+
 def best_student(ctx: Context) -> tuple[str, str]:
     """The student to ship: the highest **validation** accuracy among every trained student (CE-only baseline,
-    KD, tuned KD, mutual), ties to :data:`SHIP_ORDER`; never chosen on the test split. Returns ``(role, reason)``."""
-    scores = {}
+    KD, tuned KD, chain, mutual, self-distilled), ties to :data:`SHIP_ORDER`; never chosen on the test split. With
+    ``distill.self_distill.export_exit`` set, only the students cut at that exit compete (the recipe asked to deploy
+    the cut model). Returns ``(role, reason)``."""
+    d = ctx.recipe.distill
+    off = {r for r, on in (("self-distill", d.self_distill.enabled), ("chain", bool(d.chain.assistants)),
+                           ("mutual", d.mutual.enabled)) if not on}
+    scores, cut = {}, set()
     for role in SHIP_ORDER:
         meta = ctx.run.path("students", f"{role}.json")
-        if meta.is_file() and ctx.run.path(STUDENTS[role]).is_file():
-            scores[role] = read_json(meta)["val_accuracy"]
+        if role not in off and meta.is_file() and ctx.run.path(STUDENTS[role]).is_file():
+            m = read_json(meta)
+            scores[role] = m["val_accuracy"]
+            if m.get("deployed_exit") and m["deployed_exit"] == d.self_distill.export_exit:
+                cut.add(role)
     if not scores:
         raise FileNotFoundError(f"{ctx.run.root}: no trained student; run `edgedistill distill` first")
-    best = max(scores, key=lambda r: (round(scores[r], 6), -SHIP_ORDER.index(r)))
+    pool = {r: v for r, v in scores.items() if r in cut} or scores
+    best = max(pool, key=lambda r: (round(pool[r], 6), -SHIP_ORDER.index(r)))
     others = ", ".join(f"{r} {v:.4f}" for r, v in scores.items() if r != best)
-    return best, f"highest validation accuracy: {best} {scores[best]:.4f}" + (f" (vs {others})" if others else "")
+    why = f"highest validation accuracy: {best} {scores[best]:.4f}"
+    if cut:
+        why = (f"distill.self_distill.export_exit: {d.self_distill.export_exit} deploys the cut model; "
+               f"{'highest validation accuracy among cut students' if len(cut) > 1 else 'validation accuracy'}: "
+               f"{best} {scores[best]:.4f}")
+    return best, why + (f" (vs {others})" if others else "")
 
 
 def stage_export(ctx: Context) -> None:

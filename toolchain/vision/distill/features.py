@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from edgedistill.runtimes.early_exit import to_spatial  # one home: the deployed exit heads use it too
 
 
 class FeatureTap:
@@ -32,18 +32,6 @@ class FeatureTap:
 
     def remove(self) -> None:
         self._handle.remove()
-
-
-def to_spatial(feat: torch.Tensor, prefix_tokens: int = 0) -> torch.Tensor:
-    if feat.dim() == 4:
-        return feat
-    if feat.dim() != 3:
-        raise ValueError(f"cannot use a feature of shape {tuple(feat.shape)}; expected (B,C,H,W) or (B,N,C)")
-    tokens = feat[:, prefix_tokens:, :]
-    side = math.isqrt(tokens.shape[1])
-    if side * side != tokens.shape[1]:
-        raise ValueError(f"{tokens.shape[1]} patch tokens do not form a square grid")
-    return tokens.transpose(1, 2).reshape(feat.shape[0], feat.shape[2], side, side)
 
 
 class HintAdapter(nn.Module):

@@ -130,3 +130,23 @@ def factor_transfer(student_factor: torch.Tensor, teacher_factor: torch.Tensor) 
     s = F.normalize(student_factor.flatten(1), dim=1)
     t = F.normalize(teacher_factor.detach().flatten(1), dim=1)
     return (s - t).abs().sum(1).mean()
+
+
+def self_distill_exit(exit_logits: torch.Tensor, final_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, weight: float, ce_weight: float) -> torch.Tensor:
+    """Zhang et al. 2019, "Be Your Own Teacher": one auxiliary exit learns from the network's own deepest head.
+
+    ``ce_weight * CE(z_exit, y) + weight * T^2 * KL(softmax(z_final/T) || softmax(z_exit/T))``. The final logits
+    are the target and are detached: the deeper head teaches, it is not pulled towards the shallower one.
+
+    Args:
+        exit_logits: ``(B, K)``. final_logits: ``(B, K)``. labels: ``(B,)`` with :data:`IGNORE` for unlabelled.
+    """
+    kd = soft_kl(final_logits.detach(), exit_logits, temperature).mean() * temperature**2
+    return weight * kd + ce_weight * masked_ce(exit_logits, labels)
+
+
+def self_distill_feature(adapted_exit: torch.Tensor, final_embedding: torch.Tensor) -> torch.Tensor:
+    """BYOT's feature term: MSE between an exit's adapted embedding ``(B, D)`` and the deepest embedding ``(B, D)``
+    (detached, the target)."""
+    return F.mse_loss(adapted_exit, final_embedding.detach())

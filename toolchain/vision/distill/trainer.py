@@ -122,8 +122,16 @@ class KDObjective(nn.Module):
 
     def forward(self, student: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                 teacher: TeacherOutputs) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg = self.cfg
         logits, emb = logits_and_embedding(student, x)
+        terms = self.terms(logits, emb, labels, teacher)
+        total = torch.stack(list(terms.values())).sum()
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+    def terms(self, logits: torch.Tensor, emb: torch.Tensor, labels: torch.Tensor,
+              teacher: TeacherOutputs) -> dict[str, torch.Tensor]:
+        """Each weighted loss term for the student's ``logits`` ``(B, K)`` and embedding ``(B, D)`` from the pass
+        that just ran (the hint tap holds its feature); self-distillation adds its exits' terms to these."""
+        cfg = self.cfg
         t = cfg.response.temperature
         terms = {"response": losses.response_kd(logits, teacher.target_logits(t), labels, t, cfg.response.alpha)}
         if self.adapter is not None:
@@ -140,8 +148,7 @@ class KDObjective(nn.Module):
             assert teacher.factor is not None and self.factor_tap is not None
             s = self.translator(self.factor_tap.value, tuple(teacher.factor.shape[-2:]))
             terms["factor"] = cfg.factor.weight * losses.factor_transfer(s, teacher.factor)
-        total = torch.stack(list(terms.values())).sum()
-        return total, {k: float(v.detach()) for k, v in terms.items()}
+        return terms
 
 
 @torch.no_grad()
