@@ -84,7 +84,9 @@ def test_self_distillation_without_a_teacher_lowers_the_loss(tmp_path: Path) -> 
     from edgedistill.toolchain.vision.distill.self_distill import SelfDistillObjective
 
     data = load_vision_data(DataConfig())  # every train image labelled: the final head's CE is a steady signal
-    cfg = DistillConfig(train=TrainConfig(epochs=2, batch_size=32, max_steps=60, lr=3e-3, weight_decay=0.0),
+    # 120 steps: at 60 the held-out loss fell 32 % with 1 torch thread but only 14 % with 2 (the trajectory is not
+    # settled yet, and float reduction order differs); at 120 it falls 57-61 % with either, far past the bound
+    cfg = DistillConfig(train=TrainConfig(epochs=4, batch_size=32, max_steps=120, lr=3e-3, weight_decay=0.0),
                         self_distill=SelfDistillConfig(enabled=True, exits=["blocks.1", "blocks.3"],
                                                        feature_weight=0.5))
     torch.manual_seed(0)
@@ -98,7 +100,7 @@ def test_self_distillation_without_a_teacher_lowers_the_loss(tmp_path: Path) -> 
     before = held_loss(MultiExit(student, cfg.self_distill, 10, data.train_x[:2]))
     torch.manual_seed(0)
     res = train_self_distill(create("mobilenetv3_small_050", 10), data, cfg, tmp_path / "ckpt.pt", seed=0)
-    assert res.fit.steps == 60 and held_loss(res.net) < 0.85 * before, (before, held_loss(res.net))
+    assert res.fit.steps == 120 and held_loss(res.net) < 0.85 * before, (before, held_loss(res.net))
     last = res.fit.history[-1]
     assert {"ce", "exit:blocks.1", "exit:blocks.3", "exit_feature:blocks.1"} <= set(last)
     assert "response" not in last  # no teacher: the final head learns from the labels only
