@@ -8,13 +8,11 @@ it runs here) and extracted member by member: no absolute paths, no ``..``, regu
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from edgedistill.core.errors import UserError
@@ -31,18 +29,6 @@ def installed_version() -> str:
     except ImportError:
         raise LlamaSourceError("llama-cpp-python is not installed (`make setup` builds it); GGUF needs it") from None
     return str(llama_cpp.__version__)
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if needed): one builder per machine-wide tool folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def download_sdist(version: str, into: Path, hint: str = "") -> Path:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgedistill.core import llama_source
+from edgedistill.core import llama_source, locks
 from edgedistill.core.fileio import write_json
 from edgedistill.core.paths import tools_root
 from edgedistill.devices.profile import DeviceProfile
@@ -87,7 +87,7 @@ def ensure(arch: str, log: Any = print) -> Path:
     if missing := missing_tools():
         raise LlamaArm64Error(f"aarch64 llama.cpp ({arch}): missing host tools: {', '.join(missing)}; `make "
                               "test-setup` installs them")
-    with llama_source.locked(dest.with_name(f".{dest.name}.lock")):
+    with locks.locked(dest.with_name(f".{dest.name}.lock")):
         if (dest / _DONE).is_file():
             return dest
         log(f"  cross-building llama.cpp {version} for aarch64 {arch} (once per machine, ~2 min)")

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgedistill.core import llama_source
+from edgedistill.core import llama_source, locks
 from edgedistill.core.fileio import write_json, write_text
 from edgedistill.core.paths import cache_root as core_cache_root
 from edgedistill.devices import llama_arm64
@@ -90,7 +90,7 @@ def _mirror() -> str:
 
 
 def _lock() -> contextlib.AbstractContextManager[None]:
-    return llama_source.locked(cache_root() / ".lock")
+    return locks.locked(cache_root() / ".lock")
 
 
 def _run(cmd: list[str], what: str, log: Any, **kw: Any) -> None:

@@ -26,10 +26,11 @@ import sys
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from edgedistill.core import llama_source
+from edgedistill.core import llama_source, locks
 from edgedistill.core.errors import UserError
 from edgedistill.core.fileio import atomic_path
 from edgedistill.core.paths import tools_root
+from edgedistill.core.procs import dies_with_us
 
 #: variant → llama.cpp ``llama_ftype`` (llama.h): the quantiser's target type
 QUANT_FTYPES = {"q8_0": 7, "q4_0": 2, "q4_k_m": 15}
@@ -92,7 +93,7 @@ def ensure_converter(log: bool = False) -> Path:
     dest = converter_dir(version)
     if (dest / _DONE).is_file():
         return dest
-    with llama_source.locked(dest.with_name(f".{dest.name}.lock")):
+    with locks.locked(dest.with_name(f".{dest.name}.lock")):
         if (dest / _DONE).is_file():  # another process fetched it while this one waited
             return dest
         if log:
@@ -186,7 +187,8 @@ def convert(model_dir: Path, out: Path, outtype: str = "f32", tokenizer_dir: Pat
         cmd, env = converter_command(_stage(model_dir, tdir, Path(staging)), tmp, outtype, pre, lazy,
                                      name=model_dir.name)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False)
+            proc = subprocess.run(dies_with_us(cmd), capture_output=True, text=True, env=env, timeout=timeout_s,
+                                  check=False)
         except subprocess.TimeoutExpired:
             raise GGUFError(f"{model_dir}: llama.cpp's converter ran past {timeout_s:.0f} s") from None
         if proc.returncode != 0:
@@ -239,19 +241,29 @@ def _converter_error(model_dir: Path, tdir: Path, stderr: str) -> str:
 
 # -- quantisation and inspection ---------------------------------------------------------------------------------
 def quantize(src: Path, out: Path, variant: str, threads: int = 2) -> Path:
-    """Quantise a GGUF with llama.cpp's ``llama_model_quantize`` (Q8_0, Q4_0, Q4_K_M)."""
-    import llama_cpp
+    """Quantise a GGUF with llama.cpp's ``llama_model_quantize`` (Q8_0, Q4_0, Q4_K_M), in a child process (a
+    llama.cpp abort on ``src`` is a :class:`~edgedistill.runtimes.child.ChildCrash` naming it)."""
+    from edgedistill.runtimes.child import call
 
     if variant not in QUANT_FTYPES:
         raise GGUFError(f"{out}: unknown quantisation {variant!r}; choose one of {', '.join(QUANT_FTYPES)}")
+    with atomic_path(out) as tmp:
+        call(__name__, "quantize_here", {"src": str(src), "out": str(tmp), "variant": variant, "threads": threads},
+             file=Path(src), what=f"quantising to {variant}")
+    return out
+
+
+def quantize_here(src: str, out: str, variant: str, threads: int) -> dict[str, str]:
+    """:func:`quantize`'s work, in this process (the child's side)."""
+    import llama_cpp
+
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_FTYPES[variant]
     params.nthread = threads
-    with atomic_path(out) as tmp:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0:
-            raise GGUFError(f"{src}: llama_model_quantize to {variant} failed (code {rc})")
-    return out
+    rc = llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params))
+    if rc != 0:
+        raise GGUFError(f"{src}: llama_model_quantize to {variant} failed (code {rc})")
+    return {"out": out}
 
 
 def tensor_types(path: Path) -> dict[str, str]:
