@@ -56,9 +56,6 @@ class GraphCost:
     classes: list[str] = field(default_factory=list)
 
 
-#: operator classes whose efficiency is calibrated separately (each also with an ``-int8`` form); ``decode`` is a
-#: GGUF's per-token work (matrix-vector products and attention over the KV cache)
-OP_CLASSES = ("conv", "dwconv", "matmul", "other", "decode")
 CALIBRATION_FILE = Path(__file__).parent / "profiles" / "estimator-calibration.json"
 
 

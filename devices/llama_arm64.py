@@ -54,10 +54,6 @@ def build_dir(arch: str, version: str | None = None) -> Path:
     return tools_root() / f"llama.cpp-aarch64-{version or llama_source.installed_version()}-{arch}"
 
 
-def is_built(arch: str) -> bool:
-    return (build_dir(arch) / _DONE).is_file()
-
-
 def info(arch: str) -> dict[str, Any]:
     """What was built: version, ISA flags, compiler, seconds and bytes."""
     return json.loads((build_dir(arch) / _DONE).read_text())

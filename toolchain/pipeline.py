@@ -38,8 +38,6 @@ from edgedistill.toolchain.rundir import RunDir
 #: kind -> the package whose import registers it (imported on first use, so a vision run never imports the LLM
 #: stack); the one registry entry a new kind adds
 _KINDS = {"vision": "edgedistill.toolchain.vision", "llm": "edgedistill.toolchain.llm"}
-#: the single-stage commands, in pipeline order; ``run`` runs every stage
-COMMANDS = ("distill", "export", "bench", "report")
 
 
 @dataclass(frozen=True)
@@ -175,6 +173,15 @@ def stale_report(ctx: Context, report: dict[str, Any]) -> list[str]:
     if not report.get("measured") and ctx.run.stage("bench"):
         problems.append("the report records no measured files (made before the bench stage finished?)")
     return problems
+
+
+def stage_errors(ctx: Context, names: tuple[str, ...] | None = None) -> str | None:
+    """One line for the errors the named stages (default: all) recorded in their info (``errors``): a stage that
+    finished its other work but rejected something (an artifact that crashes its runtime). The CLI prints the
+    report first, then exits 2 with this line; a re-run that skips the stage says it again."""
+    errors = [e for stage in pipeline_of(ctx.recipe).stages if names is None or stage.name in names
+              for e in ((ctx.run.stage(stage.name) or {}).get("info") or {}).get("errors", [])]
+    return "; ".join(errors) if errors else None
 
 
 def run_stages(ctx: Context, names: tuple[str, ...] | None = None) -> dict[str, Any] | None:

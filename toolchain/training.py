@@ -34,10 +34,6 @@ IGNORE_INDEX = -100
 StepFn = Callable[[Sequence[int]], tuple[torch.Tensor, dict[str, float]]]
 
 
-class CheckpointStateError(RuntimeError):
-    """A training checkpoint exists but cannot be read; the message names it (it is set aside, not reused)."""
-
-
 @dataclass(frozen=True)
 class LoopConfig:
     total_steps: int
