@@ -680,6 +680,8 @@ def stage_export(ctx: Context) -> None:
                   f"{r.student.name} ({best} student, {STUDENTS[best]})", targets=targets)
     teacher = _export_teacher(ctx) if r.export.teacher else None
     _run_export(job, r.export, h, {"shipped": best, "shipped_reason": why}, teacher)
+    for name, reason in job.failures.items():
+        ctx.console.print(f"  [yellow]{name} not written, every attempt failed:[/yellow] {reason}")
     _print_parity(ctx.console, job.records + (teacher.records if teacher else []))
 
 
@@ -739,7 +741,7 @@ class _Export:
     records: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)  # format → why it did not convert
+    failures: dict[str, str] = field(default_factory=dict)  # format or artifact → why it did not convert
 
     @cached_property
     def ref(self) -> np.ndarray:
@@ -831,13 +833,15 @@ def _run_export(job: _Export, cfg: ExportConfig, config_hash: str, info: dict[st
         np.save(f, job.ref.astype(np.float32), allow_pickle=False)
     job.run.record("export", config_hash, [*job.outputs, listing, reference, *extra],
                    {"artifacts": [a["name"] for a in job.records], "export_seconds": job.seconds,
+                    "failed": job.failures,
                     **({"teacher_artifacts": [a["name"] for a in teacher.records],
                         "teacher_failed": teacher.failures} if teacher else {}), **(info or {})})
 
 
 #: what the exporter tries, in order, when an int8 file fails parity: each step keeps the previous ones (more and
 #: stratified calibration images, then a calibration that ignores outliers or minimises KL, then the first and
-#: last layers in float); weights are always per channel. The first that passes is kept; every attempt is recorded.
+#: last layers in float); weights are always per channel. The first that passes is kept; every attempt is recorded,
+#: and an attempt that raises (in onnxruntime, onnx, numpy...) is recorded with its reason while the ladder goes on.
 #: the fewest calibration images a remedy uses (the default configuration's count)
 REMEDY_MIN_CALIBRATION = 256
 INT8_REMEDIES = (
@@ -854,29 +858,64 @@ def _calibration_size(train: int, configured: int, scale: int) -> int:
     return min(train, configured if scale == 1 else max(scale * configured, REMEDY_MIN_CALIBRATION))
 
 
+def _raised_in_our_code(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err``'s traceback is edgedistill's own code (a bug or a broken contract of
+    ours, which must stop the run) rather than a library's (a quantiser that cannot handle this model or data)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("edgedistill.")
+
+
 def _quantize_until_parity(job: _Export, cfg: OnnxExport, fp32: Path, variant: str, path: Path,
                            bar: float) -> dict[str, Any]:
-    """Quantise ``variant`` and, while it fails parity, try :data:`INT8_REMEDIES` (static variants: all of them;
-    dynamic: only the float head). Returns the ``quantization`` record with every attempt."""
+    """Quantise ``variant`` and, while it fails parity ``bar``, try :data:`INT8_REMEDIES` (static variants: all of
+    them; dynamic: only the float head). Returns the ``quantization`` record with every attempt; ``kept`` names the
+    attempt whose file is at ``path``: the first that passes, else the best-scoring one that produced a file (None:
+    none did, and ``path`` is not written).
+
+    Each attempt writes beside ``path`` and replaces it only once scored. An attempt that raises in a library is a
+    failed attempt (``error``: its type and first line) and the ladder goes on; one raised in our own code is not
+    caught."""
     rr = job.reduce_range(cfg) and variant.startswith("int8_static")
     static = variant.startswith("int8_static")
     ladder = INT8_REMEDIES if static else (INT8_REMEDIES[0], INT8_REMEDIES[-1])
-    attempts = []
+    trial = path.with_name(f"{path.stem}.attempt{path.suffix}")
+    attempts: list[dict[str, Any]] = []
+    kept, best = None, -1.0
     for name, opts in ladder:
         n = _calibration_size(len(job.data.train_x), cfg.calibration_samples, opts.get("calib_scale", 1))
-        onnx_export.quantize(fp32, variant, path, job.calibration(n) if static else None, reduce_range=rr,
-                             fp32_stem=cfg.fp32_stem, fp32_head=opts.get("fp32_head", False),
-                             method=opts.get("method", "minmax"))
-        p = job.parity(path, variant, bar)
-        attempts.append({"remedy": name, "calibration_images": n if static else None,
-                         "top1_agreement": p.top1_agreement, "ok": p.ok})
+        attempt: dict[str, Any] = {"remedy": name, "calibration_images": n if static else None}
+        attempts.append(attempt)
+        try:
+            onnx_export.quantize(fp32, variant, trial, job.calibration(n) if static else None, reduce_range=rr,
+                                 fp32_stem=cfg.fp32_stem, fp32_head=opts.get("fp32_head", False),
+                                 method=opts.get("method", "minmax"))
+            p = job.parity(trial, variant, bar)
+        except Exception as err:
+            if _raised_in_our_code(err):
+                raise
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            attempt.update(ok=False, top1_agreement=None, error=f"{type(err).__name__}: {first}")
+            trial.unlink(missing_ok=True)
+            if not cfg.remedies:
+                break
+            continue
+        attempt.update(top1_agreement=p.top1_agreement, ok=p.ok)
+        if p.ok or kept is None or p.top1_agreement > best:  # none passes: keep the closest, not the last
+            os.replace(trial, path)
+            kept, best = name, p.top1_agreement
+        else:
+            trial.unlink(missing_ok=True)
         if p.ok or not cfg.remedies:
             break
     return {"reduce_range": rr, "fp32_stem": cfg.fp32_stem, "why": job.reduce_range_reason(cfg),
-            "per_channel": static, "attempts": attempts, "kept": attempts[-1]["remedy"]}
+            "per_channel": static, "attempts": attempts, "kept": kept}
 
 
 def _export_onnx(job: _Export, cfg: OnnxExport) -> None:
+    """The fp32 graph and each int8 variant; a variant for which no attempt produced a file is left out and its
+    attempts go to ``job.failures``."""
     fp32 = job.path(f"{job.prefix}-fp32.onnx")
     with make_progress() as prog:
         task = prog.add_task("exporting ONNX", total=len(cfg.variants), status="")
@@ -889,7 +928,10 @@ def _export_onnx(job: _Export, cfg: OnnxExport) -> None:
             bar = INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT if rr else INT8_MIN_TOP1_AGREEMENT
             if variant != "fp32":
                 quant = _quantize_until_parity(job, cfg, fp32, variant, path, bar)
-            job.add(path, "onnx", variant, bar, **({"quantization": quant} if quant else {}))
+            if quant and quant["kept"] is None:
+                job.failures[path.stem] = "; ".join(f"{a['remedy']}: {a['error']}" for a in quant["attempts"])
+            else:
+                job.add(path, "onnx", variant, bar, **({"quantization": quant} if quant else {}))
             prog.advance(task)
     if "fp32" not in cfg.variants:
         fp32.unlink()
