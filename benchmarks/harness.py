@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.core.fileio import read_json, sha256_file, sha256_json, sha256_path, write_json
-from edgedistill.core.tolerances import FP32_ATOL, FP32_RTOL
+from edgedistill.core.tolerances import fp32_ok
 from edgedistill.devices.local import AgentError, AgentJob, run_local
 from edgedistill.devices.transport import open_transport, parse_device
 
@@ -101,7 +101,7 @@ def _parity(ref: Path | None, other: Path, label: str = "host") -> dict[str, Any
     diff = np.abs(a.astype(np.float64) - b)
     return {"reference": label, "max_abs_diff": float(diff.max()),
             "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).mean()), "kld": kld, "n": int(len(a)),
-            "fp32_ok": bool((diff <= FP32_ATOL + FP32_RTOL * np.abs(a)).all())}
+            "fp32_ok": fp32_ok(a, b)}
 
 
 def _saved(out_dir: Path, name: str) -> dict[str, Any]:

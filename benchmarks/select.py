@@ -5,8 +5,9 @@ A candidate is **rejected** when it did not run on the device (the reason is the
 when it failed its parity contract at export, when its outputs on the device disagree with its PyTorch source's
 (the per-device parity rule of :mod:`edgedistill.benchmarks.report.per_device`), or when its **retention** — its
 accuracy (vision) or task score (LLM) on the device ÷ its PyTorch source's on the same examples — is below the
-budget. Among the rest the fastest by p50 latency wins; candidates whose intervals overlap the fastest one's are
-tied within noise and the smallest file wins (the same rule as the per-device recommendation). When nothing
+budget. Among the rest the fastest by p50 latency wins; candidates whose intervals overlap the fastest one's (or
+whose p50 is within ``TIE_FLOOR`` of it) are tied within noise and the smallest file wins (the same rule as the
+per-device recommendation: :func:`~edgedistill.benchmarks.report.per_device.fastest_within_noise`). When nothing
 qualifies, ``chosen`` is None and the decision says so: a result, not an error (``edgedistill gate`` fails on it).
 
 ``decide(candidates, device, min_retention)`` → the document written to ``export/auto.json``::

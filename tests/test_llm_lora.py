@@ -115,10 +115,13 @@ def test_kd_through_adapters_lowers_the_loss_and_saves_a_plain_llama(tiny_lm: Ti
     student = _student(tiny_lm)
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     cfg = LoRAConfig(enabled=True, r=8, alpha=16, quantize=quantize)
-    res = train_kd(student, data, KDLossConfig(alpha=1.0), LMTrainConfig(steps=10, batch_size=8, lr=1e-2,
+    res = train_kd(student, data, KDLossConfig(alpha=1.0), LMTrainConfig(steps=20, batch_size=8, lr=1e-2,
                    warmup_steps=1), 0, tok.pad_token_id, 64, tmp_path / "state.pt", cache=cache, lora=cfg)
     losses = [h["loss"] for h in res.history]
-    assert losses[-1] < 0.95 * losses[0], losses  # a random h64 student: frozen embeddings and head bound it
+    # a random h64 student: frozen embeddings and head bound it. A 10-step run ended at x0.935 (a 1.5% margin left
+    # to a CPU's rounding and the fixture's teacher); a 30-step one passed x0.941, 0.922, 0.910 at steps 10, 20, 30
+    # (AMD EPYC; LoRA and QLoRA within 0.001 of each other)
+    assert losses[-1] < 0.95 * losses[0], losses
     assert res.lora is not None and res.lora["quantize"] == quantize
     assert res.trainable_params == res.lora["trainable_params"] == 8192  # as counted in the test above
     assert res.lora["params"] == sum(p.numel() for p in student.parameters())

@@ -237,9 +237,13 @@ def test_self_distill_loss_decreases_and_combines_with_the_teacher(tiny_lm: Tiny
             return float(self_distill_step(model, data, cfg, 64, vocab=len(tok))(idx, batch))
 
     before = exit_loss()
-    train = LMTrainConfig(steps=5, batch_size=4, lr=2e-3, warmup_steps=1)
+    # a trend, not a step: over 5 steps the exit loss rose or fell by CPU rounding and data order (x0.98 to x1.21
+    # over seeds 0-3 here; 2.61 -> 2.76 on a Xeon), over 40 it falls to x0.41-0.43 for every seed (AMD EPYC,
+    # 1 thread; tests/llm_fixtures.py's student), a margin that a CPU's rounding does not cross
+    train = LMTrainConfig(steps=40, batch_size=4, lr=2e-3, warmup_steps=1)
     res = train_self_distill(model, data, cfg, train, 0, tok.pad_token_id, 64, tmp_path / "sd.pt", vocab=len(tok))
-    assert res.steps == 5 and exit_loss() < before
+    after = exit_loss()
+    assert res.steps == 40 and after < 0.6 * before, (before, after)
     # with a teacher's top-k KD on the final layer (offline cache), and an ensemble of two
     kd = KDLossConfig(name="kd-fkl", temperature=1.0, alpha=0.5)
     key = cache_key(["t", "u"], data, 8, 1.0, WEIGHTS)

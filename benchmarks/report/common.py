@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgedistill.benchmarks.report.per_device import TIE_FLOOR
 from edgedistill.core.fileio import write_json, write_text
 
 
@@ -115,7 +116,8 @@ def per_device_markdown(truth: dict[str, Any] | None) -> list[str]:
         return []
     out = ["", "## What to ship, per device", "",
            "Each device's own figures decide (parity against the source model; its latency with an interval). "
-           "Candidates whose intervals overlap are tied within noise and the smallest file wins.", "",
+           f"Candidates whose intervals overlap, or whose p50s are within {TIE_FLOOR:.0%}, are tied within noise "
+           "and the smallest file wins.", "",
            "| device | recommended | why |", "|---|---|---|"]
     for dev, rec in truth["recommended"].items():
         out.append(f"| {dev} | {rec.get('artifact') or '–'} | {rec['reason']} |")

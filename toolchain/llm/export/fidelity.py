@@ -6,7 +6,7 @@ All figures are over next-token positions of the same token sequences fed to bot
 hides tokenizer differences, so every artifact also has a parity contract (:class:`Parity`): its runtime tokenises
 :data:`PARITY_TEXTS` exactly as the HF tokenizer does, and its logits over a :data:`PARITY_MIN_POSITIONS`-token
 sequence (longer than the recipe's max_length: rope scaling and position handling show there) stay within
-``FP32_ATOL + FP32_RTOL·|reference|`` for fp32 artifacts.
+:data:`~edgedistill.core.tolerances.FP32_CRITERION` for fp32 artifacts.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import torch
 
 from edgedistill.core.tolerances import (  # noqa: F401  (re-exported: the bars this module applies)
     FP32_ATOL,
+    FP32_CRITERION,
     FP32_MAX_ABS_DIFF,
     FP32_RTOL,
     ONNX_INT8_MIN_SAME_TOP,
     PARITY_MIN_POSITIONS,
     Q8_MIN_SAME_TOP,
+    fp32_ok,
 )
 
 #: F32 GGUF with an F32 KV cache: largest absolute logit difference vs PyTorch
@@ -145,7 +147,7 @@ class LongParity:
     positions: int
     max_abs_diff: float
     same_top_token: float
-    within_fp32: bool  # every |Δ| <= FP32_ATOL + FP32_RTOL·|reference|
+    within_fp32: bool  # every position keeps the fp32 bar (core.tolerances.fp32_ok)
 
 
 def long_parity(ref: np.ndarray, logits: np.ndarray) -> LongParity:
@@ -154,8 +156,7 @@ def long_parity(ref: np.ndarray, logits: np.ndarray) -> LongParity:
     if r.shape != a.shape:
         raise ValueError(f"long_parity: shapes differ, {r.shape} vs {a.shape}")
     diff = np.abs(r - a)
-    within = bool((diff <= FP32_ATOL + FP32_RTOL * np.abs(r)).all())
-    return LongParity(len(r), float(diff.max()), float((r.argmax(-1) == a.argmax(-1)).mean()), within)
+    return LongParity(len(r), float(diff.max()), float((r.argmax(-1) == a.argmax(-1)).mean()), fp32_ok(r, a))
 
 
 #: artifact variant → the logit bar its contract holds (tokens must be identical for every variant)
@@ -185,13 +186,13 @@ def parity(variant: str, tokens: TokenParity, long: LongParity, fid: Fidelity, t
            by_construction: bool = False) -> Parity:
     """The contract for ``variant``: tokens identical on every text, a long check of at least
     :data:`PARITY_MIN_POSITIONS` positions, and the variant's bar — fp32 (F32 GGUF, fp32 ONNX): every long-sequence
-    |Δ| <= FP32_ATOL + FP32_RTOL·|ref|; F16/Q8_0: same-top-token >= Q8_MIN_SAME_TOP on the test sequences; int8 ONNX:
+    FP32_CRITERION; F16/Q8_0: same-top-token >= Q8_MIN_SAME_TOP on the test sequences; int8 ONNX:
     >= ONNX_INT8_MIN_SAME_TOP; 4-bit: none (KLD and same-top are reported, like llama.cpp's perplexity tool)."""
     bar = _BARS.get(variant, "none")
     conds = [f"tokens identical on {tokens.total} texts", f"long check >= {PARITY_MIN_POSITIONS} positions"]
     ok = tokens.identical == tokens.total and long.positions >= PARITY_MIN_POSITIONS
     if bar == "fp32":
-        conds.append(f"|Δ| <= {FP32_ATOL:g} + {FP32_RTOL:g}·|logit| at every long position")
+        conds.append(f"{FP32_CRITERION} at every long position")
         ok = ok and long.within_fp32
     elif bar in ("q8", "onnx_int8"):
         floor = Q8_MIN_SAME_TOP if bar == "q8" else ONNX_INT8_MIN_SAME_TOP

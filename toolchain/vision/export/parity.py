@@ -12,11 +12,13 @@ import numpy as np
 
 from edgedistill.core.tolerances import (  # noqa: F401  (re-exported: the bars this module applies)
     FP32_ATOL,
+    FP32_CRITERION,
     FP32_MAX_ABS_DIFF,
     FP32_RTOL,
     INT8_MIN_TOP1_AGREEMENT,
     INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT,
     TFLITE_INT8_MIN_TOP1_AGREEMENT,
+    fp32_ok,
 )
 
 
@@ -36,15 +38,14 @@ class Parity:
 
 def compare(reference_logits: np.ndarray, logits: np.ndarray, precision: str, reference: str,
             min_top1: float = INT8_MIN_TOP1_AGREEMENT) -> Parity:
-    """Compare ``(N, K)`` logits; fp32 is held to :data:`FP32_ATOL` + :data:`FP32_RTOL`·|ref|, others to
+    """Compare ``(N, K)`` logits; fp32 is held to :func:`~edgedistill.core.tolerances.fp32_ok`, others to
     ``min_top1`` agreement (:data:`INT8_MIN_TOP1_AGREEMENT`, or :data:`TFLITE_INT8_MIN_TOP1_AGREEMENT` for TFLite)."""
     if reference_logits.shape != logits.shape:
         raise ValueError(f"parity: shapes differ, {reference_logits.shape} vs {logits.shape}")
     diff = np.abs(reference_logits.astype(np.float64) - logits.astype(np.float64))
     agree = float((reference_logits.argmax(1) == logits.argmax(1)).mean())
     if precision == "fp32":
-        bound = FP32_ATOL + FP32_RTOL * np.abs(reference_logits.astype(np.float64))
-        criterion, ok = f"|Δ| <= {FP32_ATOL:g} + {FP32_RTOL:g}·|logit|", bool((diff <= bound).all())
+        criterion, ok = FP32_CRITERION, fp32_ok(reference_logits, logits)
     else:
         criterion, ok = f"top1_agreement >= {min_top1:g}", agree >= min_top1
     return Parity(reference, float(diff.max()), float(diff.mean()), agree, len(logits), criterion, ok)
