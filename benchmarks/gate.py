@@ -9,12 +9,18 @@ thin data; the CLI then measures again once and exits 3 if still unsure. Relativ
 report; when both runs' artifacts are at hand the latencies come from interleaved rounds (baseline, candidate,
 candidate, baseline, ...) measured in the same job, whose per-round ratios cancel slow drift of a noisy machine.
 
+The gate fails closed: a budget whose ``artifacts`` or ``devices`` glob covers nothing, or that sets no limit, is a
+*problem* (verdict ``bad input``, exit 2); relative limits without a baseline are checks with verdict ``not checked``
+(or ``fail`` with ``require_baseline``); a waiver applies only until its ``expires`` date, and expired waivers and
+waivers that match no check are listed. ``GateResult.judged`` counts what was judged: 0 means the gate checked nothing.
+
 ``evaluate(report, cfg, baseline, rounds)`` → :class:`GateResult`; ``check(report, budgets)`` is the simple
 recommended-artifact check (``min_retention`` / ``max_p50_ms`` / ``min_speedup``) every report also records.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import math
 from dataclasses import asdict, dataclass, field
@@ -26,6 +32,9 @@ LOWER_BETTER = frozenset({"p50_ms", "p90_ms", "p99_ms", "peak_rss_mb", "size_kb"
 PERCENTILE = {"p50_ms": 50, "p90_ms": 90, "p99_ms": 99}
 METRICS = ("p50_ms", "p90_ms", "p99_ms", "tokens_per_s", "peak_rss_mb", "size_kb", "accuracy", "retention", "kld",
            "same_top", "speedup", "distill_speedup", "runtime_speedup")
+EXIT_CODES = {"pass": 0, "fail": 1, "bad input": 2, "inconclusive": 3}
+NOT_CHECKED = "not checked"  # a relative limit without a baseline
+_LEGACY = ("min_retention", "max_p50_ms", "min_speedup")
 
 
 class Budgets(Protocol):
@@ -42,7 +51,7 @@ def check(report: dict[str, Any], budgets: Budgets, threads: int | None = None) 
     auto = report.get("auto")
     if auto and not auto.get("chosen"):  # export --auto found nothing to ship: a result for export, a failure here
         return [f"export --auto on {auto.get('device')} chose no artifact: {auto.get('reason')}"]
-    if all(getattr(budgets, k) is None for k in ("min_retention", "max_p50_ms", "min_speedup")):
+    if all(getattr(budgets, k) is None for k in _LEGACY):
         return []
     summary = report.get("summary", {})
     name = summary.get("recommended")
@@ -77,7 +86,7 @@ class Check:
     metric: str
     kind: str  # absolute | relative
     threshold: float
-    verdict: str  # pass | fail | inconclusive | waived
+    verdict: str  # pass | fail | inconclusive | waived | not checked
     value: float | None = None
     baseline: float | None = None
     ratio: float | None = None
@@ -90,25 +99,47 @@ class Check:
 
 @dataclass
 class GateResult:
+    """The verdict (pass | fail | inconclusive | bad input), every check, and what the gate could not use.
+
+    ``problems``: budgets that cover nothing (bad input); ``judged``: limits judged (budget checks other than
+    ``not checked``, recommended-artifact limits, an ``export --auto`` decision), 0 when the gate checked nothing;
+    ``budgets_source``: where the budgets came from (set by the CLI: path, sha256, which kind of source)."""
+
     verdict: str
     checks: list[Check] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # recommended-artifact budgets and freshness problems
     geomean: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    expired_waivers: list[str] = field(default_factory=list)
+    unmatched_waivers: list[str] = field(default_factory=list)
+    judged: int = 0
+    budgets_source: dict[str, Any] | None = None
+
+    @property
+    def not_checked(self) -> list[Check]:
+        return [c for c in self.checks if c.verdict == NOT_CHECKED]
 
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "checks": [asdict(c) for c in self.checks], "failures": self.failures,
-                "geomean": self.geomean, "warnings": self.warnings}
+                "geomean": self.geomean, "warnings": self.warnings, "problems": self.problems,
+                "not_checked": [c.name for c in self.not_checked], "expired_waivers": self.expired_waivers,
+                "unmatched_waivers": self.unmatched_waivers, "judged": self.judged,
+                "budgets_source": self.budgets_source}
 
     @property
     def exit_code(self) -> int:
-        return {"pass": 0, "fail": 1, "inconclusive": 3}[self.verdict]
+        return EXIT_CODES[self.verdict]
+
+
+def _artifacts(report: dict[str, Any]) -> list[str]:
+    """The names of the report's artifact rows (the teacher's own exports and PyTorch rows are not gated)."""
+    return [m["name"] for m in report.get("models", []) if m.get("role", m.get("kind")) == "artifact"]
 
 
 def _targets(report: dict[str, Any], artifact_glob: str, device_glob: str) -> list[tuple[str, str]]:
     """(artifact, device) pairs the budget covers: artifact rows of the report on the host, and device rows."""
-    arts = [m["name"] for m in report.get("models", [])
-            if m.get("role", m.get("kind")) == "artifact" and fnmatch.fnmatch(m["name"], artifact_glob)]
+    arts = [a for a in _artifacts(report) if fnmatch.fnmatch(a, artifact_glob)]
     out = [(a, "host") for a in arts if fnmatch.fnmatch("host", device_glob)]
     for row in report.get("devices", []):
         dev = row.get("device")
@@ -243,11 +274,14 @@ def _relative(metric: str, m: dict[str, Any], b: dict[str, Any], share: float, c
 
 
 def evaluate(report: dict[str, Any], cfg: dict[str, Any], baseline: dict[str, Any] | None = None,
-             rounds: dict[tuple[str, str], dict[str, Any]] | None = None) -> GateResult:
+             rounds: dict[tuple[str, str], dict[str, Any]] | None = None, require_baseline: bool = False,
+             today: dt.date | None = None) -> GateResult:
     """Every budget of ``cfg`` (the recipe's ``gate`` section as data) on ``report``; relative limits against
-    ``baseline``; ``rounds[(artifact, device)]`` holds interleaved latency samples when they were measured."""
+    ``baseline`` (without one: ``not checked``, or failed when ``require_baseline``); ``rounds[(artifact, device)]``
+    holds interleaved latency samples when they were measured; waivers apply up to and including their
+    ``expires`` date, compared with ``today`` (default: today in UTC)."""
     checks: list[Check] = []
-    result = GateResult("pass", failures=check(report, _Legacy(cfg)))
+    result = GateResult("pass", failures=check(report, _Legacy(cfg)), problems=coverage_problems(report, cfg))
     for budget in cfg.get("budgets", []):
         for artifact, device in _targets(report, budget.get("artifacts", "*"), budget.get("devices", "host")):
             m = measurement(report, artifact, device)
@@ -257,19 +291,58 @@ def evaluate(report: dict[str, Any], cfg: dict[str, Any], baseline: dict[str, An
                 if not bound:
                     continue
                 checks += _checks_for(artifact, device, metric, bound, m, b, cfg, (rounds or {}).get(
-                    (artifact, device)), baseline is not None)
-    for c in checks:
-        for w in cfg.get("waivers", []):
-            if (c.verdict == "fail" and c.metric == w["metric"] and fnmatch.fnmatch(c.artifact, w["artifacts"])
-                    and fnmatch.fnmatch(c.device, w.get("devices", "*"))):
-                c.verdict, c.waived = "waived", w["reason"]
+                    (artifact, device)), baseline is not None, require_baseline)
+    result.expired_waivers, result.unmatched_waivers = _waive(checks, cfg.get("waivers", []),
+                                                              today or dt.datetime.now(dt.UTC).date())
     result.checks = checks
     result.geomean = _geomean(checks)
     result.warnings = sorted({c.warning for c in checks if c.warning})
+    result.judged = (sum(c.verdict != NOT_CHECKED for c in checks) + sum(cfg.get(k) is not None for k in _LEGACY)
+                     + bool(report.get("auto")))
     verdicts = {c.verdict for c in checks}
-    result.verdict = ("fail" if "fail" in verdicts or result.failures else
+    result.verdict = ("bad input" if result.problems else "fail" if "fail" in verdicts or result.failures else
                       "inconclusive" if "inconclusive" in verdicts else "pass")
     return result
+
+
+def coverage_problems(report: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """One line per budget that can check nothing: no limit set, an ``artifacts`` glob that matches no artifact of
+    the report, or a ``devices`` glob that matches no device those artifacts were measured on."""
+    arts = _artifacts(report)
+    out = []
+    for i, budget in enumerate(cfg.get("budgets", [])):
+        where, glob, dglob = f"gate.budgets.{i}", budget.get("artifacts", "*"), budget.get("devices", "host")
+        if all(limit is None for m in METRICS for limit in (budget.get(m) or {}).values()):
+            out.append(f"{where}: sets no limit (give a metric with max, min, max_regression or max_drop)")
+        elif not any(fnmatch.fnmatch(a, glob) for a in arts):
+            out.append(f"{where}.artifacts: {glob!r} matches no artifact of the run (its artifacts: "
+                       f"{', '.join(arts) or 'none'})")
+        elif not _targets(report, glob, dglob):
+            ran = sorted({"host"} | {r.get("device") for r in report.get("devices", [])
+                                     if fnmatch.fnmatch(r.get("model") or "", glob) and r.get("device")})
+            out.append(f"{where}.devices: {dglob!r} matches no device that {glob!r} was measured on "
+                       f"({', '.join(ran)})")
+    return out
+
+
+def _waive(checks: list[Check], waivers: list[dict[str, Any]], today: dt.date) -> tuple[list[str], list[str]]:
+    """Mark failed checks that a live waiver covers as waived; return the expired waivers (not applied) and those
+    that match no check. A waiver without an ``expires`` date is treated as expired."""
+    expired, unmatched = [], []
+    for w in waivers:
+        devices, expires = w.get("devices", "*"), w.get("expires")
+        label = f"{w['artifacts']} @ {devices}: {w['metric']} ({w.get('reason')}; expires {expires})"
+        covered = [c for c in checks if c.metric == w["metric"] and fnmatch.fnmatch(c.artifact, w["artifacts"])
+                   and fnmatch.fnmatch(c.device, devices)]
+        if not covered:
+            unmatched.append(f"{label}: matches no check")
+        elif expires is None or dt.date.fromisoformat(str(expires)) < today:
+            expired.append(f"{label}: expired, not applied")
+        else:
+            for c in covered:
+                if c.verdict == "fail":
+                    c.verdict, c.waived = "waived", f"{w['reason']} (until {expires})"
+    return expired, unmatched
 
 
 @dataclass
@@ -279,13 +352,12 @@ class _Legacy:
     min_speedup: float | None
 
     def __init__(self, cfg: dict[str, Any]) -> None:
-        self.min_retention, self.max_p50_ms, self.min_speedup = (cfg.get(k) for k in (
-            "min_retention", "max_p50_ms", "min_speedup"))
+        self.min_retention, self.max_p50_ms, self.min_speedup = (cfg.get(k) for k in _LEGACY)
 
 
 def _checks_for(artifact: str, device: str, metric: str, bound: dict[str, Any], m: dict[str, Any] | None,
                 b: dict[str, Any] | None, cfg: dict[str, Any], rounds: dict[str, Any] | None,
-                has_baseline: bool) -> list[Check]:
+                has_baseline: bool, require_baseline: bool) -> list[Check]:
     out = []
     where = f"{artifact} @ {device}"
     for key, limit in (("max", bound.get("max")), ("min", bound.get("min"))):
@@ -304,8 +376,12 @@ def _checks_for(artifact: str, device: str, metric: str, bound: dict[str, Any], 
             continue
         name = f"{where}: {metric} {key.replace('_', ' ')} {share:.3g}" + (" (share)" if key == "max_regression"
                                                                              else " (points)")
-        if not has_baseline:
-            continue  # relative limits need --baseline; absolute ones still apply
+        if not has_baseline:  # relative limits need --baseline: listed, never silently passed
+            why = ("no --baseline given: failed, as --require-baseline asks" if require_baseline else
+                   "no --baseline given: relative limit not checked")
+            out.append(Check(name, artifact, device, metric, "relative", share, "fail" if require_baseline else
+                             NOT_CHECKED, warning=why))
+            continue
         if m is None or b is None:
             out.append(Check(name, artifact, device, metric, "relative", share, "inconclusive",
                              warning=f"{artifact} on {device} is missing from {'the baseline' if m else 'this run'}"))

@@ -1,6 +1,8 @@
-"""``edgedistill gate`` for any kind of run: freshness, baseline comparability, interleaved re-measurement when
-both runs' artifacts are at hand, one confirming re-measurement when the verdict is inconclusive, and the
-CI outputs. The statistics live in :mod:`edgedistill.benchmarks.gate`."""
+"""``edgedistill gate`` for any kind of run: where the budgets come from (``--budgets FILE`` outside the judged
+run, else the run's own recipe, and the outputs say which), freshness, baseline comparability, interleaved
+re-measurement when both runs' artifacts are at hand, one confirming re-measurement when the verdict is
+inconclusive, and the CI outputs. It fails closed: a budget that covers nothing, or a gate that judged nothing, is
+bad input (exit 2). The statistics live in :mod:`edgedistill.benchmarks.gate`."""
 
 from __future__ import annotations
 
@@ -12,12 +14,40 @@ from edgedistill.benchmarks.gate import PERCENTILE, GateResult, environment_mism
 from edgedistill.benchmarks.gate_output import as_json, junit, markdown
 from edgedistill.benchmarks.interleave import Pair, interleave
 from edgedistill.core.errors import UserError
-from edgedistill.core.fileio import read_json, write_text
+from edgedistill.core.fileio import read_json, sha256_path, write_text
 from edgedistill.toolchain.pipeline import Context, pipeline_of, stale_report
+from edgedistill.toolchain.recipe import load_gate
 
 
 class GateInputError(UserError, ValueError):
-    """The gate cannot judge: no report, a baseline from another environment, an unreadable baseline."""
+    """The gate cannot judge: no report, a baseline from another environment, an unreadable baseline, a budget
+    that covers nothing, nothing to judge."""
+
+
+def gate_config(ctx: Context, budgets: Path | None, overrides: dict[str, float]) -> tuple[dict[str, Any],
+                                                                                           dict[str, Any]]:
+    """The gate section as data (``budgets`` file, else the judged run's recipe, then the command-line overrides)
+    and where it came from: path, sha256, kind of source, overrides."""
+    if budgets is not None:
+        cfg, path = load_gate(budgets).model_dump(mode="json"), budgets
+        kind = "--budgets, outside the judged run"
+    else:
+        cfg, path = ctx.recipe.section("gate"), ctx.run.recipe_path
+        kind = "the judged run's own recipe: a change under review can relax it; pass --budgets in CI"
+    source = {"path": str(path), "sha256": sha256_path(path), "kind": kind, "overrides": overrides}
+    return {**cfg, **overrides}, source
+
+
+def _refuse_unjudgeable(result: GateResult, source: dict[str, Any], has_baseline: bool) -> None:
+    """Bad input: a budget that covers nothing, or a gate that judged nothing (which would otherwise pass)."""
+    if result.problems:
+        more = f" (+{len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
+        raise GateInputError(f"{source['path']}: {result.problems[0]}{more}")
+    if result.judged == 0:
+        why = (f"its {len(result.not_checked)} limit(s) are all relative and no --baseline was given (add "
+               "--baseline, or --require-baseline to fail them)" if result.not_checked and not has_baseline else
+               "no budgets, no min_retention/max_p50_ms/min_speedup and no export --auto decision")
+        raise GateInputError(f"{source['path']}: gate: the gate checks nothing: {why}")
 
 
 def _load_baseline(ref: Path) -> tuple[dict[str, Any], Path | None]:
@@ -57,12 +87,13 @@ def _pool(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
 
 def run_gate(ctx: Context, baseline: Path | None, rounds: int | None, overrides: dict[str, float],
              junit_path: Path | None, md_path: Path | None, json_path: Path | None,
-             console: Any) -> tuple[GateResult, str]:
+             console: Any, budgets: Path | None = None, require_baseline: bool = False) -> tuple[GateResult, str]:
+    """Judge the run; write the requested outputs. Raises :class:`GateInputError` (exit 2) on bad input."""
     report_path = ctx.run.root / "report.json"
     if not report_path.is_file():
         raise GateInputError(f"{report_path}: no report yet; run `edgedistill report --out {ctx.run.root}`")
     report = read_json(report_path)
-    cfg = {**ctx.recipe.section("gate"), **overrides}
+    cfg, source = gate_config(ctx, budgets, overrides)
     base, base_root = _load_baseline(Path(baseline)) if baseline is not None else (None, None)
     if base is not None and (mismatch := environment_mismatch(report, base)):
         raise GateInputError(f"{baseline}: measured in another environment, so its numbers are not comparable "
@@ -79,13 +110,16 @@ def run_gate(ctx: Context, baseline: Path | None, rounds: int | None, overrides:
         got = interleave(pairs, rounds or cfg["rounds"], threads, b.warmup, b.runs)
         return {(name, "host"): v for name, v in got.items()}
 
+    result = evaluate(report, cfg, base, require_baseline=require_baseline)  # refuse bad input before measuring
+    _refuse_unjudgeable(result, source, base is not None)
     if pairs:
         measured = measure()
-    result = evaluate(report, cfg, base, measured)
+        result = evaluate(report, cfg, base, measured, require_baseline)
     if result.verdict == "inconclusive" and pairs:  # one confirming re-measurement, pooled with the first
         measured = _pool(measured, measure())
-        result = evaluate(report, cfg, base, measured)
+        result = evaluate(report, cfg, base, measured, require_baseline)
         result.warnings.append("inconclusive at first: confirmed with a second set of interleaved rounds")
+    result.budgets_source = source
     if problems := stale_report(ctx, report):
         result.failures += [f"stale report: {p}" for p in problems]
         result.verdict = "fail"

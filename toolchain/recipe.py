@@ -9,6 +9,7 @@ is one line: ``FILE: FIELD: what was expected``. Relative paths resolve against 
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -88,13 +89,38 @@ class Budget(Section):
     runtime_speedup: Bound | None = None
 
 
+def _iso_date(v: Any) -> Any:
+    """An ISO date (``2027-06-30``, quoted or not); anything else, a timestamp or a time of day included, is
+    refused."""
+    if isinstance(v, str):
+        try:
+            return dt.date.fromisoformat(v.strip())
+        except ValueError:
+            pass
+    elif isinstance(v, dt.date) and not isinstance(v, dt.datetime):
+        return v
+    raise ValueError("expected an ISO date like 2027-06-30")  # the one-line error adds what it got
+
+
 class Waiver(Section):
-    """An accepted miss: a failing check on these artifacts/devices/metric is reported as waived, with the reason."""
+    """An accepted miss, for a while: a failing check on these artifacts/devices/metric is reported as waived, with
+    the reason, up to and including ``expires``. Expired waivers and waivers that match no check are listed by the
+    gate and waive nothing."""
 
     artifacts: str
     metric: str
     devices: str = "*"
-    reason: str = Field(min_length=3)
+    reason: str = Field(min_length=3, description="why the miss is accepted (an issue, a decision)")
+    expires: Annotated[dt.date, BeforeValidator(_iso_date)] = Field(description="last day it applies (ISO date)")
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> Waiver:
+        metrics = [k for k in Budget.model_fields if k not in ("artifacts", "devices")]
+        if self.metric not in metrics:
+            raise ValueError(f"metric: unknown metric {self.metric!r}; one of: {', '.join(metrics)}")
+        if not self.reason.strip():
+            raise ValueError("reason: give why the miss is accepted")
+        return self
 
 
 class GateConfig(Section):
@@ -221,23 +247,50 @@ def load_recipe(ref: str | Path) -> RecipeBase:
     """Load a recipe from a YAML path or a built-in name (``edgedistill recipes`` lists them)."""
     path = Path(ref)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise RecipeError(f"{path}: no such recipe file")
-        try:
-            source, text = str(path), path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise RecipeError(f"{path}: (file): not UTF-8 text") from None
+        source, text = str(path), _read_text(path)
     else:
         source, text = f"{ref} (built-in)", builtin_text(str(ref))
+    recipe = parse_recipe(_parse_yaml(text, source), source)
+    return resolve_paths(recipe, path.parent if path.exists() else Path.cwd())
+
+
+def _read_text(path: Path, what: str = "recipe file") -> str:
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such {what}")
     try:
-        data = yaml.safe_load(text)
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: (file): not UTF-8 text") from None
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(parse)"
         problem = " ".join(str(getattr(err, "problem", None) or err).split())  # one line
         raise RecipeError(f"{source}: {where}: invalid YAML ({problem})") from None
-    recipe = parse_recipe(data, source)
-    return resolve_paths(recipe, path.parent if path.exists() else Path.cwd())
+
+
+class _GateFile(Section):
+    gate: GateConfig
+
+
+def load_gate(path: Path) -> GateConfig:
+    """The gate section from a YAML file outside the judged run (``edgedistill gate --budgets``): a whole recipe
+    (validated as one; it has ``kind`` or ``name``), a file holding only ``gate:``, or the section's own keys
+    (``budgets``, ``waivers``, ...) at the top level. Problems are one line naming the file and the field."""
+    source = str(path)
+    data = _parse_yaml(_read_text(path, "budgets file"), source)
+    if isinstance(data, dict) and ("kind" in data or "name" in data):
+        return parse_recipe(data, source).gate
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: (top level): expected a recipe or a gate section, got {type(data).__name__}")
+    try:
+        return _GateFile.model_validate(data).gate if "gate" in data else GateConfig.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(_one_line(source, err)) from None
 
 
 def resolve_paths(model: Any, base: Path) -> Any:

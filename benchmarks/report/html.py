@@ -22,8 +22,10 @@ from edgedistill.benchmarks.report import llm, vision
 from edgedistill.benchmarks.report.common import auto_headline, auto_table, fmt
 from edgedistill.core.fileio import write_text
 
-VERDICT_COLOURS = {"pass": "#2e7d32", "fail": "#c62828", "inconclusive": "#ef8f00", "waived": "#757575"}
-VERDICT_TINTS = {"pass": "#e8f5e9", "fail": "#ffebee", "inconclusive": "#fff3e0", "waived": "#f0f0f0"}
+VERDICT_COLOURS = {"pass": "#2e7d32", "fail": "#c62828", "inconclusive": "#ef8f00", "waived": "#757575",
+                   "not-checked": "#8d6e63", "bad-input": "#ad1457"}
+VERDICT_TINTS = {"pass": "#e8f5e9", "fail": "#ffebee", "inconclusive": "#fff3e0", "waived": "#f0f0f0",
+                 "not-checked": "#efebe9", "bad-input": "#fce4ec"}
 LABEL_NOTE = ("Each device figure says how it was obtained: <b>measured</b> (real hardware), <b>constrained</b> (this "
               "host capped to the profile's cores and RAM), <b>emulated</b> (qemu: correct outputs, time not a "
               "latency), <b>estimated</b> (roofline from the profile). Never compare across labels as if alike.")
@@ -98,7 +100,8 @@ def _img(fig: Figure, alt: str, cls: str = "plot") -> str:
 
 
 def _badge(kind: str, value: Any, known: Iterable[str]) -> Raw:
-    return Raw(f'<span class="badge {kind}-{value if str(value) in known else "unknown"}">{_esc(value)}</span>')
+    css = str(value).replace(" ", "-")  # "not checked" -> class v-not-checked
+    return Raw(f'<span class="badge {kind}-{css if css in known else "unknown"}">{_esc(value)}</span>')
 
 
 def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -152,7 +155,8 @@ def _gate(report: dict[str, Any]) -> str | None:
               "samples", "note", "interval vs threshold"]
     note = ('<p class="note">Bar: the interval (of the ratio to the baseline for relative checks, of the value for '
             "absolute ones); dot: the point estimate; dashed line: the threshold.</p>")
-    classes = [f"g-{c.get('verdict') if c.get('verdict') in VERDICT_COLOURS else 'unknown'}" for c in checks]
+    css = [str(c.get("verdict")).replace(" ", "-") for c in checks]
+    classes = [f"g-{v if v in VERDICT_COLOURS else 'unknown'}" for v in css]
     return out + _table(header, rows, classes, table_id="gate-table") + note
 
 
