@@ -12,7 +12,9 @@ from pathlib import Path
 
 from edgedistill.core.fileio import atomic_path
 
-_PACKAGES = {"core": ["__init__.py", "registry.py"], "devices": ["__init__.py", "agent.py"], "runtimes": ["*.py"]}
+#: what the agent imports: the runtimes, and from core the registry and the no-code check of the PyTorch runtime
+_PACKAGES = {"core": ["__init__.py", "registry.py", "errors.py", "no_code.py"], "devices": ["__init__.py", "agent.py"],
+             "runtimes": ["*.py"]}
 _ROOT = Path(__file__).resolve().parents[1]  # the folder that holds core/, devices/, runtimes/
 
 

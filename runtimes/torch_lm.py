@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgedistill.core.no_code import CodeInFolderError, refuse_code
 from edgedistill.runtimes.base import RUNTIMES, RuntimeError_
 from edgedistill.runtimes.llm import LLMSession
 
@@ -22,11 +23,15 @@ class TorchLMSession(LLMSession):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise RuntimeError_(f"{path}: not a Hugging Face model folder (no config.json)")
+        try:
+            refuse_code(path)
+        except CodeInFolderError as err:
+            raise RuntimeError_(str(err)) from None
         torch.set_num_threads(threads)
         self.torch = torch
-        # local files only (never a hub id); safetensors weights, never a pickle
+        # local files only (never a hub id); safetensors weights, never a pickle; never the folder's code
         self.model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
-                                                          dtype=torch.float32).eval()
+                                                          dtype=torch.float32, trust_remote_code=False).eval()
         self._past: Any = None
         self._threads = threads
 

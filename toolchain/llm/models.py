@@ -20,14 +20,9 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PretrainedConfig, PreTrainedModel
 
+from edgedistill.toolchain.llm.model_folder import FAMILIES as FAMILIES  # re-exported: the families' home
+from edgedistill.toolchain.llm.model_folder import ModelError, check_model_folder
 from edgedistill.toolchain.llm.recipe import LlamaArch
-
-#: model_type → the checkpoints it covers (the allow-list of teachers and students)
-FAMILIES = {"llama": "Llama 2, Llama 3.x", "mistral": "Mistral", "qwen2": "Qwen2, Qwen2.5"}
-
-
-class ModelError(ValueError):
-    """A model cannot be built or paired; the message names the path and the fix."""
 
 
 def llama_config(arch: LlamaArch, vocab_size: int, bos: int | None, eos: int, pad: int | None) -> LlamaConfig:
@@ -67,28 +62,18 @@ def build_like(teacher: PreTrainedModel, arch: LlamaArch, vocab_size: int | None
     return AutoModelForCausalLM.from_config(config_like(teacher.config, arch, vocab_size)).float()
 
 
-def model_type(path: Path) -> str:
-    """``config.json``'s ``model_type`` of a local checkpoint folder."""
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        raise ModelError(f"{path}: not a Hugging Face model folder (no config.json); give a local checkpoint path")
-    return str(json.loads(cfg.read_text(encoding="utf-8")).get("model_type"))
-
-
 def load_causal_lm(path: Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A local HF checkpoint of a supported family (offline, never a hub id; safetensors only, never a pickle)."""
+    """A local HF checkpoint of a supported family (offline, never a hub id; safetensors only, never a pickle;
+    checked by :func:`~edgedistill.toolchain.llm.model_folder.check_model_folder` first)."""
     from transformers import AutoModelForCausalLM
 
-    mt = model_type(path)
-    if mt not in FAMILIES:
-        raise ModelError(f"{path}: model_type {mt!r} is not supported; use one of "
-                         f"{', '.join(f'{k} ({v})' for k, v in FAMILIES.items())}")
+    check_model_folder(path)
     if not any(Path(path).glob("*.safetensors")):
         raise ModelError(f"{path}: no *.safetensors weights (pickled .bin checkpoints are not loaded); convert "
                          "them with save_pretrained(..., safe_serialization=True)")
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
-                                                    dtype=dtype)
+                                                    dtype=dtype, trust_remote_code=False)
     except Exception as err:  # torn shards (SafetensorError), bad index, shape mismatches: name the folder
         if isinstance(err, ModelError):
             raise
@@ -169,10 +154,7 @@ def check_same_vocab(tok: Any, folder: Path, label: str) -> None:
     Raises :class:`ModelError` with one line naming ``label`` (e.g. ``teacher.ensemble.0``) and the folder."""
     from transformers import AutoTokenizer
 
-    try:
-        model_type(folder)  # a HF model folder, or one line saying it is not
-    except ModelError as err:
-        raise ModelError(f"{label}: {err}") from None
+    check_model_folder(folder, label)  # a HF folder of a supported family holding no code, or one line
     head = f"{label} ({folder}): vocabulary differs from the main teacher's"
     rows = int(json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("vocab_size") or 0)
     if rows < len(tok):
@@ -182,7 +164,8 @@ def check_same_vocab(tok: Any, folder: Path, label: str) -> None:
         raise ModelError(f"{label} ({folder}): no tokenizer files to compare with the main teacher's; copy the "
                          "tokenizer this teacher was trained with into the folder")
     try:
-        theirs = AutoTokenizer.from_pretrained(str(folder), local_files_only=True).get_vocab()
+        theirs = AutoTokenizer.from_pretrained(str(folder), local_files_only=True,
+                                               trust_remote_code=False).get_vocab()
     except Exception as err:  # tokenizers raise their own types for unreadable files: one line naming the folder
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"{label} ({folder}): cannot read its tokenizer ({first})") from None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from edgedistill.toolchain.llm.model_folder import check_tokenizer_folder
 from edgedistill.toolchain.training import IGNORE_INDEX
 
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
@@ -35,10 +36,13 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: Path) -> PreTraine
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
-    """A local HF tokenizer directory (offline); a pad token is set to EOS when it has none."""
+    """A local HF tokenizer directory (offline; checked by
+    :func:`~edgedistill.toolchain.llm.model_folder.check_tokenizer_folder` first); a pad token is set to EOS when it
+    has none."""
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no tokenizer directory (tokenizer.kind: local needs a HF tokenizer folder)")
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    check_tokenizer_folder(path)
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     if tok.eos_token_id is None:
         raise ValueError(f"{path}: the tokenizer has no eos_token; set one in its tokenizer_config.json")
     if tok.pad_token_id is None:

@@ -1,5 +1,7 @@
-"""Run llama.cpp's ``convert_hf_to_gguf.py`` with one change: when its pre-tokenizer check does not know the
-tokenizer's hash, use the pre-tokenizer named by ``--pre`` (which edgedistill identified from ``tokenizer.json``).
+"""Run llama.cpp's ``convert_hf_to_gguf.py`` with two changes: when its pre-tokenizer check does not know the
+tokenizer's hash, use the pre-tokenizer named by ``--pre`` (which edgedistill identified from ``tokenizer.json``);
+and no code from the model folder ever runs (:func:`_refuse_remote_code`), although several of its model classes
+load the tokenizer with ``trust_remote_code=True``.
 
 A known hash always wins (llama.cpp's own answer); without ``--pre`` an unknown hash fails as it does upstream.
 Runs in a subprocess of the project's Python (:func:`edgedistill.toolchain.llm.export.gguf.convert`)::
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("edgedistill.hf_to_gguf")
+#: the transformers loaders the converter calls; each is made to pass ``trust_remote_code=False``
+_AUTO_CLASSES = ("AutoConfig", "AutoTokenizer", "AutoProcessor")
 
 
 def _load_converter(folder: Path) -> Any:
@@ -32,6 +36,31 @@ def _load_converter(folder: Path) -> Any:
     sys.modules["convert_hf_to_gguf"] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def _refuse_remote_code() -> None:
+    """Every ``Auto*.from_pretrained`` of :data:`_AUTO_CLASSES` loads with ``trust_remote_code=False`` whatever the
+    converter passes, and transformers' one function that imports a module of a model folder raises instead. (The
+    folder was checked and only its data files staged: this holds even if a check missed something.)"""
+    import transformers
+    from transformers import dynamic_module_utils
+
+    def refuse(class_name: str, module_path: Any, **_: Any) -> type:
+        raise ValueError(f"edgedistill: refused to import {class_name} from {module_path}: no code from a model "
+                         "folder runs")
+
+    dynamic_module_utils.get_class_in_module = refuse
+    for name in _AUTO_CLASSES:
+        cls = getattr(transformers, name)
+        cls.from_pretrained = _without_remote_code(cls.from_pretrained)
+
+
+def _without_remote_code(load: Any) -> Any:
+    @functools.wraps(load)
+    def from_pretrained(*args: Any, **kwargs: Any) -> Any:
+        return load(*args, **{**kwargs, "trust_remote_code": False})
+
+    return staticmethod(from_pretrained)
 
 
 def _hook_pre_tokenizer(pre: str) -> None:
@@ -63,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--converter", type=Path, required=True, help="folder holding convert_hf_to_gguf.py")
     p.add_argument("--pre", default=None, help="llama.cpp pre-tokenizer name to use when the hash is unknown")
     args = p.parse_args(own)
+    _refuse_remote_code()
     mod = _load_converter(args.converter)
     if args.pre:
         _hook_pre_tokenizer(args.pre)

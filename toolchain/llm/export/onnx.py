@@ -54,7 +54,7 @@ def export_onnx(hf_dir: Path, out_dir: Path, opset: int = 18) -> Path:
     try:
         with _quiet():
             main_export(str(hf_dir), output=str(tmp), task="text-generation-with-past", device="cpu", opset=opset,
-                        do_validation=False, no_post_process=False)
+                        do_validation=False, no_post_process=False, trust_remote_code=False)
         if not (tmp / MODEL_FILE).is_file():
             raise ONNXExportError(f"{hf_dir}: optimum wrote no {MODEL_FILE} (files: {sorted(os.listdir(tmp))})")
         if out_dir.exists():
