@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +59,88 @@ def _fsync(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class atomic_dir:  # noqa: N801 (a context manager, like atomic_path)
+    """``with atomic_dir(folder) as tmp:`` write a folder's files into ``tmp``; on success every file and the
+    folder are fsynced and ``tmp`` takes the place of ``folder`` without ``folder`` ever being missing: Linux
+    swaps the two in one step (``renameat2(RENAME_EXCHANGE)``), then the old contents are removed. Where the
+    exchange is unavailable the old folder is renamed aside first (missing for one rename). On error ``tmp`` is
+    removed and ``folder`` is untouched.
+
+    Leftovers of a process killed mid-write (``.NAME.tmp-PID`` and ``.NAME.old-PID`` of dead processes) are
+    cleared on the next use; a folder that was left renamed aside is put back first.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.tmp = self._sibling("tmp", os.getpid())
+        self.old = self._sibling("old", os.getpid())
+
+    def _sibling(self, kind: str, pid: int) -> Path:
+        return self.path.with_name(f".{self.path.name}.{kind}-{pid}")
+
+    def _clear_stale(self) -> None:
+        for kind in ("old", "tmp"):  # "old" first: a folder renamed aside before the crash is restored
+            for p in self.path.parent.glob(f".{self.path.name}.{kind}-*"):
+                pid = p.name.rpartition("-")[2]
+                if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                    continue  # another live process is writing it
+                if kind == "old" and not self.path.exists():
+                    os.replace(p, self.path)
+                else:
+                    shutil.rmtree(p, ignore_errors=True)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clear_stale()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        for p in sorted(self.tmp.rglob("*"), reverse=True):  # files, then their folders
+            _fsync(p)
+        _fsync(self.tmp)
+        if not self.path.exists():
+            os.replace(self.tmp, self.path)
+        elif _exchange(self.tmp, self.path):
+            shutil.rmtree(self.tmp)  # now holds the old contents
+        else:
+            os.replace(self.path, self.old)
+            os.replace(self.tmp, self.path)
+            shutil.rmtree(self.old)
+        _fsync(self.path.parent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # this file system or kernel cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

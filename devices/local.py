@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgedistill.core.procs import dies_with_us
+
 #: the agent's module: every transport starts ``python -m AGENT_MODULE`` (from the bundle on remote devices)
 AGENT_MODULE = "edgedistill.devices.agent"
 
@@ -64,13 +66,20 @@ def parse_agent_output(stdout: str, stderr: str = "") -> dict[str, Any]:
 
 def run_agent_process(cmd: list[str], job: AgentJob, timeout_s: float = 600, env: dict[str, str] | None = None,
                       preexec_fn: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Run an agent command line (no shell) and parse its document; timeouts become :class:`AgentError`."""
-    full_env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+    """Run an agent command line (no shell) and parse its document; timeouts become :class:`AgentError`. The
+    agent dies with this process (a killed run leaves no agent running); a crash is one line naming the file."""
+    from edgedistill.runtimes.child import exit_description, telling_line
+
+    full_env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1", GGML_NO_BACKTRACE="1")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=full_env, check=False,
-                              preexec_fn=preexec_fn)
+        proc = subprocess.run(dies_with_us(cmd), capture_output=True, text=True, timeout=timeout_s, env=full_env,
+                              check=False, preexec_fn=preexec_fn)
     except subprocess.TimeoutExpired:
         raise AgentError(f"{job.artifact.name}: agent timed out after {timeout_s:.0f} s") from None
+    if proc.returncode != 0 and not any(ln.startswith("{") for ln in proc.stdout.splitlines()):
+        # a native crash (llama.cpp aborting on a bad file) or an interpreter that died before printing
+        raise AgentError(f"{job.artifact}: the agent {exit_description(proc.returncode)} while measuring it: "
+                         f"{telling_line(proc.stderr)}")
     return parse_agent_output(proc.stdout, proc.stderr)
 
 

@@ -7,10 +7,11 @@ Shared conventions (unknown keys are errors, one-line messages, paths relative t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_serializer, model_validator
 
+from edgedistill.core.urls import has_credentials, redact_url, secret_may_go_to
 from edgedistill.toolchain.recipe import AutoExport, Fraction, RecipeBase, SafeName, Section
 
 GGUFVariant = Literal["f32", "f16", "q8_0", "q4_0", "q4_k_m"]
@@ -142,6 +143,10 @@ class EnsembleTeacher(Section):
 
 class LLMTeacherConfig(Section):
     path: Path | None = Field(None, description="a local HF Llama checkpoint directory; null: train one here")
+    pretrained: str | None = Field(None, description=(
+        "a released model fetched and cached once per machine instead of path (edgedistill.toolchain.llm."
+        "pretrained.SOURCES: smollm2-135m-instruct, SmolLM2-135M-Instruct dequantised from its Q4_1 GGUF release); "
+        "the tokenizer defaults to its own"))
     arch: LlamaArch = LlamaArch()
     train: LMTrainConfig = LMTrainConfig()
     ensemble: list[EnsembleTeacher] = Field(default_factory=list, description=(
@@ -150,6 +155,21 @@ class LLMTeacherConfig(Section):
     ensemble_weights: list[Annotated[float, Field(gt=0)]] | None = Field(None, description=(
         "one weight per teacher, the main teacher first, then teacher.ensemble in order (normalised to sum 1); "
         "null: equal weights"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pretrained_path(cls, data: Any) -> Any:
+        """``pretrained: NAME`` → ``path``: its folder in the machine's cache (the data stage fetches it there)."""
+        if not isinstance(data, dict) or data.get("pretrained") is None:
+            return data
+        from edgedistill.toolchain.llm.pretrained import SOURCES, model_dir
+
+        name = data["pretrained"]
+        if name not in SOURCES:
+            raise ValueError(f"pretrained: unknown model {name!r}; known: {', '.join(sorted(SOURCES))}")
+        if data.get("path") is not None and Path(data["path"]) != model_dir(name):
+            raise ValueError("pretrained: give path or pretrained, not both")
+        return {**data, "path": model_dir(name)}
 
     @model_validator(mode="after")
     def _check(self) -> LLMTeacherConfig:
@@ -315,13 +335,31 @@ class EndpointConfig(Section):
     def _check(self) -> EndpointConfig:
         if "{prompt}" not in self.prompt_template:
             raise ValueError("prompt_template: must contain {prompt}")
+        url = self.base_url
+        if url is not None and not url.lower().startswith(("http://", "https://")):
+            raise ValueError(f"base_url: {redact_url(url)} is not an http(s) URL")
+        secret = "api_key_env" if self.api_key_env else "credentials in base_url" if url and has_credentials(
+            url) else None
+        if url and secret and not secret_may_go_to(url):
+            raise ValueError(f"base_url: {redact_url(url)} is neither https:// nor loopback (127.0.0.0/8, ::1, "
+                             f"localhost); {secret} would travel in the clear")
         return self
+
+    @field_serializer("base_url")
+    def _redacted(self, url: str | None) -> str | None:
+        """Credentials never reach a file: the run's recipe.yaml, config hashes and sources see them redacted."""
+        return None if url is None else redact_url(url)
 
 
 class BlackBoxConfig(Section):
     enabled: bool = True
     endpoint: EndpointConfig = EndpointConfig()
     max_prompts: int | None = Field(None, ge=1, description="collect for at most this many training prompts")
+    truncated: Literal["no_eos", "drop", "keep"] = Field("no_eos", description=(
+        "replies cut off at endpoint.max_tokens (finish_reason: length): no_eos trains on the text the teacher "
+        "wrote but not on an end-of-sequence where it was cut (the default: the text is a true prefix of the "
+        "teacher's answer, while an EOS there would teach the student to stop mid-answer, and dropping throws "
+        "away paid replies and favours short answers); drop leaves them out; keep trains on them as complete"))
     train: LMTrainConfig = LMTrainConfig(lr=2e-3)
 
 
@@ -383,6 +421,27 @@ class LLMRecipe(RecipeBase):
     export: LLMExportConfig = LLMExportConfig()
     bench: LLMBenchConfig = LLMBenchConfig()
     plan: PlanConfig = PlanConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pretrained_tokenizer(cls, data: Any) -> Any:
+        """A pretrained teacher's own tokenizer when the recipe names none."""
+        teacher = data.get("teacher") if isinstance(data, dict) else None
+        if not isinstance(teacher, dict) or teacher.get("pretrained") is None or "tokenizer" in data:
+            return data
+        from edgedistill.toolchain.llm.pretrained import SOURCES, model_dir
+
+        if teacher["pretrained"] not in SOURCES:
+            return data  # the teacher section says why
+        return {**data, "tokenizer": {"kind": "local", "path": model_dir(teacher["pretrained"])}}
+
+    @model_validator(mode="after")
+    def _check_pretrained(self) -> LLMRecipe:
+        t = self.teacher
+        if t.pretrained is not None and self.tokenizer.kind != "local":
+            raise ValueError(f"tokenizer.kind: teacher.pretrained {t.pretrained} needs its own tokenizer (kind: "
+                             "local, or leave tokenizer out)")
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> LLMRecipe:

@@ -8,7 +8,11 @@
   source and text and repairs a torn last line, so a kill at any moment loses nothing and duplicates nothing;
   replies from another endpoint, model or template are never taken as this run's targets;
 * empty or malformed replies are recorded as ``failed`` (with the reason), never as targets;
-* the API key is read from the environment variable the recipe names, and is never written anywhere.
+* the API key is read from the environment variable the recipe names, is never written anywhere, and goes only to
+  ``https://`` or loopback URLs (:mod:`edgedistill.core.urls`); credentials inside the URL are redacted in
+  everything written, and take no part in the source (a new key keeps the replies already paid for);
+* a reply cut off at ``max_tokens`` (``finish_reason: length``) is kept with its reason: the stage counts them and
+  ``blackbox.truncated`` decides how they train.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.core.fileio import sha256_json
+from edgedistill.core.urls import has_credentials, is_redacted, redact_text, redact_url, secret_may_go_to
 from edgedistill.toolchain.llm.recipe import EndpointConfig
 
 
@@ -82,8 +87,8 @@ def read_prompts(path: Path) -> list[Prompt]:
 def failure_summary(stats: CollectStats, url: str, journal: Path) -> str:
     """One line: how many prompts failed at ``url`` and why (the journal has each one's reason)."""
     reasons = ", ".join(f"{k} ×{v}" for k, v in sorted(stats.errors.items(), key=lambda kv: -kv[1]))
-    return (f"{url}: {stats.failed} of {stats.total} prompts unanswered ({reasons or 'no reason recorded'}); "
-            f"{journal} records each reason; re-run to ask only those again")
+    return (f"{redact_url(url)}: {stats.failed} of {stats.total} prompts unanswered "
+            f"({reasons or 'no reason recorded'}); {journal} records each reason; re-run to ask only those again")
 
 
 class Journal:
@@ -133,7 +138,8 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 def source_id(cfg: EndpointConfig, base_url: str | None = None, served: str | None = None) -> str:
     """What produced a reply: ``served`` (e.g. the served GGUF's sha256) or the endpoint's URL, plus the model,
     API, template and sampling settings. Never the API key."""
-    return sha256_json({"served": served, "url": None if served else (base_url or cfg.base_url), "model": cfg.model,
+    url = base_url or cfg.base_url
+    return sha256_json({"served": served, "url": None if served or not url else redact_url(url), "model": cfg.model,
                         "api": cfg.api, "template": cfg.prompt_template, "max_tokens": cfg.max_tokens,
                         "temperature": cfg.temperature})[:24]
 
@@ -142,23 +148,42 @@ def prompt_sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
-def targets(path: Path, source: str | None = None, prompts: Iterable[Prompt] | None = None) -> dict[str, str]:
-    """Prompt id → collected output, from ``ok`` lines only (first one wins). With ``source``, only replies from
+def replies(path: Path, source: str | None = None, prompts: Iterable[Prompt] | None = None) -> dict[str, dict]:
+    """Prompt id → its journal record, from ``ok`` lines only (first one wins). With ``source``, only replies from
     that source; with ``prompts``, only replies to exactly those prompt texts."""
     texts = {p.id: prompt_sha(p.text) for p in prompts} if prompts is not None else None
-    out: dict[str, str] = {}
+    out: dict[str, dict] = {}
     for rec in read_journal(path):
         if rec.get("status") != "ok" or rec["id"] in out or (source is not None and rec.get("source") != source):
             continue
         if texts is not None and texts.get(rec["id"]) != rec.get("prompt_sha"):
             continue
-        out[rec["id"]] = rec["output"]
+        out[rec["id"]] = rec
     return out
+
+
+def targets(path: Path, source: str | None = None, prompts: Iterable[Prompt] | None = None) -> dict[str, str]:
+    """Prompt id → collected output (see :func:`replies`)."""
+    return {k: rec["output"] for k, rec in replies(path, source, prompts).items()}
+
+
+def check_destination(cfg: EndpointConfig, url: str) -> None:
+    """Refuse, before any request, to send a secret where it could be read on the way: an API key or credentials
+    in the URL go only to ``https://`` or loopback; a URL whose credentials were redacted cannot be used."""
+    shown = redact_url(url)
+    if is_redacted(url):
+        raise CollectError(f"blackbox.endpoint.base_url: {shown} has redacted credentials (a run directory's "
+                           "recipe.yaml keeps none); run again from your own recipe")
+    secret = "api_key_env" if cfg.api_key_env else "the credentials in base_url" if has_credentials(url) else None
+    if secret and not secret_may_go_to(url):
+        raise CollectError(f"blackbox.endpoint.base_url: {shown} is neither https:// nor loopback; {secret} would "
+                           "travel in the clear, so nothing was sent")
 
 
 def _client(cfg: EndpointConfig, base_url: str):  # type: ignore[no-untyped-def]
     from openai import OpenAI
 
+    check_destination(cfg, base_url)
     key = "not-needed"
     if cfg.api_key_env:
         key = os.environ.get(cfg.api_key_env, "")
@@ -212,7 +237,8 @@ def _one(client, cfg: EndpointConfig, p: Prompt, journal: Journal, stats: Collec
                 time.sleep(cfg.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random() / 2))
                 continue
             reason = type(err).__name__
-            rec = {"id": p.id, "status": "failed", "error": f"{reason}: {str(err)[:200]}", "attempts": attempt}
+            rec = {"id": p.id, "status": "failed", "error": f"{reason}: {redact_text(str(err))[:200]}",
+                   "attempts": attempt}
             with lock:
                 stats.errors[reason] = stats.errors.get(reason, 0) + 1
             break

@@ -11,6 +11,7 @@ resumes like a KD student, under the same ``accelerate`` set-up.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,20 @@ import torch
 from edgedistill.toolchain.llm.recipe import LMTrainConfig, LoRAConfig
 from edgedistill.toolchain.llm.tokenizer import encode
 from edgedistill.toolchain.llm.train import LMFitResult, train_lm
+from edgedistill.toolchain.training import IGNORE_INDEX
 
 
 def train_sft(student: torch.nn.Module, tokenizer: Any, pairs: list[tuple[str, str]], cfg: LMTrainConfig,
               checkpoint: Path, seed: int, max_length: int, accelerator: Any = None,
-              lora: LoRAConfig | None = None) -> LMFitResult:
+              lora: LoRAConfig | None = None, no_eos: Sequence[bool] | None = None) -> LMFitResult:
     """Fine-tune ``student`` in place on ``(prompt, completion)`` pairs for ``cfg.steps`` steps (through merged
-    LoRA adapters with ``lora``)."""
+    LoRA adapters with ``lora``). ``no_eos[i]``: pair ``i`` was cut off at the endpoint's ``max_tokens``, so its
+    end-of-sequence is no target (the teacher never ended there)."""
     if not pairs:
         raise ValueError("SFT: no collected targets (every request failed?); see the collect journal")
     data = [encode(tokenizer, p, c, max_length) for p, c in pairs]
+    for enc, cut in zip(data, no_eos or [False] * len(data), strict=True):
+        if cut and enc.labels and enc.labels[-1] == tokenizer.eos_token_id:
+            enc.labels[-1] = IGNORE_INDEX
     return train_lm(student, data, cfg, seed, tokenizer.pad_token_id, checkpoint, "SFT on teacher replies",
                     accelerator=accelerator, lora=lora)
