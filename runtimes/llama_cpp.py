@@ -99,3 +99,40 @@ class LlamaCppSession(LLMSession):
 
     def describe(self) -> dict[str, Any]:
         return {"runtime": "llama.cpp", "version": self._version, "threads": self._threads, "kv_cache": self._kv}
+
+
+def probe(path: str, texts: list[str], seqs: list[list[int]], long_ids: list[int], kv_f32: bool | None = None,
+          threads: int = 2) -> dict[str, Any]:
+    """Everything a parity check asks of one GGUF, in one load: its tokenisation of ``texts`` (BOS as the file
+    says), its logits on ``seqs`` (concatenated, ``(sum L_i, V)``) and on ``long_ids`` (``(L, V)``), and its
+    runtime description. Meant to run in a child process (:func:`probe_in_child`): llama.cpp may abort on a bad
+    file, and tokenisation comes first because a broken vocabulary aborts there."""
+    from edgedistill.runtimes.child import step
+
+    step("loading")
+    sess = LlamaCppSession(Path(path), threads=threads, n_ctx=max(len(long_ids), max(map(len, seqs), default=1)),
+                           kv_f32=kv_f32)
+    try:
+        step("tokenising the parity texts with")
+        tokens = [sess.tokenize(t) for t in texts]
+        step("computing logits with")
+        logits = [sess.logits(s) for s in seqs]
+        long = sess.logits(long_ids)
+        return {"tokens": tokens, "logits": np.concatenate(logits) if logits else np.zeros((0, sess.n_vocab)),
+                "lengths": [len(s) for s in seqs], "long_logits": long, "runtime": sess.describe()}
+    finally:
+        sess.close()
+
+
+def probe_in_child(path: Path, texts: list[str], seqs: list[list[int]], long_ids: list[int],
+                   kv_f32: bool | None = None, threads: int = 2) -> dict[str, Any]:
+    """:func:`probe` in a child process: a llama.cpp abort on ``path`` becomes a
+    :class:`~edgedistill.runtimes.child.ChildCrash` naming the file and the step. ``logits`` comes back split per
+    sequence (a list of ``(L_i, V)`` arrays)."""
+    from edgedistill.runtimes.child import call
+
+    doc = call(__name__, "probe", {"path": str(path), "texts": list(texts), "seqs": [list(map(int, s)) for s in seqs],
+                                   "long_ids": list(map(int, long_ids)), "kv_f32": kv_f32, "threads": threads},
+               file=Path(path), what="checking")
+    doc["logits"] = np.split(doc["logits"], np.cumsum(doc.pop("lengths"))[:-1]) if seqs else []
+    return doc

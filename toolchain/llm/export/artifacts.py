@@ -35,13 +35,16 @@ class LLMExport:
     log: Callable[[str], None] = print
     ref: list[Any] = field(default_factory=list)  # PyTorch logits on ``ids`` (computed when empty)
     long_ref: Any = None
+    rejected: dict[str, str] = field(default_factory=dict)  # artifact name → why it is none (filled by the export)
 
 
 def export_llm(job: LLMExport) -> tuple[list[dict[str, Any]], list[Path], float]:
     """Every GGUF and ONNX variant of ``job``; returns ``(records, files written, seconds spent exporting)``."""
     from edgedistill.toolchain.llm.export.fidelity import torch_logits
+    from edgedistill.toolchain.llm.model_folder import check_model_folder
     from edgedistill.toolchain.llm.models import load_causal_lm
 
+    check_model_folder(job.model_dir)  # optimum and llama.cpp's converter read it below
     if not job.ref or job.long_ref is None:
         model = load_causal_lm(job.model_dir)
         job.ref = torch_logits(model, job.ids)
@@ -55,9 +58,11 @@ def export_llm(job: LLMExport) -> tuple[list[dict[str, Any]], list[Path], float]
 
 
 def _gguf(job: LLMExport) -> tuple[list[dict[str, Any]], list[Path], float]:
-    from edgedistill.runtimes.llama_cpp import LlamaCppSession, quiet_stderr
-    from edgedistill.toolchain.llm.export.fidelity import fidelity, long_parity, parity, token_parity
-    from edgedistill.toolchain.llm.export.gguf import convert, metadata, quantize, tensor_types
+    """Convert, quantise and check every GGUF variant. llama.cpp runs in child processes: a file that aborts it,
+    or that does not tokenise the parity texts exactly as the HF tokenizer, is rejected (moved to ``rejected/``,
+    named in ``job.rejected`` with the reason) and never recorded; the other variants go on."""
+    from edgedistill.runtimes.child import ChildCrash
+    from edgedistill.toolchain.llm.export.gguf import GGUFError, convert, quantize
 
     order = [v for v in ("f32", "f16") if v in job.gguf or v == "f32"] + \
         [v for v in job.gguf if v not in ("f32", "f16")]
@@ -65,32 +70,61 @@ def _gguf(job: LLMExport) -> tuple[list[dict[str, Any]], list[Path], float]:
     t0 = time.perf_counter()
     for v in order:
         out = job.out_dir / f"{job.prefix}-{v}.gguf"
-        with quiet_stderr():  # llama.cpp's quantiser logs every tensor to fd 2
+        try:
             paths[v] = (convert(job.model_dir, out, v, job.tokenizer_dir) if v in ("f32", "f16")
                         else quantize(paths["f32"], out, v))
+        except ChildCrash as err:
+            _reject(job, v, None, str(err))
     seconds = time.perf_counter() - t0
-    n_ctx = max(len(job.long_ids), max(map(len, job.ids)))
     records, outputs = [], []
-    for v in job.gguf:
-        # the F32 file with an F32 KV cache is the fp32 reference artifact; the others run as deployed (F16 KV)
-        sess = LlamaCppSession(paths[v], threads=2, n_ctx=n_ctx, kv_f32=v == "f32")
-        fid = fidelity(job.ids, job.ref, [sess.logits(s) for s in job.ids], job.starts)
-        long = long_parity(job.long_ref, sess.logits(job.long_ids))
-        par = parity(v, token_parity(job.tokenizer, sess.tokenize), long, fid, "llama.cpp (the GGUF's own vocabulary)")
-        kv = sess.describe()["kv_cache"]
-        sess.close()
-        types = sorted(set(tensor_types(paths[v]).values()))
-        records.append({"name": f"{job.prefix}-{v}", "file": str(paths[v].relative_to(job.root)), "format": "gguf",
-                        "variant": v, "source": job.source, "tensor_types": types,
-                        "size_bytes": paths[v].stat().st_size, "kv_cache": kv,
-                        "pre_tokenizer": metadata(paths[v])["tokenizer.ggml.pre"],
-                        "fidelity": fid.to_dict() | par.to_dict()})
-        outputs.append(paths[v])
-        job.log(f"  {job.prefix}-{v}: ppl {fid.perplexity:.3f}, KLD {fid.kld_mean:.2e}, same-top "
-                f"{fid.same_top_token:.4f}, {paths[v].stat().st_size / 1024:.0f} KB; {parity_line(par)}")
+    for v in (v for v in job.gguf if v in paths):
+        try:
+            records.append(_check_gguf(job, v, paths[v]))
+            outputs.append(paths[v])
+        except (ChildCrash, GGUFError) as err:
+            _reject(job, v, paths[v], str(err))
     if "f32" in paths and "f32" not in job.gguf:
         paths["f32"].unlink()
     return records, outputs, seconds
+
+
+def _check_gguf(job: LLMExport, v: str, path: Path) -> dict[str, Any]:
+    """One GGUF's fidelity and parity record, llama.cpp's side computed in one child process. The F32 file with
+    an F32 KV cache is the fp32 reference artifact; the others run as deployed (F16 KV). Raises
+    :class:`~edgedistill.runtimes.child.ChildCrash` when llama.cpp dies on it, and
+    :class:`~edgedistill.toolchain.llm.export.gguf.GGUFError` when its tokens differ from the HF tokenizer's."""
+    from edgedistill.runtimes.llama_cpp import probe_in_child
+    from edgedistill.toolchain.llm.export.fidelity import PARITY_TEXTS, fidelity, long_parity, parity, token_parity
+    from edgedistill.toolchain.llm.export.gguf import GGUFError, metadata, tensor_types
+
+    got = probe_in_child(path, list(PARITY_TEXTS), job.ids, job.long_ids, kv_f32=v == "f32")
+    tokens = token_parity(job.tokenizer, dict(zip(PARITY_TEXTS, got["tokens"], strict=True)).__getitem__)
+    if tokens.identical != tokens.total:
+        raise GGUFError(f"{path}: llama.cpp tokenises {tokens.total - tokens.identical} of {tokens.total} parity "
+                        f"texts differently from the HF tokenizer (texts {tokens.mismatches} of "
+                        "edgedistill.toolchain.llm.export.fidelity.PARITY_TEXTS)")
+    fid = fidelity(job.ids, job.ref, got["logits"], job.starts)
+    par = parity(v, tokens, long_parity(job.long_ref, got["long_logits"]), fid,
+                 "llama.cpp (the GGUF's own vocabulary)")
+    size = path.stat().st_size
+    job.log(f"  {job.prefix}-{v}: ppl {fid.perplexity:.3f}, KLD {fid.kld_mean:.2e}, same-top "
+            f"{fid.same_top_token:.4f}, {size / 1024:.0f} KB; {parity_line(par)}")
+    return {"name": f"{job.prefix}-{v}", "file": str(path.relative_to(job.root)), "format": "gguf", "variant": v,
+            "source": job.source, "tensor_types": sorted(set(tensor_types(path).values())), "size_bytes": size,
+            "kv_cache": got["runtime"]["kv_cache"], "pre_tokenizer": metadata(path)["tokenizer.ggml.pre"],
+            "fidelity": fid.to_dict() | par.to_dict()}
+
+
+def _reject(job: LLMExport, v: str, path: Path | None, why: str) -> None:
+    """Record that variant ``v`` is no artifact (``why``: one line) and move its file, if any, to ``rejected/``."""
+    name = f"{job.prefix}-{v}"
+    if path is not None and path.is_file():
+        aside = job.out_dir / "rejected" / path.name
+        aside.parent.mkdir(exist_ok=True)
+        path.replace(aside)
+        why += f" (file moved to {aside})"
+    job.rejected[name] = why
+    job.log(f"  {name}: rejected: {why}")
 
 
 def _onnx(job: LLMExport) -> tuple[list[dict[str, Any]], list[Path], float]:
@@ -159,12 +193,16 @@ def export_folder(folder: Path, formats: str, out: Path, log: Callable[[str], No
     a ``manifest.json`` recording each file."""
     from edgedistill.core.fileio import sha256_json, sha256_path, write_json
     from edgedistill.toolchain.llm.export.fidelity import PARITY_MIN_POSITIONS, PARITY_TEXTS, long_sequence
+    from edgedistill.toolchain.llm.export.gguf import GGUFError
+    from edgedistill.toolchain.llm.model_folder import check_model_folder, check_vocab_fits
     from edgedistill.toolchain.llm.tokenizer import load_tokenizer
     from edgedistill.toolchain.rundir import RunDir
 
     folder = Path(folder)
     gguf, onnx = parse_formats(formats)
+    check_model_folder(folder)  # before anything reads it: no code, a supported family, its own architecture
     tok = load_tokenizer(folder)
+    check_vocab_fits(folder, tok)
     ids = [tok.encode(t) for t in PARITY_TEXTS]
     run = RunDir(out)
     job = LLMExport(folder, tok, folder, run.root, run.root, folder.name, gguf, onnx, ids, [1] * len(ids),
@@ -172,8 +210,17 @@ def export_folder(folder: Path, formats: str, out: Path, log: Callable[[str], No
     records, outputs, seconds = export_llm(job)
     listing = run.path("artifacts.json")
     write_json(listing, {"source": str(folder), "reference": f"PyTorch {folder}", "artifacts": records,
-                         "export_seconds": seconds})
+                         "rejected": job.rejected, "export_seconds": seconds})
     run.record("export", sha256_json({"folder": sha256_path(folder), "formats": [gguf, onnx]}), [*outputs, listing],
-               {"artifacts": [a["name"] for a in records],
+               {"artifacts": [a["name"] for a in records], "rejected": job.rejected,
                 "parity_failed": [a["name"] for a in records if not a["fidelity"]["ok"]]})
+    if job.rejected:
+        raise GGUFError(rejection_line(job.rejected, listing))
     return records
+
+
+def rejection_line(rejected: dict[str, str], listing: Path) -> str:
+    """One line for files the export rejected: the first reason, then how many more (all are in ``listing``)."""
+    (name, why), more = next(iter(rejected.items())), len(rejected) - 1
+    tail = f"; {more} more rejected ({', '.join(list(rejected)[1:])})" if more else ""
+    return f"{name} rejected: {why}{tail}; the other artifacts are kept in {listing}"
