@@ -53,6 +53,14 @@ RECIPE_CASES = {
     "unknown task": ({**LLM, "data": {"kind": "legal-memos"}}, "r.yaml: data.kind: expected jsonl or a built-in"),
     "unknown scorer": ({**LLM, "data": {"kind": "jsonl", "path": "d.jsonl", "score": {"name": "bleu"}}},
                        "r.yaml: data.score.name: unknown scorer 'bleu'"),
+    "API key over plain http": (
+        {**LLM, "blackbox": {"endpoint": {"base_url": "http://203.0.113.9/v1", "api_key_env": "OPENAI_API_KEY"}}},
+        "base_url: http://203.0.113.9/v1 is neither https:// nor loopback"),
+    "credentials in a plain-http URL": (
+        {**LLM, "blackbox": {"endpoint": {"base_url": "http://me:hunter2@203.0.113.9/v1"}}},
+        "base_url: http://REDACTED@203.0.113.9/v1 is neither https:// nor loopback"),
+    "not an http(s) URL": ({**LLM, "blackbox": {"endpoint": {"base_url": "ftp://203.0.113.9/v1"}}},
+                           "base_url: ftp://203.0.113.9/v1 is not an http(s) URL"),
 }
 
 
@@ -68,6 +76,7 @@ def test_bad_recipes(tmp_path: Path, case: str) -> None:
     res = cli("run", str(p), "--out", str(tmp_path / "run"))
     _one_line_exit_2(res, needle)
     assert not (tmp_path / "run" / "manifest.json").exists()  # nothing recorded as done
+    assert "hunter2" not in res.stderr + res.stdout  # a credential is never echoed
 
 
 def test_truncated_and_corrupted_checkpoints(tmp_path: Path) -> None:
@@ -114,6 +123,26 @@ def test_hf_folder_with_a_torn_shard(tmp_path: Path) -> None:
 
     with pytest.raises(ModelError, match=f"{folder}: cannot load the checkpoint"):
         load_causal_lm(folder)
+
+
+def test_tokenizer_larger_than_the_embedding(tmp_path: Path) -> None:
+    """``export --hf`` on a folder whose tokenizer has more tokens than the model has embedding rows: one line
+    naming both sizes and the folder, exit 2, before the parity check would index past the last row."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgedistill.toolchain.llm.tokenizer import train_bpe
+
+    folder = tmp_path / "model"
+    tok = train_bpe(["The court held that the contract was void."] * 50, 300, folder)
+    tok.add_tokens(["<extra-token>"])  # added tokens count: they have ids too
+    tok.save_pretrained(str(folder))
+    cfg = LlamaConfig(vocab_size=len(tok) - 1, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    LlamaForCausalLM(cfg).save_pretrained(str(folder), safe_serialization=True)
+    res = cli("export", "--hf", str(folder), "--formats", "gguf:f32", "--out", str(tmp_path / "out"))
+    _one_line_exit_2(res, str(folder), f"the tokenizer has {len(tok)} tokens (added tokens included)",
+                     f"the model's embedding has {len(tok) - 1} rows")
+    assert not (tmp_path / "out" / "artifacts.json").exists()
 
 
 def test_changed_artifacts_are_never_measured(tmp_path: Path) -> None:
@@ -243,3 +272,44 @@ def test_any_yaml_text_is_a_recipe_or_one_clean_error(tmp_path_factory: pytest.T
         load_recipe(p)
     except RecipeError as err:
         assert str(err).startswith(f"{p}: ") and "\n" not in str(err), str(err)
+
+
+def test_an_api_key_is_refused_for_plain_http_before_any_request(tmp_path: Path) -> None:
+    """``collect --base-url`` overrides the recipe's (validated) URL: the key still never leaves in the clear. The
+    address is unroutable, so a request would hang until timeout_s; the refusal comes at once, with no journal."""
+    recipe = _write(tmp_path, {**LLM, "blackbox": {"endpoint": {"api_key_env": "EDGEDISTILL_TEST_KEY",
+                                                                "timeout_s": 60, "max_retries": 0}}})
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "input": "hello"}\n')
+    journal = tmp_path / "j.jsonl"
+    t0 = time.monotonic()
+    res = cli("collect", str(recipe), "--prompts", str(prompts), "--out", str(journal), "--base-url",
+              "http://k:hunter2@203.0.113.9/v1", env={"EDGEDISTILL_TEST_KEY": "sk-test"})
+    _one_line_exit_2(res, "http://REDACTED@203.0.113.9/v1 is neither https:// nor loopback",
+                     "api_key_env would travel in the clear")
+    assert time.monotonic() - t0 < 30 and not journal.exists()
+    assert "hunter2" not in res.stderr + res.stdout
+
+
+def test_teacher_server_failures_are_one_line(tmp_path: Path) -> None:
+    """The local teacher server: a port someone else listens on is refused (never polled and trusted), and a
+    file llama.cpp cannot load gives one line naming it and the log (both UserErrors: exit 2 in the CLI)."""
+    import socket
+
+    from edgedistill.core.errors import UserError
+    from edgedistill.toolchain.llm.distill.server import start_server
+
+    bad = tmp_path / "teacher.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(UserError) as err:
+            start_server(bad, port, timeout=30)
+    assert str(err.value) == f"127.0.0.1:{port}: cannot serve the teacher there (Address already in use)"
+    log = tmp_path / "server.log"
+    with pytest.raises(UserError) as err:
+        start_server(bad, log=log, timeout=60)
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: llama_cpp.server exited with code ") and str(log) in msg and "\n" not in msg

@@ -119,7 +119,8 @@ def run(
     black-box SFT student). Finished stages are skipped; interrupted training resumes from its checkpoint."""
 
     def go() -> None:
-        from edgedistill.toolchain.pipeline import run_stages, save_recipe
+        from edgedistill.core.errors import UserError
+        from edgedistill.toolchain.pipeline import run_stages, save_recipe, stage_errors
 
         ctx = _context(recipe, out, force)
         err_console.print(f"recipe [bold]{ctx.recipe.name}[/bold] ({ctx.recipe.kind}) → run directory {ctx.run.root}")
@@ -127,6 +128,8 @@ def run(
         report = run_stages(ctx)
         assert report is not None
         _print_report(report, ctx.recipe.kind)
+        if errors := stage_errors(ctx):  # the rest of the run is done and kept
+            raise UserError(errors)
 
     _guard(go)
 
@@ -135,14 +138,17 @@ def _stage_command(command: str, out: Path, force: bool, update=None) -> None:  
     """Run one command's stages on an existing run directory, for any kind (``update`` edits the recipe first)."""
 
     def go() -> None:
-        from edgedistill.toolchain.pipeline import pipeline_of, run_stages
+        from edgedistill.core.errors import UserError
+        from edgedistill.toolchain.pipeline import pipeline_of, run_stages, stage_errors
 
         ctx = _existing(out, force)
         if update is not None:
             ctx.recipe = update(ctx.recipe)
-        report = run_stages(ctx, pipeline_of(ctx.recipe).stage_names(command))
+        report = run_stages(ctx, names := pipeline_of(ctx.recipe).stage_names(command))
         if report is not None:
             _print_report(report, ctx.recipe.kind)
+        if errors := stage_errors(ctx, names):  # the stages' other work is done and kept
+            raise UserError(errors)
 
     _guard(go)
 
@@ -220,7 +226,8 @@ def export(
     """
 
     def go() -> None:
-        from edgedistill.toolchain.pipeline import pipeline_of, run_stages
+        from edgedistill.core.errors import UserError
+        from edgedistill.toolchain.pipeline import pipeline_of, run_stages, stage_errors
         from edgedistill.toolchain.vision import stages as vision
         from edgedistill.toolchain.vision.export.tflite import ConversionError
         from edgedistill.toolchain.vision.recipe import DataConfig, ExportConfig
@@ -248,9 +255,11 @@ def export(
                 ctx = _existing(out, force)
                 ctx.recipe = pipeline_of(ctx.recipe).impl.export_options(ctx.recipe, formats, variants, layout)
                 ctx.recipe = auto_select.apply_options(ctx.recipe, auto, device, min_retention)
-                run_stages(ctx, pipeline_of(ctx.recipe).stage_names("export"))  # export, then export --auto's choice
+                run_stages(ctx, names := pipeline_of(ctx.recipe).stage_names("export"))  # export, then --auto's choice
                 if ctx.recipe.export.auto.enabled and (decision := auto_select.fresh_decision(ctx.run)):
                     _print_auto(decision, ctx.run.root, hint=True)
+                if errors := stage_errors(ctx, names):  # the other artifacts are kept
+                    raise UserError(errors)
                 return
             if checkpoint is None or num_classes is None:
                 raise ValueError("--model needs --checkpoint FILE and --num-classes N")
@@ -388,27 +397,42 @@ def gate(
         help="override gate.max_p50_ms (vision: batch-1 latency; LLM: ms per generated token)")] = None,
     min_speedup: Annotated[float | None, typer.Option(
         help="override gate.min_speedup (vision: teacher p50 / p50; LLM: tokens/s / the teacher's)")] = None,
+    budgets: Annotated[Path | None, typer.Option(
+        help="read budgets and waivers from this YAML file, not from the judged run's recipe (in CI: the base "
+             "branch's copy of the recipe, or a file with only the gate section), so a change cannot relax its "
+             "own gate; the outputs name the file and its sha256")] = None,
+    require_baseline: Annotated[bool, typer.Option(
+        "--require-baseline", help="fail (exit 1) the relative limits when no --baseline is given, instead of "
+        "listing them as not checked: a limit the run was not shown to meet counts as missed")] = False,
 ) -> None:
-    """Check a run against the recipe's gate budgets (vision and LLM runs), optionally against a baseline run.
+    """Check a run against gate budgets (vision and LLM runs), optionally against a baseline run.
 
-    Exit codes: 0 pass, 1 a budget or regression failed, 2 bad input (including a stale report or a baseline from
-    another environment), 3 inconclusive (the intervals straddle a limit even after one confirming re-measurement).
+    Budgets come from --budgets FILE, else from the run's own recipe.yaml (the outputs say which, with its sha256).
+    Exit codes: 0 pass, 1 a budget or regression failed (or a stale report; with --require-baseline, a relative
+    limit without a baseline), 2 bad input (a baseline from another environment, a budget whose artifacts or
+    devices glob matches nothing, a waiver without reason or expires, a gate that checks nothing), 3 inconclusive
+    (the intervals straddle a limit even after one confirming re-measurement).
     """
 
     def go() -> int:
+        from edgedistill.benchmarks.gate_output import notes
         from edgedistill.toolchain.gating import run_gate
 
         ctx = _existing(out)
         overrides = {k: v for k, v in {"min_retention": min_retention, "max_p50_ms": max_p50_ms,
                                        "min_speedup": min_speedup}.items() if v is not None}
-        result, text = run_gate(ctx, baseline, rounds, overrides, junit, markdown, json_out, err_console)
+        result, text = run_gate(ctx, baseline, rounds, overrides, junit, markdown, json_out, err_console,
+                                budgets, require_baseline)
         out_console.print(text, highlight=False, markup=False)
         for f in result.failures:
             err_console.print(f"[red]gate failed:[/red] {f}", highlight=False)
         for c in result.checks:
             if c.verdict == "fail":
                 err_console.print(f"[red]gate failed:[/red] {c.name}", highlight=False)
-        out_console.print(f"gate {'passed' if result.verdict == 'pass' else result.verdict}")
+        for note in notes(result):
+            err_console.print(f"gate {note}", style="yellow", highlight=False, markup=False, soft_wrap=True)
+        left = f" ({len(result.not_checked)} relative limit(s) not checked)" if result.not_checked else ""
+        out_console.print(f"gate {'passed' if result.verdict == 'pass' else result.verdict}{left}")
         return result.exit_code
 
     code = _guard(go)

@@ -22,7 +22,6 @@ Run-directory layout (relative to the run root)::
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -34,7 +33,10 @@ from typing import Any
 import torch
 
 from edgedistill.benchmarks.report import llm as report_mod
-from edgedistill.core.fileio import atomic_path, read_json, sha256_json, sha256_path, write_json
+from edgedistill.core.errors import UserError
+from edgedistill.core.fileio import atomic_dir, atomic_path, read_json, sha256_json, sha256_path, write_json
+from edgedistill.core.procs import dies_with_us
+from edgedistill.core.urls import redact_url
 from edgedistill.toolchain import auto_select, pipeline
 from edgedistill.toolchain.llm.data import Splits, load_splits
 from edgedistill.toolchain.llm.recipe import GGUFVariant, LLMRecipe, ONNXVariant
@@ -94,6 +96,13 @@ def data_hash(ctx: Context) -> str:
 
 
 def stage_data(ctx: Context) -> None:
+    from edgedistill.toolchain.llm.model_folder import check_recipe_folders
+
+    if ctx.recipe.teacher.pretrained is not None:  # fetched, checked and dequantised once per machine
+        from edgedistill.toolchain.llm.pretrained import ensure
+
+        ensure(ctx.recipe.teacher.pretrained, log=ctx.console.print)
+    check_recipe_folders(ctx.recipe)  # the recipe's own folders, before any stage reads one (even when skipped)
     h = data_hash(ctx)
     if ctx.skip("data", h):
         return
@@ -161,6 +170,7 @@ def stage_teacher(ctx: Context) -> None:
     h = _teacher_hash(ctx)
     if ctx.skip("teacher", h):
         return
+    from edgedistill.toolchain.llm.model_folder import check_vocab_fits
     from edgedistill.toolchain.llm.models import build_llama, load_causal_lm, param_count
     from edgedistill.toolchain.llm.train import train_lm
 
@@ -177,42 +187,25 @@ def stage_teacher(ctx: Context) -> None:
         info.update(steps=res.steps, train_seconds=res.seconds, tokens_per_second=res.per_second,
                     resumed_from=res.resumed_from, history=res.history)
     else:
+        check_vocab_fits(cfg.path, tok, "teacher.path")
         model = load_causal_lm(cfg.path)
         info["checkpoint"] = str(cfg.path)
+        if cfg.pretrained is not None:  # the released model it came from (package, hashes, licence, Q4_1 origin)
+            from edgedistill.toolchain.llm.pretrained import recorded_source
+
+            info["source"] = recorded_source(cfg.path)
     info.update(params=param_count(model), val_nll=val_nll(model, ctx.encoded("val"), tok.pad_token_id))
     metrics = ctx.run.path("teacher", "metrics.json")
     write_json(metrics, info)
     outs = [*_files(ctx.teacher_dir), metrics] if cfg.path is None else [metrics]
-    ctx.run.record("teacher", h, outs, {"params": info["params"], "val_nll": info["val_nll"]})
+    ctx.run.record("teacher", h, outs, {"params": info["params"], "val_nll": info["val_nll"],
+                                        **({"source": info["source"]} if info.get("source") else {})})
     _drop_train_states(ctx.run.path("teacher"))
     ctx.console.print(f"  teacher {info['params']:,} params, val NLL {info['val_nll']:.4f}")
 
 
 def _files(folder: Path) -> list[Path]:
     return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
-
-
-class atomic_dir:  # noqa: N801 (used as a context manager, like atomic_path)
-    """Write a folder under a temporary name beside ``path`` and swap it in on success."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-
-    def __enter__(self) -> Path:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-        return self.tmp
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-        if self.path.exists():
-            self.path.replace(old)
-        self.tmp.replace(self.path)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _teacher_sha(ctx: Context) -> str:
@@ -598,10 +591,10 @@ def _launch_distill(ctx: Context, h: str) -> dict[str, Any]:
         _drop_train_states(ctx.run.path("students"))
     ctx.console.print(f"  accelerate launch: {cfg.num_processes} processes ({cfg.parallel})")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run(cmd, env=env, check=False)
+    proc = subprocess.run(dies_with_us(cmd), env=env, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"distill: `accelerate launch` exited {proc.returncode}; re-run to resume from the last "
-                           "checkpoint")
+        raise UserError(f"distill: `accelerate launch` exited {proc.returncode}; re-run to resume from the last "
+                        "checkpoint")
     names = ([BASELINE] if cfg.baseline else []) + [loss.name for loss in cfg.losses]
     students = {n: read_json(ctx.run.path("students", f"{n}.json")) for n in names}
     return {"students": students, "cache": cache_info}
@@ -625,8 +618,8 @@ def stage_blackbox(ctx: Context) -> None:
         Prompt,
         collect,
         failure_summary,
+        replies,
         source_id,
-        targets,
     )
     from edgedistill.toolchain.llm.distill.server import serving
     from edgedistill.toolchain.llm.distill.sft import train_sft
@@ -635,14 +628,13 @@ def stage_blackbox(ctx: Context) -> None:
 
     train = ctx.splits.train[:cfg.max_prompts] if cfg.max_prompts else ctx.splits.train
     prompts = [Prompt(e.id, e.prompt) for e in train]
+    # one journal for every recipe: a reply counts only for its own source and prompt text (see collect.py), so
+    # a change that asks nothing new (max_prompts, the SFT settings, the student) requests nothing again
     journal = ctx.run.path("blackbox", "collected.jsonl")
-    if journal.is_file() and _journal_hash(ctx) != h:
-        journal.unlink()  # replies of another teacher or endpoint are not this run's targets
-    write_json(ctx.run.path("blackbox", "journal-key.json"), {"config_hash": h})
     t0 = time.perf_counter()
     if cfg.endpoint.base_url:
         stats = collect(prompts, journal, cfg.endpoint)
-        served, source = cfg.endpoint.base_url, source_id(cfg.endpoint)
+        served, source = redact_url(cfg.endpoint.base_url), source_id(cfg.endpoint)
     else:
         gguf = convert(ctx.teacher_dir, ctx.run.path("blackbox", "teacher-f32.gguf"), "f32",
                        ctx.run.path(TOKENIZER_DIR))
@@ -653,36 +645,42 @@ def stage_blackbox(ctx: Context) -> None:
         served, source = f"llama_cpp.server on 127.0.0.1 ({gguf.name})", source_id(cfg.endpoint,
                                                                                     served=sha256_path(gguf))
     collect_s = time.perf_counter() - t0
-    got = targets(journal, source, prompts)
-    pairs = [(e.prompt, got[e.id]) for e in train if e.id in got]
-    ctx.console.print(f"  collected {len(pairs)}/{len(prompts)} teacher replies from {served} in {collect_s:.0f} s "
-                      f"({stats.failed} failed)")
-    if len(pairs) < len(prompts):  # partial work is never recorded as done: a re-run asks only the missing ones
+    got = replies(journal, source, prompts)
+    cut = {i for i, r in got.items() if r.get("finish_reason") == "length"}
+    ctx.console.print(f"  collected {len(got)}/{len(prompts)} teacher replies from {served} in {collect_s:.0f} s "
+                      f"({stats.failed} failed, {len(cut)} cut off at max_tokens={cfg.endpoint.max_tokens}: "
+                      f"truncated: {cfg.truncated})", highlight=False)
+    if len(got) < len(prompts):  # partial work is never recorded as done: a re-run asks only the missing ones
         raise CollectError(failure_summary(stats, served, journal))
+    used = [e for e in train if not (cfg.truncated == "drop" and e.id in cut)]
+    if not used:
+        raise CollectError(f"{journal}: all {len(cut)} replies were cut off at blackbox.endpoint.max_tokens="
+                           f"{cfg.endpoint.max_tokens} and blackbox.truncated is drop; raise max_tokens or set "
+                           "truncated: no_eos")
+    pairs = [(e.prompt, got[e.id]["output"]) for e in used]
+    no_eos = [cfg.truncated == "no_eos" and e.id in cut for e in used]
     teacher = load_causal_lm(ctx.teacher_dir).eval()
     student, layers, _ = _new_student(ctx, teacher)
     del teacher
     ckpt = _train_state(ctx, "blackbox", h)
     res = train_sft(student, ctx.tok, pairs, cfg.train, ckpt, ctx.recipe.seed, ctx.recipe.data.max_length,
-                    lora=ctx.recipe.student.lora)
-    meta = {"config_hash": h, "role": "sft", "endpoint": served, "collected": len(pairs), "prompts": len(prompts),
+                    lora=ctx.recipe.student.lora, no_eos=no_eos)
+    meta = {"config_hash": h, "role": "sft", "endpoint": served, "collected": len(got), "prompts": len(prompts),
+            "truncated": len(cut), "truncated_policy": cfg.truncated, "trained_on": len(pairs),
             "collect_failed": stats.failed, "collect_retries": stats.retries, "collect_seconds": collect_s,
             "init_layers": layers, "steps": res.steps, "train_seconds": res.seconds,
             "tokens_per_second": res.per_second, "resumed_from": res.resumed_from, "history": res.history,
             "params": sum(p.numel() for p in student.parameters()), **_trained(res)}
     outs = _save_student(ctx, SFT, student, meta)
-    ctx.run.record("blackbox", h, [*outs, journal], {"collected": len(pairs), "prompts": len(prompts),
+    ctx.run.record("blackbox", h, [*outs, journal], {"collected": len(got), "prompts": len(prompts),
+                                                     "truncated": len(cut), "truncated_policy": cfg.truncated,
+                                                     "trained_on": len(pairs),
                                                      "val_nll": meta["val_nll"],
                                                      "val_task_score": meta["val_task_score"],
                                                      "params": meta["params"],
                                                      "trainable_params": meta["trainable_params"]})
     _drop_train_states(ctx.run.path("blackbox"))
     ctx.console.print(f"  sft: val NLL {meta['val_nll']:.4f}, val task {meta['val_task_score']:.3f}{_lora_note(meta)}")
-
-
-def _journal_hash(ctx: Context) -> str | None:
-    key = ctx.run.path("blackbox", "journal-key.json")
-    return read_json(key).get("config_hash") if key.is_file() else None
 
 
 # -- export: GGUF and ONNX of the best student, with fidelity --------------------------------------------------
@@ -722,7 +720,7 @@ def stage_export(ctx: Context) -> None:
                      "llama_cpp": llama_cpp_version() if r.export.gguf else None})
     if ctx.skip("export", h):
         return
-    from edgedistill.toolchain.llm.export.artifacts import LLMExport, export_llm
+    from edgedistill.toolchain.llm.export.artifacts import LLMExport, export_llm, rejection_line
     from edgedistill.toolchain.llm.export.fidelity import PARITY_MIN_POSITIONS, fidelity, long_sequence, torch_logits
     from edgedistill.toolchain.llm.models import load_causal_lm
 
@@ -754,14 +752,20 @@ def stage_export(ctx: Context) -> None:
                          log=lambda m: ctx.console.print(m, highlight=False), ref=teacher)
         teacher_records, t_outputs, t_s = export_llm(tjob)
         outputs, export_s = outputs + t_outputs, export_s + t_s
+        job.rejected |= tjob.rejected
     listing = ctx.run.path("export", "artifacts.json")
     write_json(listing, {"best_student": best, "reference": f"PyTorch {best} student", "pytorch": pytorch,
-                         "artifacts": records, "teacher_artifacts": teacher_records, "export_seconds": export_s})
+                         "artifacts": records, "teacher_artifacts": teacher_records, "rejected": job.rejected,
+                         "export_seconds": export_s})
+    # a rejected file is no artifact (never benched); the run goes on and ends with exit 2 (errors)
     ctx.run.record("export", h, [*outputs, listing], {"best_student": best,
                                                       "artifacts": [a["name"] for a in records],
                                                       "teacher_artifacts": [a["name"] for a in teacher_records],
                                                       "parity_failed": [a["name"] for a in records + teacher_records
-                                                                        if not a["fidelity"]["ok"]]})
+                                                                        if not a["fidelity"]["ok"]],
+                                                      "rejected": job.rejected,
+                                                      "errors": [rejection_line(job.rejected, listing)]
+                                                      if job.rejected else []})
 
 
 def export_options(recipe: LLMRecipe, formats: str | None, variants: str | None, layout: str | None) -> LLMRecipe:

@@ -11,8 +11,11 @@ names another folder holding ``convert_hf_to_gguf.py``.
 lazily (peak memory follows the largest tensor, not the model). llama.cpp names a BPE tokenizer's pre-tokenizer by
 hashing its tokenisation of a fixed text against tokenizers it knows, so a tokenizer trained here is unknown to it;
 :func:`identify_pre_tokenizer` reads the pre-tokenizer from ``tokenizer.json`` itself, and the wrapper gives that
-name only when the hash is unknown. Whether llama.cpp then tokenises like the HF tokenizer is checked on
-:data:`~edgedistill.toolchain.llm.export.fidelity.PARITY_TEXTS` by the export stage (the artifact's fidelity row).
+name only when the hash is unknown. The converter sees a staged copy of the folder, repaired first by
+:func:`~edgedistill.toolchain.llm.export.tokenizer_repair.repair_for_converter` (a byte-level BPE that another tool
+wrote in SentencePiece's shape would otherwise become a vocabulary that aborts llama.cpp). Whether llama.cpp then
+tokenises like the HF tokenizer is checked on :data:`~edgedistill.toolchain.llm.export.fidelity.PARITY_TEXTS` by the
+export stage (the artifact's fidelity row).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from edgedistill.core.errors import UserError
 from edgedistill.core.fileio import atomic_path
 from edgedistill.core.paths import tools_root
 from edgedistill.core.procs import dies_with_us
+from edgedistill.toolchain.llm.export.tokenizer_repair import repair_for_converter
+from edgedistill.toolchain.llm.model_folder import converter_files
 
 #: variant → llama.cpp ``llama_ftype`` (llama.h): the quantiser's target type
 QUANT_FTYPES = {"q8_0": 7, "q4_0": 2, "q4_k_m": 15}
@@ -42,9 +47,9 @@ CONVERTER_ENV = "EDGEDISTILL_LLAMA_CONVERTER"
 _CONVERTER_FILES = ("convert_hf_to_gguf.py", "LICENSE")
 _CONVERTER_TREES = ("conversion/", "gguf-py/gguf/")
 _DONE = ".complete"
-#: tokenizer files that come from ``tokenizer_dir`` when it is given; everything else comes from the model folder
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                    "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+#: what the converter keeps of this process's environment (paths, locale, caches; never keys or PYTHONPATH)
+_CONVERTER_ENV_KEEP = ("PATH", "HOME", "LANG", "TMPDIR", "TZ", "HF_HOME", "XDG_CACHE_HOME", "OMP_NUM_THREADS",
+                       "SYSTEMROOT")
 
 # Pre-tokenizer regexes as published in the models' own tokenizer.json files (the Split step before ByteLevel),
 # each with the name llama.cpp gives the same pre-tokenizer (``tokenizer.ggml.pre``).
@@ -135,13 +140,18 @@ def identify_pre_tokenizer(tokenizer_json: Path) -> str | None:
 
     Recognised: ``ByteLevel(add_prefix_space=False, use_regex=True)`` alone (GPT-2: ``gpt-2``), and
     ``Split(regex, Isolated)`` then ``ByteLevel(add_prefix_space=False, use_regex=False)`` with a regex of
-    :data:`PRE_TOKENIZERS` (Llama 3: ``llama-bpe``; Qwen2: ``qwen2``), with a normalizer that pre-tokenizer allows.
+    :data:`PRE_TOKENIZERS` (Llama 3: ``llama-bpe``; Qwen2: ``qwen2``), with a normalizer that pre-tokenizer allows;
+    and ``Digits(individual_digits=True)`` then that GPT-2 ``ByteLevel`` (SmolLM2: ``smollm``).
     """
     tj = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))
     if (tj.get("model") or {}).get("type") != "BPE" or (tj.get("model") or {}).get("byte_fallback"):
         return None
     pre = tj.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    if (len(steps) == 2 and steps[0].get("type") == "Digits" and steps[0].get("individual_digits")
+            and steps[1].get("type") == "ByteLevel" and steps[1].get("use_regex", True)
+            and not steps[1].get("add_prefix_space", False) and tj.get("normalizer") is None):
+        return "smollm"  # SmolLM/SmolLM2: each digit alone, then GPT-2's split (llama.cpp's `smollm`)
     regex = None
     if len(steps) == 1 and steps[0].get("type") == "ByteLevel" and steps[0].get("use_regex", True):
         regex, byte_level = GPT2_REGEX, steps[0]
@@ -180,12 +190,14 @@ def convert(model_dir: Path, out: Path, outtype: str = "f32", tokenizer_dir: Pat
     tdir = Path(tokenizer_dir) if tokenizer_dir is not None else model_dir
     if not ((tdir / "tokenizer.json").is_file() or (tdir / "tokenizer.model").is_file()):
         raise GGUFError(f"{tdir}: no tokenizer.json or tokenizer.model; give the tokenizer folder")
-    pre = pre_tokenizer or (identify_pre_tokenizer(tdir / "tokenizer.json") if (tdir / "tokenizer.json").is_file()
-                            else None)
+    files = converter_files(model_dir, tdir)  # refuses code, a foreign architecture, a custom tokenizer class
     with tempfile.TemporaryDirectory(prefix=".gguf-src-", dir=Path(out).parent if Path(out).parent.is_dir()
                                      else None) as staging, atomic_path(out) as tmp:
-        cmd, env = converter_command(_stage(model_dir, tdir, Path(staging)), tmp, outtype, pre, lazy,
-                                     name=model_dir.name)
+        src = _stage(files, Path(staging), model_dir.name)
+        repair_for_converter(src)  # the staged copy: a byte-level BPE written in SentencePiece's shape
+        pre = pre_tokenizer or (identify_pre_tokenizer(src / "tokenizer.json") if (src / "tokenizer.json").is_file()
+                                else None)
+        cmd, env = converter_command(src, tmp, outtype, pre, lazy, name=model_dir.name)
         try:
             proc = subprocess.run(dies_with_us(cmd), capture_output=True, text=True, env=env, timeout=timeout_s,
                                   check=False)
@@ -207,32 +219,34 @@ def converter_command(src: Path, out: Path, outtype: str, pre: str | None, lazy:
     cmd += ["--pre", pre] if pre else []
     cmd += ["--", str(src), "--outtype", outtype, "--outfile", str(out), "--model-name", name or Path(src).name]
     cmd += [] if lazy else ["--no-lazy"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return cmd, env
+    return cmd, converter_env()
 
 
-def _stage(model_dir: Path, tdir: Path, staging: Path) -> Path:
-    """A folder of links: the model's config and safetensors (never pickles), and the tokenizer's files."""
-    src = staging / model_dir.name
+def converter_env() -> dict[str, str]:
+    """The converter's environment: only :data:`_CONVERTER_ENV_KEEP` of this one (no API keys, no
+    ``PYTHONPATH``), offline, with the working directory kept off ``sys.path`` (``PYTHONSAFEPATH``)."""
+    keep = {k: v for k, v in os.environ.items() if k in _CONVERTER_ENV_KEEP or k.startswith("LC_")}
+    return {**keep, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+            "TOKENIZERS_PARALLELISM": "false", "PYTHONSAFEPATH": "1"}
+
+
+def _stage(files: list[Path], staging: Path, name: str) -> Path:
+    """A folder ``staging/name`` of links to ``files`` (:func:`~edgedistill.toolchain.llm.model_folder.converter_files`:
+    the config, the safetensors weights and index, the tokenizer files of its kind; nothing else)."""
+    src = staging / name
     src.mkdir()
-    for f in model_dir.iterdir():
-        if f.is_file() and not f.name.startswith(".") and not f.name.endswith((".bin", ".pt", ".pth", ".pkl")):
-            if tdir != model_dir and f.name in _TOKENIZER_FILES:
-                continue
-            (src / f.name).symlink_to(f.resolve())
-    if tdir != model_dir:
-        for name in _TOKENIZER_FILES:
-            if (tdir / name).is_file():
-                (src / name).symlink_to((tdir / name).resolve())
+    for f in files:
+        (src / f.name).symlink_to(f.resolve())
     return src
 
 
 def _converter_error(model_dir: Path, tdir: Path, stderr: str) -> str:
     tail = "\n".join(line for line in stderr.strip().splitlines()[-12:])
     if "pre-tokenizer was not recognized" in stderr:
+        known = ", ".join(sorted({*PRE_TOKENIZERS.values(), "smollm"}))
         return (f"{model_dir}: llama.cpp does not know the tokenizer's pre-tokenizer, and {tdir / 'tokenizer.json'}"
-                f" defines none that edgedistill recognises (known: {', '.join(sorted(set(PRE_TOKENIZERS.values())))}"
-                "; a ByteLevel BPE, alone or after a Split with one of their regexes)")
+                f" defines none that edgedistill recognises (known: {known}; a ByteLevel BPE, alone, after a Split "
+                "with one of their regexes, or after Digits)")
     if "is not supported" in stderr and "Model " in stderr:
         arch = json.loads((model_dir / "config.json").read_text()).get("architectures")
         return f"{model_dir}: llama.cpp's converter does not support architecture {arch}\n{tail}"
