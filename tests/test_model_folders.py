@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from tests.test_bad_inputs import _one_line_exit_2
 from tests.test_cli import cli, cli_here
 
 #: the swapped architecture: a llama.cpp converter class whose set_vocab calls
@@ -103,15 +104,6 @@ def plant(clean: dict[str, Path], variant: str, dest: Path, marker: Path) -> Pat
     return folder
 
 
-def _one_line_exit_2(res: subprocess.CompletedProcess, needles: list[str]) -> None:
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
-    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in res.stderr, res.stderr[-2000:]
-    for n in needles:
-        assert n in errors[0], (n, errors[0])
-
-
 def _unsafe(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     """``code`` in a fresh Python with its own transformers module cache (the controls' loads copy the module)."""
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1"}
@@ -151,7 +143,7 @@ def test_export_hf_refuses_planted_code(clean: dict[str, Path], tmp_path: Path, 
     marker = tmp_path / "marker"
     folder = plant(clean, variant, tmp_path / "m", marker)
     res = cli_here("export", "--hf", str(folder), "--formats", "gguf:f32", "--out", str(tmp_path / "out"))
-    _one_line_exit_2(res, [str(folder), *VARIANTS[variant][1]])
+    _one_line_exit_2(res, str(folder), *VARIANTS[variant][1])
     assert not marker.exists()
 
 
@@ -159,7 +151,7 @@ def test_export_hf_refuses_the_issues_folder_in_a_real_process(clean: dict[str, 
     marker = tmp_path / "marker"
     folder = plant(clean, "swapped architectures", tmp_path / "m", marker)
     res = cli("export", "--hf", str(folder), "--formats", "gguf:f32", "--out", str(tmp_path / "out"))
-    _one_line_exit_2(res, VARIANTS["swapped architectures"][1])
+    _one_line_exit_2(res, *VARIANTS["swapped architectures"][1])
     assert not marker.exists() and not (tmp_path / "out" / "artifacts.json").exists()
 
 
@@ -184,7 +176,7 @@ def test_run_refuses_a_planted_teacher(clean: dict[str, Path], tmp_path: Path, v
     marker = tmp_path / "marker"
     folder = plant(clean, variant, tmp_path / "m", marker)
     res = cli_here("run", str(_llm_recipe(tmp_path, clean, "teacher.path", folder)), "--out", str(tmp_path / "run"))
-    _one_line_exit_2(res, ["teacher.path: ", str(folder), *VARIANTS[variant][1]])
+    _one_line_exit_2(res, "teacher.path: ", str(folder), *VARIANTS[variant][1])
     assert not marker.exists() and not (tmp_path / "run" / "data" / "train.jsonl").exists()
 
 
@@ -193,7 +185,7 @@ def test_run_refuses_planted_code_on_every_recipe_path(clean: dict[str, Path], t
     marker = tmp_path / "marker"
     folder = plant(clean, "auto_map in tokenizer_config.json", tmp_path / "m", marker)
     res = cli_here("run", str(_llm_recipe(tmp_path, clean, role, folder)), "--out", str(tmp_path / "run"))
-    _one_line_exit_2(res, [f"{role}: ", "tokenizer_config.json: auto_map"])
+    _one_line_exit_2(res, f"{role}: ", "tokenizer_config.json: auto_map")
     assert not marker.exists()
 
 
@@ -201,7 +193,7 @@ def test_run_in_a_real_process_refuses_the_issues_folder(clean: dict[str, Path],
     marker = tmp_path / "marker"
     folder = plant(clean, "swapped architectures", tmp_path / "m", marker)
     res = cli("run", str(_llm_recipe(tmp_path, clean, "teacher.path", folder)), "--out", str(tmp_path / "run"))
-    _one_line_exit_2(res, ["teacher.path: ", *VARIANTS["swapped architectures"][1]])
+    _one_line_exit_2(res, "teacher.path: ", *VARIANTS["swapped architectures"][1])
     assert not marker.exists()
 
 
