@@ -12,9 +12,10 @@ from pathlib import Path
 
 from edgedistill.core.fileio import atomic_path
 
-#: what the agent imports: the runtimes, and from core the registry and the no-code check of the PyTorch runtime
-_PACKAGES = {"core": ["__init__.py", "registry.py", "errors.py", "no_code.py"], "devices": ["__init__.py", "agent.py"],
-             "runtimes": ["*.py"]}
+#: what the agent imports: the runtimes, and from core the registry, the no-code check of the PyTorch runtime and
+#: the child-process guard of ``runtimes/child.py``
+_PACKAGES = {"core": ["__init__.py", "registry.py", "errors.py", "no_code.py", "procs.py"],
+             "devices": ["__init__.py", "agent.py"], "runtimes": ["*.py"]}
 _ROOT = Path(__file__).resolve().parents[1]  # the folder that holds core/, devices/, runtimes/
 
 

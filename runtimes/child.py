@@ -87,7 +87,8 @@ def call(module: str, function: str, kwargs: dict[str, Any], *, file: Path, what
         raise ValueError(f"child.call: {module} is not a module of edgedistill")
     with tempfile.TemporaryDirectory(prefix="edgedistill-child-") as tmp:
         request = json.dumps({"module": module, "function": function, "kwargs": kwargs, "out": tmp})
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "GGML_NO_BACKTRACE": "1", _CHILD_ENV: "1"}  # no gdb on abort
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "GGML_NO_BACKTRACE": "1", _CHILD_ENV: "1",
+               "PYTHONSAFEPATH": "1"}  # never import a module from the working directory  # no gdb on abort
         try:
             proc = subprocess.run(dies_with_us([sys.executable, "-m", __name__]), input=request, capture_output=True,
                                   text=True, env=env, timeout=timeout_s, check=False)

@@ -177,3 +177,38 @@ def test_export_auto_on_an_llm_run(llm_run: Path) -> None:
     report = json.loads((llm_run / "report.json").read_text())
     assert report["summary"]["recommended"] == decision["chosen"] and report["auto"] == decision
     assert "## export --auto" in (llm_run / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_gguf_that_aborts_llama_cpp_keeps_the_rest_of_the_run(llm_run: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every GGUF of a run (the F32 reference and the teacher's too) gets a vocabulary that aborts llama.cpp:
+    `export` moves them to rejected/ and exits 2 in one line; `run` then benches and reports the ONNX files, and
+    exits 2 with the same line, because the export stage recorded it."""
+    import shutil
+
+    from edgedistill.toolchain.llm.export import gguf as gguf_mod
+    from tests.test_llm_gguf_crash import SPM_LABEL, relabel
+
+    run = tmp_path / "run"
+    shutil.copytree(llm_run, run)
+    real = gguf_mod.convert
+
+    def convert_then_relabel(model_dir: Path, out: Path, outtype: str = "f32", *a: object, **k: object) -> Path:
+        real(model_dir, out, outtype, *a, **k)  # type: ignore[arg-type]
+        relabel(out, out.with_suffix(".tmp"), SPM_LABEL).replace(out)
+        return out
+
+    monkeypatch.setattr(gguf_mod, "convert", convert_then_relabel)
+    res = cli_here("export", "--out", str(run), "--force")
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 2 and len(errors) == 1 and "student-f32 rejected" in errors[0], res.stderr[-2000:]
+    listing = json.loads((run / "export" / "artifacts.json").read_text())
+    assert {a["format"] for a in listing["artifacts"]} == {"onnx"}, listing["artifacts"]
+    assert {"student-f32", "student-q8_0", "student-q4_k_m"} <= set(listing["rejected"])
+    res = cli_here("run", str(llm_run.parent / "llm.yaml"), "--out", str(run))
+    assert res.returncode == 2 and "student-f32 rejected" in res.stderr.splitlines()[-1], res.stderr[-2000:]
+    report = json.loads((run / "report.json").read_text())
+    names = [m["name"] for m in report["models"] if m["kind"] == "artifact"]
+    assert names == ["student-onnx-fp32", "student-onnx-int8_dynamic"], names
+    assert all(m["bench_error"] is None for m in report["models"] if m["kind"] == "artifact")

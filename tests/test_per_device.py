@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from edgedistill.core.procs import dies_with_us
 from tests.conftest import tiny_recipe
 from tests.test_cli import cli
 
@@ -71,7 +72,8 @@ def keeps_ok(rep: dict, artifact: str, device: str) -> bool:
 @contextlib.contextmanager
 def competing_load() -> Iterator[None]:
     """A busy loop per core at the lowest priority while the block runs: the other tenants of a shared CI runner."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    procs = [subprocess.Popen(dies_with_us([sys.executable, "-c", "while True: pass"]))
+             for _ in range(os.cpu_count() or 1)]
     try:
         for p in procs:
             os.setpriority(os.PRIO_PROCESS, p.pid, 19)

@@ -167,7 +167,8 @@ def test_a_cut_of_the_real_model_distils_and_exports_with_parity(smollm2: Path, 
           f"same-top {fid['long_same_top_token']:.4f}, KD KL {before:.3f} -> {after:.3f}")
     assert rec["pre_tokenizer"] == "smollm"
     assert fid["ok"] and fid["tokens_identical"] == 1.0 and fid["long_positions"] >= 512
-    assert fid["long_max_abs_diff"] <= REAL_F32_MAX_ABS_DIFF and fid["long_same_top_token"] == 1.0
+    # a near-tie of two logits may flip the top token on another CPU
+    assert fid["long_max_abs_diff"] <= REAL_F32_MAX_ABS_DIFF and fid["long_same_top_token"] >= 0.99
     # the chat tokens stay control tokens, and special-token texts tokenise like HF and like the release GGUF
     assert set(token_types(gguf)[:17]) == {3}
     texts = [*PARITY_TEXTS, *EXTRA_TEXTS]

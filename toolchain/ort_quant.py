@@ -49,6 +49,8 @@ def equal_batch(n: int, most: int = 8) -> int:
     not change the result (the same values are collected: identical scales and zero points at batch 1 and 8 for
     each method); batch 1 for every count was measured 1.2-2.4x slower, hence the largest divisor.
     """
+    if n < 1:
+        raise ValueError(f"equal_batch: needs at least one calibration image, got {n}")
     return next(b for b in range(min(n, most), 0, -1) if n % b == 0)
 
 

@@ -167,7 +167,9 @@ class LLMTeacherConfig(Section):
         name = data["pretrained"]
         if name not in SOURCES:
             raise ValueError(f"pretrained: unknown model {name!r}; known: {', '.join(sorted(SOURCES))}")
-        if data.get("path") is not None and Path(data["path"]) != model_dir(name):
+        given = data.get("path")
+        # a saved run's recipe holds the path it resolved to under the HOME that made it: same folder name, fine
+        if given is not None and Path(given).name != model_dir(name).name:
             raise ValueError("pretrained: give path or pretrained, not both")
         return {**data, "path": model_dir(name)}
 
@@ -427,13 +429,18 @@ class LLMRecipe(RecipeBase):
     def _pretrained_tokenizer(cls, data: Any) -> Any:
         """A pretrained teacher's own tokenizer when the recipe names none."""
         teacher = data.get("teacher") if isinstance(data, dict) else None
-        if not isinstance(teacher, dict) or teacher.get("pretrained") is None or "tokenizer" in data:
+        if not isinstance(teacher, dict) or teacher.get("pretrained") is None:
             return data
         from edgedistill.toolchain.llm.pretrained import SOURCES, model_dir
 
         if teacher["pretrained"] not in SOURCES:
             return data  # the teacher section says why
-        return {**data, "tokenizer": {"kind": "local", "path": model_dir(teacher["pretrained"])}}
+        own = {"kind": "local", "path": model_dir(teacher["pretrained"])}
+        tok = data.get("tokenizer")
+        # a saved run's recipe names the folder under the HOME that made it: follow this machine's cache
+        saved = isinstance(tok, dict) and tok.get("kind") == "local" and tok.get("path") is not None \
+            and Path(tok["path"]).name == own["path"].name
+        return {**data, "tokenizer": own} if tok is None or saved else data
 
     @model_validator(mode="after")
     def _check_pretrained(self) -> LLMRecipe:

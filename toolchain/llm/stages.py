@@ -101,7 +101,7 @@ def stage_data(ctx: Context) -> None:
     if ctx.recipe.teacher.pretrained is not None:  # fetched, checked and dequantised once per machine
         from edgedistill.toolchain.llm.pretrained import ensure
 
-        ensure(ctx.recipe.teacher.pretrained, log=ctx.console.print)
+        ensure(ctx.recipe.teacher.pretrained, log=lambda m: ctx.console.print(m, markup=False))
     check_recipe_folders(ctx.recipe)  # the recipe's own folders, before any stage reads one (even when skipped)
     h = data_hash(ctx)
     if ctx.skip("data", h):

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 from torch import nn
 
 from edgedistill.benchmarks.harness import BenchItem, measure_devices, plan_devices, resolve_threads
@@ -681,7 +682,7 @@ def stage_export(ctx: Context) -> None:
     teacher = _export_teacher(ctx) if r.export.teacher else None
     _run_export(job, r.export, h, {"shipped": best, "shipped_reason": why}, teacher)
     for name, reason in job.failures.items():
-        ctx.console.print(f"  [yellow]{name} not written, every attempt failed:[/yellow] {reason}")
+        ctx.console.print(f"  [yellow]{name} not written, every attempt failed:[/yellow] {escape(reason)}")
     _print_parity(ctx.console, job.records + (teacher.records if teacher else []))
 
 

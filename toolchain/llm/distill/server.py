@@ -82,7 +82,7 @@ def start_server(model: Path, port: int = 0, alias: str = "teacher", n_ctx: int 
     port = int(sock.getsockname()[1])
     cmd = dies_with_us([sys.executable, "-c", _SERVE, str(sock.fileno()), str(model), alias, str(n_ctx),
                         str(threads)])
-    env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
+    env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ} | {"PYTHONSAFEPATH": "1"}  # no cwd modules
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
     try:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, pass_fds=(sock.fileno(),), env=env)

@@ -107,11 +107,15 @@ def _check_gguf(job: LLMExport, v: str, path: Path) -> dict[str, Any]:
     par = parity(v, tokens, long_parity(job.long_ref, got["long_logits"]), fid,
                  "llama.cpp (the GGUF's own vocabulary)")
     size = path.stat().st_size
+    try:  # gguf-py reads the file in this process: a malformed one is a rejected artifact, not a traceback
+        types, pre = sorted(set(tensor_types(path).values())), metadata(path)["tokenizer.ggml.pre"]
+    except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as err:
+        raise GGUFError(f"{path}: gguf cannot read it back ({type(err).__name__}: {err})") from None
     job.log(f"  {job.prefix}-{v}: ppl {fid.perplexity:.3f}, KLD {fid.kld_mean:.2e}, same-top "
             f"{fid.same_top_token:.4f}, {size / 1024:.0f} KB; {parity_line(par)}")
     return {"name": f"{job.prefix}-{v}", "file": str(path.relative_to(job.root)), "format": "gguf", "variant": v,
-            "source": job.source, "tensor_types": sorted(set(tensor_types(path).values())), "size_bytes": size,
-            "kv_cache": got["runtime"]["kv_cache"], "pre_tokenizer": metadata(path)["tokenizer.ggml.pre"],
+            "source": job.source, "tensor_types": types, "size_bytes": size,
+            "kv_cache": got["runtime"]["kv_cache"], "pre_tokenizer": pre,
             "fidelity": fid.to_dict() | par.to_dict()}
 
 
