@@ -219,6 +219,13 @@ def test_a_recipe_names_the_pretrained_teacher_and_gets_its_tokenizer() -> None:
     r = parse_recipe({"kind": "llm", "name": "smol", "teacher": {"pretrained": NAME}})
     assert r.teacher.path == pretrained.model_dir(NAME)  # fetched there by the data stage, not when parsed
     assert (r.tokenizer.kind, r.tokenizer.path) == ("local", pretrained.model_dir(NAME))
+    # a run's saved recipe names the folder under the HOME that made it; reopened elsewhere it follows this cache
+    other = Path("/elsewhere/.cache/edgedistill/pretrained") / pretrained.model_dir(NAME).name
+    saved = parse_recipe({"kind": "llm", "name": "smol", "teacher": {"pretrained": NAME, "path": str(other)},
+                          "tokenizer": {"kind": "local", "path": str(other)}})
+    assert saved.teacher.path == saved.tokenizer.path == pretrained.model_dir(NAME)
+    with pytest.raises(RecipeError, match=r"give path or pretrained, not both"):
+        parse_recipe({"kind": "llm", "name": "smol", "teacher": {"pretrained": NAME, "path": "/my/own/model"}})
     with pytest.raises(RecipeError, match=r"teacher\.pretrained.*unknown model 'smollm3'.*smollm2-135m-instruct"):
         parse_recipe({"kind": "llm", "name": "smol", "teacher": {"pretrained": "smollm3"}}, "r.yaml")
     with pytest.raises(RecipeError, match=r"tokenizer\.kind.*needs its own tokenizer"):
