@@ -44,6 +44,18 @@ def relabel(src: Path, dst: Path, overrides: dict[str, str]) -> Path:
     return dst
 
 
+def break_every_converted_gguf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every GGUF llama.cpp's converter writes from now on gets the issue's broken labels (:data:`SPM_LABEL`)."""
+    real = gguf_mod.convert
+
+    def convert_then_relabel(model_dir: Path, out: Path, outtype: str = "f32", *a: object, **k: object) -> Path:
+        real(model_dir, out, outtype, *a, **k)  # type: ignore[arg-type]
+        relabel(out, out.with_suffix(".tmp"), SPM_LABEL).replace(out)
+        return out
+
+    monkeypatch.setattr(gguf_mod, "convert", convert_then_relabel)
+
+
 @pytest.fixture(scope="module")
 def good_and_bad(tiny_lm: TinyLM, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:  # noqa: F811
     d = tmp_path_factory.mktemp("gguf-crash")
@@ -106,14 +118,7 @@ def test_export_rejects_the_gguf_and_keeps_the_rest(tiny_lm: TinyLM, tmp_path: P
     file is kept, recorded and checked. The test process itself survives (llama.cpp ran in children)."""
     from tests.test_cli import cli_here
 
-    real = gguf_mod.convert
-
-    def convert_then_relabel(model_dir: Path, out: Path, outtype: str = "f32", *a: object, **k: object) -> Path:
-        real(model_dir, out, outtype, *a, **k)  # type: ignore[arg-type]
-        relabel(out, out.with_suffix(".tmp"), SPM_LABEL).replace(out)
-        return out
-
-    monkeypatch.setattr(gguf_mod, "convert", convert_then_relabel)
+    break_every_converted_gguf(monkeypatch)
     out = tmp_path / "out"
     res = cli_here("export", "--hf", str(tiny_lm.dir), "--formats", "gguf:f32,gguf:q8_0,onnx:fp32", "--out", str(out))
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]

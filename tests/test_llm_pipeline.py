@@ -187,19 +187,11 @@ def test_a_gguf_that_aborts_llama_cpp_keeps_the_rest_of_the_run(llm_run: Path, t
     exits 2 with the same line, because the export stage recorded it."""
     import shutil
 
-    from edgedistill.toolchain.llm.export import gguf as gguf_mod
-    from tests.test_llm_gguf_crash import SPM_LABEL, relabel
+    from tests.test_llm_gguf_crash import break_every_converted_gguf
 
     run = tmp_path / "run"
     shutil.copytree(llm_run, run)
-    real = gguf_mod.convert
-
-    def convert_then_relabel(model_dir: Path, out: Path, outtype: str = "f32", *a: object, **k: object) -> Path:
-        real(model_dir, out, outtype, *a, **k)  # type: ignore[arg-type]
-        relabel(out, out.with_suffix(".tmp"), SPM_LABEL).replace(out)
-        return out
-
-    monkeypatch.setattr(gguf_mod, "convert", convert_then_relabel)
+    break_every_converted_gguf(monkeypatch)
     res = cli_here("export", "--out", str(run), "--force")
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert res.returncode == 2 and len(errors) == 1 and "student-f32 rejected" in errors[0], res.stderr[-2000:]
