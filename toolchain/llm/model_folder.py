@@ -7,7 +7,7 @@ code (:func:`edgedistill.core.no_code.refuse_code`: no ``.py`` file, no ``auto_m
 
 * ``model_type`` is one of :data:`FAMILIES`, and ``architectures`` (top level and in ``text_config``) is that
   family's one class (:data:`ARCHITECTURES`): llama.cpp's converter picks its code by ``architectures[0]``, not by
-  ``model_type``, and some of its classes load the tokenizer with ``trust_remote_code=True``;
+  ``model_type``, and some of its classes load the tokenizer trusting remote code;
 * ``tokenizer_class`` (``tokenizer_config.json``, else ``config.json``) is one the tokenizer kinds here use
   (:data:`TOKENIZER_CLASSES`), never a custom class;
 * the tokenizer is of one kind (:data:`TOKENIZER_FILES`): a ``tokenizer.json`` (byte-level BPE; GPT-2's

@@ -1,7 +1,7 @@
 """Run llama.cpp's ``convert_hf_to_gguf.py`` with two changes: when its pre-tokenizer check does not know the
 tokenizer's hash, use the pre-tokenizer named by ``--pre`` (which edgedistill identified from ``tokenizer.json``);
 and no code from the model folder ever runs (:func:`_refuse_remote_code`), although several of its model classes
-load the tokenizer with ``trust_remote_code=True``.
+load the tokenizer with remote code trusted (``trust_remote_code`` set to true).
 
 A known hash always wins (llama.cpp's own answer); without ``--pre`` an unknown hash fails as it does upstream.
 Runs in a subprocess of the project's Python (:func:`edgedistill.toolchain.llm.export.gguf.convert`)::
