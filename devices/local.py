@@ -1,4 +1,7 @@
-"""The ``local`` transport: the agent in a fresh subprocess of this Python, so each memory figure is its own."""
+"""What every transport shares to start the agent: the job (:class:`AgentJob`), the child process that runs it
+(:func:`run_agent_process`; :func:`run_local` in a fresh subprocess of this Python, so each memory figure is its own)
+and the parsing of its one JSON document. The ``local`` transport itself is in :mod:`edgedistill.devices.constrained`.
+"""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from edgedistill.core import llama_source, locks
 from edgedistill.core.fileio import write_json, write_text
-from edgedistill.core.paths import cache_root as core_cache_root
+from edgedistill.core.paths import qemu_root
 from edgedistill.devices import llama_arm64
 from edgedistill.devices.bundle import build_bundle
 from edgedistill.devices.local import AGENT_MODULE, AgentError, AgentJob, run_agent_process
@@ -54,16 +54,8 @@ class QemuError(AgentError):
     """Emulation is unavailable or the rootfs cannot be built; the message says the fix."""
 
 
-def cache_root() -> Path:
-    """``$EDGEDISTILL_QEMU_DIR`` if set, else ``$EDGEDISTILL_CACHE/qemu-arm64``, default
-    ``~/.cache/edgedistill/qemu-arm64``."""
-    if own := os.environ.get("EDGEDISTILL_QEMU_DIR"):
-        return Path(own)
-    return core_cache_root() / "qemu-arm64"
-
-
 def rootfs_dir() -> Path:
-    return cache_root() / "rootfs"
+    return qemu_root() / "rootfs"
 
 
 def _which(tool: str) -> str | None:
@@ -76,7 +68,7 @@ def missing_tools() -> list[str]:
 
 
 def is_ready() -> bool:
-    return (cache_root() / "ready.json").is_file()
+    return (qemu_root() / "ready.json").is_file()
 
 
 def _mirror() -> str:
@@ -90,7 +82,7 @@ def _mirror() -> str:
 
 
 def _lock() -> contextlib.AbstractContextManager[None]:
-    return locks.locked(cache_root() / ".lock")
+    return locks.locked(qemu_root() / ".lock")
 
 
 def _run(cmd: list[str], what: str, log: Any, **kw: Any) -> None:
@@ -129,13 +121,13 @@ def _setup_llama(log: Any) -> dict[str, str]:
 
 def _setup_rootfs(log: Any, force: bool) -> dict[str, Any]:
     with _lock():
-        ready = cache_root() / "ready.json"
+        ready = qemu_root() / "ready.json"
         if ready.is_file() and not force:
             return json.loads(ready.read_text())
         if os.geteuid() != 0:
             raise QemuError("qemu-arm64 setup: debootstrap needs root (run `sudo edgedistill devices setup "
                             "qemu-arm64`, or build the cache as root once per machine)")
-        tmp = cache_root() / "rootfs.partial"
+        tmp = qemu_root() / "rootfs.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         ready.unlink(missing_ok=True)
         mirror = _mirror()
@@ -277,7 +269,7 @@ class QemuTransport(Transport):
             llama = llama_arm64.info(arch)
         doc = run_agent_process(_qemu_cmd(["-m", AGENT_MODULE, *job.argv()], cpu), job, timeout_s,
                                 env=_env(self._bundle, extra))
-        info = json.loads((cache_root() / "ready.json").read_text())
+        info = json.loads((qemu_root() / "ready.json").read_text())
         if llama:
             doc["llama_cpp_build"] = {k: llama[k] for k in ("llama_cpp_python", "arch", "march", "compiler")}
         return self.annotate(doc, emulator=f"qemu-aarch64-static (user mode, -cpu {cpu or 'max'})",

@@ -21,7 +21,6 @@ profile and whatever caps were applied), so each figure says how it was obtained
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -35,7 +34,8 @@ from edgedistill.devices.profile import DeviceProfile, get_profile
 
 
 class Label(StrEnum):
-    """How a figure was obtained (DESIGN.md, "The benchmark agent")."""
+    """How a figure was obtained: ``measured`` on real hardware, ``constrained`` on this host under the profile's
+    core/memory caps, ``emulated`` under qemu (correct outputs, not a device's time), ``estimated`` from a roofline."""
 
     MEASURED = "measured"
     CONSTRAINED = "constrained"
@@ -96,13 +96,11 @@ class Transport(ABC):
         return doc
 
 
-TRANSPORTS: Registry[type[Transport]] = Registry("device transport")
-
-# transport name -> module that registers it (imported on first use: ssh/adb clients load only when needed)
-_MODULES = {"local": "edgedistill.devices.constrained", "constrained": "edgedistill.devices.constrained",
-            "estimated": "edgedistill.devices.estimate", "qemu-arm64": "edgedistill.devices.qemu",
-            "qemu-x86_64": "edgedistill.devices.qemu_x86",
-            "ssh": "edgedistill.devices.ssh", "adb": "edgedistill.devices.adb"}
+#: transport name -> module that registers it (imported on first use: ssh/adb clients load only when needed)
+TRANSPORTS: Registry[type[Transport]] = Registry("device transport", modules={
+    "local": "edgedistill.devices.constrained", "constrained": "edgedistill.devices.constrained",
+    "estimated": "edgedistill.devices.estimate", "qemu-arm64": "edgedistill.devices.qemu",
+    "qemu-x86_64": "edgedistill.devices.qemu_x86", "ssh": "edgedistill.devices.ssh", "adb": "edgedistill.devices.adb"})
 
 
 def parse_device(spec: str, profile_paths: list[Path] | None = None) -> Device:
@@ -153,8 +151,6 @@ def _override(profile: DeviceProfile, query: str, spec: str) -> DeviceProfile:
 
 
 def open_transport(device: Device) -> Transport:
-    if device.transport in _MODULES and device.transport not in TRANSPORTS:
-        importlib.import_module(_MODULES[device.transport])
     return TRANSPORTS.get(device.transport)(device)
 
 

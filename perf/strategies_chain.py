@@ -160,13 +160,13 @@ def main() -> None:  # noqa: C901  (one linear script: set-up, the strategies, t
         res, secs = timed(train_supervised, m, data, kd_cfg.train.model_copy(update={"augment": False}),
                           torch.nonzero(data.labelled).flatten(), ckpts / f"ce-{s_steps}-{tag}.pt", "CE-only", seed)
         row("CE only (200 labels)", train_cost(s_steps, f_s), f"{s_steps}").add(
-            res.val_accuracy, accuracy(m, data.test_x, data.test_y), secs)
+            res.best, accuracy(m, data.test_x, data.test_y), secs)
         # direct response KD from the cached teacher
         m = new(STUDENT, seed)
         res, secs = timed(train_student, m, data, kd_cfg, ckpts / f"kd-{s_steps}-{tag}.pt", seed, cached=cached,
                           desc="direct KD")
         row("direct KD (teacher → student)", train_cost(s_steps, f_s) + teacher_pass, f"{s_steps}").add(
-            res.val_accuracy, accuracy(m, data.test_x, data.test_y), secs)
+            res.best, accuracy(m, data.test_x, data.test_y), secs)
         # self-distillation: no teacher, and on top of KD
         for i, (name, c) in enumerate((("self-distillation, no teacher", None), ("self-distillation + KD", cached))):
             m = new(STUDENT, seed)
@@ -199,7 +199,7 @@ def main() -> None:  # noqa: C901  (one linear script: set-up, the strategies, t
                 s_test = accuracy(m, data.test_x, data.test_y)
                 cost = train_cost(a_steps, f_a) + n * f_a * tf + train_cost(st_steps, f_s) + teacher_pass
                 row(f"chain via {asst}, {label}", cost, f"{a_steps} + {st_steps}").add(
-                    res.val_accuracy, s_test, secs + a_secs, **{
+                    res.best, s_test, secs + a_secs, **{
                         "assistant test": a_test, "assistant val": a_val,
                         "assistant / teacher": a_test / t_test, "student / assistant": s_test / a_test,
                         "student / teacher": s_test / t_test})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,11 @@ class RuntimeError_(RuntimeError):
     """A runtime cannot open or run an artifact; the message names the file."""
 
 
-RUNTIMES: Registry[type[Session]] = Registry("runtime")
-
-# name -> module that registers it (imported on first use so that only the needed runtime package is loaded)
-_MODULES = {"onnxruntime": "edgedistill.runtimes.ort", "torch": "edgedistill.runtimes.torch_ref",
-            "litert": "edgedistill.runtimes.litert", "llama.cpp": "edgedistill.runtimes.llama_cpp",
-            "onnxruntime-llm": "edgedistill.runtimes.ort_llm", "pytorch-llm": "edgedistill.runtimes.torch_lm"}
+#: name -> module that registers it (imported on first use so that only the needed runtime package is loaded)
+RUNTIMES: Registry[type[Session]] = Registry("runtime", modules={
+    "onnxruntime": "edgedistill.runtimes.ort", "torch": "edgedistill.runtimes.torch_ref",
+    "litert": "edgedistill.runtimes.litert", "llama.cpp": "edgedistill.runtimes.llama_cpp",
+    "onnxruntime-llm": "edgedistill.runtimes.ort_llm", "pytorch-llm": "edgedistill.runtimes.torch_lm"})
 _SUFFIXES = {".onnx": "onnxruntime", ".safetensors": "torch", ".tflite": "litert", ".gguf": "llama.cpp"}
 
 
@@ -58,12 +56,10 @@ def runtime_for(path: str | Path) -> str:
 
 def open_session(runtime: str, path: str | Path, threads: int = 1) -> Session:
     """Load ``path`` with the named runtime using ``threads`` intra-op threads."""
-    if runtime in _MODULES and runtime not in RUNTIMES:
-        try:
-            importlib.import_module(_MODULES[runtime])
-        except ImportError as err:  # e.g. llama-cpp-python has no wheel for this device
-            raise RuntimeError_(f"{path}: the {runtime} runtime is not installed here ({err})") from None
-    cls = RUNTIMES.get(runtime)
+    try:
+        cls = RUNTIMES.get(runtime)
+    except ImportError as err:  # e.g. llama-cpp-python has no wheel for this device
+        raise RuntimeError_(f"{path}: the {runtime} runtime is not installed here ({err})") from None
     path = Path(path)
     if not (path.is_dir() if cls.folder else path.is_file()):
         raise RuntimeError_(f"{path}: artifact not found")

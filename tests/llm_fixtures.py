@@ -18,6 +18,7 @@ from edgedistill.toolchain.llm.recipe import LlamaArch, LMTrainConfig
 from edgedistill.toolchain.llm.tasks.legal_briefs import generate_legal_briefs
 from edgedistill.toolchain.llm.tokenizer import Encoded, encode, train_bpe
 from edgedistill.toolchain.llm.train import train_lm
+from edgedistill.toolchain.training import drop_train_states, train_state
 
 TINY = LlamaArch(hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=256)
@@ -43,7 +44,7 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> TinyLM:
     enc = [encode(tok, e.prompt, e.completion, 160) for e in s.train]
     model = build_llama(TINY, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     train_lm(model, enc, LMTrainConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=5), 0, tok.pad_token_id,
-             d / "train-state.pt")
-    (d / "train-state.pt").unlink()
+             train_state(d, "tiny-lm"))
+    drop_train_states(d)
     model.save_pretrained(str(d), safe_serialization=True)
     return TinyLM(d, tok, model, enc, s.test, s.train)

@@ -49,3 +49,30 @@ def test_parse_agent_output_rejects_junk() -> None:
     with pytest.raises(AgentError, match="no result: Segmentation fault"):
         parse_agent_output("garbage\n", "loading\nSegmentation fault\n")
     assert parse_agent_output('noise\n{"schema": "x", "latency_ms": {}}\n')["schema"] == "x"
+
+
+def test_a_mistyped_runtime_lists_every_runtime(onnx_model: tuple[Path, Path]) -> None:
+    """In a fresh agent process, where no runtime module has been imported yet, the error lists every runtime the
+    registry knows, not only the ones loaded so far."""
+    from edgedistill.runtimes import RUNTIMES
+
+    with pytest.raises(AgentError) as err:
+        run_local(AgentJob(onnx_model[0], 1, runtime="onnxruntim", runs=1, warmup=0))
+    known = RUNTIMES.names()
+    assert {"onnxruntime", "litert", "llama.cpp", "torch", "pytorch-llm", "onnxruntime-llm"} <= set(known)
+    assert f"unknown runtime 'onnxruntim'; choose one of: {', '.join(known)}" in str(err.value)
+
+
+def test_a_registry_lists_members_it_has_not_loaded() -> None:
+    """``modules`` names members before their import; ``get`` imports the one asked for, a miss lists them all."""
+    from edgedistill.core.registry import Registry, UnknownNameError
+
+    reg: Registry[object] = Registry("thing", modules={"silent": "fnmatch", "never-loaded": "a_module_that_is_absent"})
+    reg.register("here")(object())
+    assert reg.names() == ["here", "never-loaded", "silent"] and "never-loaded" in reg and "x" not in reg
+    with pytest.raises(UnknownNameError, match="unknown thing 'x'; choose one of: here, never-loaded, silent"):
+        reg.get("x")
+    with pytest.raises(ModuleNotFoundError):  # its module is imported only when it is asked for
+        reg.get("never-loaded")
+    with pytest.raises(UnknownNameError, match="unknown thing 'silent'"):  # imported, but it registered nothing
+        reg.get("silent")

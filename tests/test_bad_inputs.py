@@ -313,3 +313,35 @@ def test_teacher_server_failures_are_one_line(tmp_path: Path) -> None:
         start_server(bad, log=log, timeout=60)
     msg = str(err.value)
     assert msg.startswith(f"{bad}: llama_cpp.server exited with code ") and str(log) in msg and "\n" not in msg
+
+
+def test_a_max_length_that_cuts_every_completion(tmp_path: Path) -> None:
+    """``data.max_length`` shorter than every prompt leaves no target token: one line in the data stage, not a
+    zero-loss teacher and a crash in distillation."""
+    recipe = _write(tmp_path, {**LLM, "data": {"kind": "legal-briefs", "n_examples": 60, "max_length": 16}})
+    res = cli("run", str(recipe), "--out", str(tmp_path / "run"))
+    _one_line_exit_2(res, "data.max_length: 16 tokens cut away every training completion")
+    assert not (tmp_path / "run" / "teacher").exists()
+
+
+def test_dropped_replies_leave_fewer_examples_than_a_batch(tmp_path: Path) -> None:
+    """``blackbox.truncated: drop`` leaving fewer replies than ``blackbox.train.batch_size``: one line naming the
+    policy and the counts, nothing recorded for the black-box stage."""
+    from tests.test_llm_pipeline import _small_llm_recipe
+    from tests.test_llm_sft import _Teacher
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Teacher)  # cuts off some replies (0 < cut < 6 for these prompts)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        r = _small_llm_recipe()
+        r["teacher"]["train"]["steps"] = 2
+        r["distill"] = {"enabled": False}
+        r["blackbox"] = {"endpoint": {"base_url": f"http://127.0.0.1:{srv.server_address[1]}/v1", "max_tokens": 8},
+                         "max_prompts": 6, "truncated": "drop", "train": {"steps": 1, "batch_size": 6}}
+        res = cli("run", str(_write(tmp_path, r)), "--out", str(tmp_path / "run"))
+    finally:
+        srv.shutdown()
+    _one_line_exit_2(res, "blackbox.truncated is drop and ", " of 6 replies were cut off",
+                     "for blackbox.train.batch_size=6")
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert "teacher" in manifest["stages"] and "blackbox" not in manifest["stages"]

@@ -9,7 +9,7 @@ import torch
 
 from edgedistill.toolchain.vision.data import load_vision_data
 from edgedistill.toolchain.vision.distill.cache import cached_teacher_outputs
-from edgedistill.toolchain.vision.distill.trainer import fit, freeze, train_student
+from edgedistill.toolchain.vision.distill.trainer import fit_epochs, freeze, train_student
 from edgedistill.toolchain.vision.models import create
 from edgedistill.toolchain.vision.recipe import DataConfig, DistillConfig, TrainConfig
 
@@ -91,8 +91,8 @@ def test_fit_resumes_after_interruption(tmp_path: Path) -> None:
     ckpt = tmp_path / "state.pt"
     args = (cfg, torch.arange(32), 32, lambda: 0.5, ckpt, "t")
     with pytest.raises(KeyboardInterrupt):
-        fit(model, lambda i: step(i, stop_at=7), *args)  # dies in epoch 2 (4 steps per epoch)
+        fit_epochs(model, lambda i: step(i, stop_at=7), *args)  # dies in epoch 2 (4 steps per epoch)
     assert ckpt.is_file()
     seen.clear()
-    res = fit(model, step, *args)
+    res = fit_epochs(model, step, *args)
     assert res.steps == 12 and len(seen) == 8  # epoch 1 was kept; epochs 2 and 3 ran again

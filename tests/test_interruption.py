@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from edgedistill.core.fileio import atomic_dir, sha256_path
+from edgedistill.toolchain.training import TRAIN_STATE
 from tests.conftest import tiny_recipe
 from tests.test_llm_pipeline import _small_llm_recipe
 
@@ -103,8 +104,8 @@ def test_vision_run_killed_in_every_long_stage(tmp_path: Path) -> None:
     ref, run = tmp_path / "ref", tmp_path / "killed"
     _finish(_run(recipe, ref))
     rng = random.Random(0)
-    stages = {"teacher training": _glob(run, "teacher/train-state-*.pt"),
-              "KD training": _glob(run, "students/kd-train-state-*.pt"),
+    stages = {"teacher training": _glob(run, f"teacher/{TRAIN_STATE}*.pt"),
+              "KD training": _glob(run, f"students/kd-{TRAIN_STATE}*.pt"),
               "export": _glob(run, "export/*.onnx"),
               "bench": _glob(run, "bench/*-t1.json")}
     killed = [name for name, cond in stages.items() if _kill_when(recipe, run, cond, rng)]
@@ -112,7 +113,7 @@ def test_vision_run_killed_in_every_long_stage(tmp_path: Path) -> None:
     _finish(_run(recipe, run))
     _same_artifacts(ref, run, ["teacher/teacher.safetensors", "students/kd.safetensors", "export/*.onnx",
                                "export/reference-logits.npy"])
-    assert (run / "report.json").is_file() and not list(run.rglob("*train-state*"))
+    assert (run / "report.json").is_file() and not list(run.rglob(f"*{TRAIN_STATE}*"))
 
 
 @pytest.mark.slow
@@ -133,10 +134,10 @@ def test_llm_run_killed_in_every_long_stage(tmp_path: Path) -> None:
         j = run / "blackbox" / "collected.jsonl"
         return j.is_file() and j.read_bytes().count(b"\n") >= 3
 
-    stages = {"teacher training": _glob(run, "teacher/train-state-*.pt"),
-              "KD training": _glob(run, "students/kd-fkl-train-state-*.pt"),
+    stages = {"teacher training": _glob(run, f"teacher/{TRAIN_STATE}*.pt"),
+              "KD training": _glob(run, f"students/kd-fkl-{TRAIN_STATE}*.pt"),
               "black-box collection": collected,
-              "SFT": _glob(run, "blackbox/train-state-*.pt"),
+              "SFT": _glob(run, f"blackbox/{TRAIN_STATE}*.pt"),
               "export": _glob(run, "export/*.gguf"),
               "bench": _glob(run, "bench/*-t1.json")}
     seen: dict[str, list[str]] = {}
@@ -147,7 +148,7 @@ def test_llm_run_killed_in_every_long_stage(tmp_path: Path) -> None:
     _finish(_run(recipe, run))
     _same_artifacts(ref, run, ["teacher/model/*.safetensors", "students/kd-fkl/*.safetensors",
                                "students/sft/*.safetensors", "export/*.gguf"])
-    assert (run / "report.json").is_file() and not list(run.rglob("*train-state*"))
+    assert (run / "report.json").is_file() and not list(run.rglob(f"*{TRAIN_STATE}*"))
 
 
 _PARENT = """

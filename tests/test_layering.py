@@ -1,5 +1,6 @@
-"""The layers of DESIGN.md: core < runtimes < devices < benchmarks < toolchain. A module never imports a layer above
-its own, and one pipeline kind never imports another (they share only the framework at toolchain's root)."""
+"""The layers: core < runtimes < devices < benchmarks < toolchain (README, "Layout"). A module imports only from its
+own layer or a layer below it, so that the agent's layers (core, runtimes, devices) run on a board without the
+toolchain, and one pipeline kind never imports another (they share only the framework at toolchain's root)."""
 
 from __future__ import annotations
 

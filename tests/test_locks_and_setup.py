@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from edgedistill.core import locks
+from edgedistill.core.paths import QEMU_ENV, qemu_root
 from edgedistill.devices import qemu
 
 
@@ -69,7 +70,7 @@ def _tiny_deb(into: Path) -> Path:
 
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb absent (not a Debian host)")
 def test_rootfs_setup_from_an_empty_cache_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EDGEDISTILL_QEMU_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(QEMU_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(qemu, "missing_tools", lambda: [])
     monkeypatch.setattr(qemu.os, "geteuid", lambda: 0)
     deb = _tiny_deb(tmp_path)
@@ -99,8 +100,8 @@ def test_rootfs_setup_from_an_empty_cache_finishes(tmp_path: Path, monkeypatch: 
     root = qemu.rootfs_dir()
     assert (root / "usr/bin/python3.11").is_file() and (root / qemu.SITE.lstrip("/") / "numpy").is_dir()
     assert "Cortex" in (root / "proc/cpuinfo").read_text() or "0xd08" in (root / "proc/cpuinfo").read_text()
-    assert json.loads((qemu.cache_root() / "ready.json").read_text())["machine"] == "aarch64"
-    assert not (qemu.cache_root() / "rootfs.partial").exists() and not list(root.glob("var/cache/apt/archives/*"))
+    assert json.loads((qemu_root() / "ready.json").read_text())["machine"] == "aarch64"
+    assert not (qemu_root() / "rootfs.partial").exists() and not list(root.glob("var/cache/apt/archives/*"))
     assert result["machine"] == "aarch64"
     # and a second call reuses the cache without building anything
     calls.clear()

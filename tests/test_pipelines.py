@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from edgedistill.core.fileio import sha256_path
+from edgedistill.toolchain.training import TRAIN_STATE
 from tests.llm_fixtures import TinyLM, tiny_lm  # noqa: F401  (session fixture)
 from tests.test_cli import cli
 
@@ -65,7 +66,7 @@ def test_killed_llm_distill_resumes_to_the_same_student(tiny_lm: TinyLM, tmp_pat
     run = _new_run(tmp_path / "killed", recipe)
     p = _distill(run)
     deadline = time.monotonic() + 600
-    while not list((run / "students").glob("kd-fkl-train-state-*.pt")):  # the first checkpoint: mid-training
+    while not list((run / "students").glob(f"kd-fkl-{TRAIN_STATE}*.pt")):  # the first checkpoint: mid-training
         assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
         time.sleep(0.02)
     p.send_signal(signal.SIGKILL)
@@ -79,7 +80,7 @@ def test_killed_llm_distill_resumes_to_the_same_student(tiny_lm: TinyLM, tmp_pat
     assert meta["resumed_from"] > 0 and meta["steps"] == 24
     # same seed, same batches, optimiser and RNG state restored: bit-identical weights
     assert sha256_path(run / "students" / "kd-fkl") == sha256_path(ref / "students" / "kd-fkl")
-    assert not list((run / "students").glob("*train-state*"))  # cleaned up once finished
+    assert not list((run / "students").glob(f"*{TRAIN_STATE}*"))  # cleaned up once finished
 
 
 @pytest.mark.slow

@@ -102,10 +102,10 @@ def test_reference_metadata_kwargs_are_allow_listed(tmp_path: Path) -> None:
 
 def test_training_checkpoint_is_never_unpickled(tmp_path: Path) -> None:
     """A planted train-state file (the path a resumed stage reads) is refused, set aside, and training starts over."""
-    from edgedistill.toolchain.training import LoopConfig, fit
+    from edgedistill.toolchain.training import LoopConfig, fit, train_state
 
     marker = tmp_path / "pwned"
-    ckpt = _evil_torch(tmp_path / "train-state-abc.pt", marker)
+    ckpt = _evil_torch(train_state(tmp_path, "abc"), marker)
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)

@@ -30,6 +30,9 @@ from edgedistill.toolchain.progress import make_progress, note, say
 #: the value torch's ``cross_entropy`` ignores by default
 IGNORE_INDEX = -100
 
+#: what every resumable training checkpoint's file name carries: ``[PREFIX]train-state-KEY.pt``
+TRAIN_STATE = "train-state-"
+
 #: one step: the batch's sample indices → (loss, named scalars for the history; ``"n"`` = samples or tokens seen)
 StepFn = Callable[[Sequence[int]], tuple[torch.Tensor, dict[str, float]]]
 
@@ -52,6 +55,24 @@ class FitResult:
     best: float | None  # best evaluation score (None without ``evaluate``)
     resumed_from: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_state(folder: Path, key: str, prefix: str = "", fresh: bool = False) -> Path:
+    """The resumable checkpoint ``folder/[prefix]train-state-KEY.pt`` (``KEY``: the first 12 characters of the
+    stage's config hash, so a changed recipe never resumes a stale one); ``fresh`` (``--force``) removes it so the
+    work is redone. ``folder`` is created."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{prefix}{TRAIN_STATE}{key[:12]}.pt"
+    if fresh:
+        path.unlink(missing_ok=True)
+    return path
+
+
+def drop_train_states(folder: Path, prefix: str = "") -> None:
+    """Remove ``folder``'s training checkpoints named with ``prefix`` (and any set aside as ``*.corrupt``) once
+    their stage finished: they hold optimiser moments, so they are large."""
+    for p in folder.glob(f"{prefix}{TRAIN_STATE}*.pt*"):
+        p.unlink()
 
 
 class EpochSampler:

@@ -41,6 +41,7 @@ from edgedistill.toolchain import auto_select, pipeline
 from edgedistill.toolchain.llm.data import Splits, load_splits
 from edgedistill.toolchain.llm.recipe import GGUFVariant, LLMRecipe, ONNXVariant
 from edgedistill.toolchain.pipeline import GateItem, Stage, finish_report
+from edgedistill.toolchain.training import IGNORE_INDEX, drop_train_states, train_state
 
 TEACHER_DIR = "teacher/model"
 TOKENIZER_DIR = "data/tokenizer"
@@ -118,11 +119,23 @@ def stage_data(ctx: Context) -> None:
         tok = load_tokenizer(tcfg.path)
         tok.save_pretrained(str(tdir))
     ctx.__dict__.pop("tok", None)
+    _check_completions_fit(ctx)
     lengths = [len(e.input_ids) for e in ctx.encoded("test")]
     ctx.run.record("data", h, [*paths, tdir / "tokenizer.json"], {
         "split_hash": s.split_hash, "n_train": len(s.train), "n_val": len(s.val), "n_test": len(s.test),
         "vocab": len(tok), "test_tokens_mean": sum(lengths) / max(1, len(lengths))})
     ctx.console.print(f"  {len(s.train)} train, {len(s.val)} val, {len(s.test)} test; tokenizer {len(tok)} tokens")
+
+
+
+def _check_completions_fit(ctx: Context) -> None:
+    """Fail closed when ``data.max_length`` cuts away every training completion: the teachers and students would
+    train on no target token at all (a zero loss, then a crash in distillation)."""
+    train = ctx.encoded("train")
+    if train and all(y == IGNORE_INDEX for e in train for y in e.labels):
+        n, prompts = ctx.recipe.data.max_length, sorted(e.n_prompt for e in train)
+        raise UserError(f"data.max_length: {n} tokens cut away every training completion (the prompts take "
+                        f"{prompts[0]}-{prompts[-1]} tokens); raise it above {prompts[0]}")
 
 
 # -- teacher ---------------------------------------------------------------------------------------------------
@@ -152,20 +165,6 @@ def val_nll(model: torch.nn.Module, data: list[Any], pad_id: int, n: int = 64, b
     return tot / max(1, cnt)
 
 
-def _train_state(ctx: Context, folder: str, h: str, prefix: str = "") -> Path:
-    """A resumable training checkpoint keyed by the stage hash (a changed recipe never resumes a stale one);
-    ``--force`` removes it so the work is redone."""
-    ckpt = ctx.run.path(folder, f"{prefix}train-state-{h[:12]}.pt")
-    if ctx.force:
-        ckpt.unlink(missing_ok=True)
-    return ckpt
-
-
-def _drop_train_states(folder: Path, prefix: str = "") -> None:
-    for p in folder.glob(f"{prefix}train-state-*.pt*"):
-        p.unlink()
-
-
 def stage_teacher(ctx: Context) -> None:
     h = _teacher_hash(ctx)
     if ctx.skip("teacher", h):
@@ -179,7 +178,7 @@ def stage_teacher(ctx: Context) -> None:
     if cfg.path is None:
         model = build_llama(cfg.arch, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id,
                             ctx.recipe.seed)
-        ckpt = _train_state(ctx, "teacher", h)
+        ckpt = train_state(ctx.run.path("teacher"), h, fresh=ctx.force)
         res = train_lm(model, ctx.encoded("train"), cfg.train, ctx.recipe.seed, tok.pad_token_id, ckpt,
                        "training teacher")
         with atomic_dir(ctx.teacher_dir) as tmp:
@@ -200,7 +199,7 @@ def stage_teacher(ctx: Context) -> None:
     outs = [*_files(ctx.teacher_dir), metrics] if cfg.path is None else [metrics]
     ctx.run.record("teacher", h, outs, {"params": info["params"], "val_nll": info["val_nll"],
                                         **({"source": info["source"]} if info.get("source") else {})})
-    _drop_train_states(ctx.run.path("teacher"))
+    drop_train_states(ctx.run.path("teacher"))
     ctx.console.print(f"  teacher {info['params']:,} params, val NLL {info['val_nll']:.4f}")
 
 
@@ -258,11 +257,12 @@ def stage_ensemble(ctx: Context) -> None:
             seed = t.member_seed(i, ctx.recipe.seed)
             model = build_llama(m.arch or t.arch, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id,
                                 seed)
-            res = train_lm(model, ctx.encoded("train"), m.train or t.train, seed, tok.pad_token_id,
-                           _train_state(ctx, "teacher", mh, f"ensemble-{i}-"), f"training teacher.ensemble.{i}")
+            ckpt = train_state(ctx.run.path("teacher"), mh, f"ensemble-{i}-", ctx.force)
+            res = train_lm(model, ctx.encoded("train"), m.train or t.train, seed, tok.pad_token_id, ckpt,
+                           f"training teacher.ensemble.{i}")
             with atomic_dir(folder) as tmp:
                 model.save_pretrained(str(tmp), safe_serialization=True)
-            _drop_train_states(ctx.run.path("teacher"), f"ensemble-{i}-")
+            drop_train_states(ctx.run.path("teacher"), f"ensemble-{i}-")
             info.update(seed=seed, steps=res.steps, train_seconds=res.seconds, resumed_from=res.resumed_from,
                         history=res.history, params=param_count(model),
                         val_nll=val_nll(model, ctx.encoded("val"), tok.pad_token_id))
@@ -463,7 +463,7 @@ def train_kd_students(ctx: Context, h: str, accelerator: Any = None) -> dict[str
                 ctx.console.print(f"  teacher top-{cfg.top_k} cache {'hit' if info['cache']['hit'] else 'written'}: "
                                   f"{cache.bytes_per_token:.1f} B/token")
         student, layers, vocab = _new_student(ctx, get_teacher())
-        ckpt = _train_state(ctx, "students", sh, f"{loss.name}-")
+        ckpt = train_state(ctx.run.path("students"), sh, f"{loss.name}-", ctx.force)
         res = train_kd(student, ctx.encoded("train"), loss, cfg.train, ctx.recipe.seed, tok.pad_token_id,
                        cfg.chunk_tokens, ckpt, cache=cache, teacher=None if cache is not None else teachers.target(),
                        accelerator=accelerator, vocab=vocab, weights=teachers.weights,
@@ -476,7 +476,7 @@ def train_kd_students(ctx: Context, h: str, accelerator: Any = None) -> dict[str
                 "processes": accelerator.num_processes if accelerator is not None else 1}
         if main:
             _save_student(ctx, loss.name, student, meta)
-            _drop_train_states(ctx.run.path("students"), f"{loss.name}-")
+            drop_train_states(ctx.run.path("students"), f"{loss.name}-")
         if accelerator is not None:
             accelerator.wait_for_everyone()
         info["students"][loss.name] = read_json(ctx.run.path("students", f"{loss.name}.json"))
@@ -504,7 +504,7 @@ def _train_self_distill(ctx: Context, h: str, teachers: _Teachers, info: dict[st
             cache, info["cache"] = _teacher_cache(ctx, kd, teachers)
         student, layers, vocab = _new_student(ctx, teachers.main())
         model = EarlyExitLM(student, sd.exits, per_exit_norm=sd.exit_norm == "per-exit")
-        ckpt = _train_state(ctx, "students", sh, f"{sd.name}-")
+        ckpt = train_state(ctx.run.path("students"), sh, f"{sd.name}-", ctx.force)
         online = teachers.target() if kd is not None and cache is None else None
         res = train_self_distill(model, ctx.encoded("train"), sd, cfg.train, r.seed, tok.pad_token_id,
                                  cfg.chunk_tokens, ckpt, kd, cache, online, vocab, teachers.weights)
@@ -521,7 +521,7 @@ def _train_self_distill(ctx: Context, h: str, teachers: _Teachers, info: dict[st
             cut = cut_at_exit(model, sd.export_exit)
             _save_student(ctx, names[1], cut, {**base, "role": "self-distill-exit", "cut_at": sd.export_exit,
                                                "layers": sd.export_exit, "params": param_count(cut)})
-        _drop_train_states(ctx.run.path("students"), f"{sd.name}-")
+        drop_train_states(ctx.run.path("students"), f"{sd.name}-")
     for n in names:
         info["students"][n] = read_json(ctx.run.path("students", f"{n}.json"))
 
@@ -535,7 +535,7 @@ def _train_baseline(ctx: Context, h: str, get_teacher: Any, info: dict[str, Any]
     sh = sha256_json({"stage": h, "baseline": cfg.train.model_dump(mode="json")})
     if not _student_done(ctx, name, sh):
         student, layers, _ = _new_student(ctx, get_teacher())
-        ckpt = _train_state(ctx, "students", sh, f"{name}-")
+        ckpt = train_state(ctx.run.path("students"), sh, f"{name}-", ctx.force)
         res = train_lm(student, ctx.encoded("train"), cfg.train, ctx.recipe.seed, tok.pad_token_id, ckpt,
                        "training CE-only baseline", accelerator=accelerator, lora=ctx.recipe.student.lora)
         meta = {"config_hash": sh, "role": "baseline", "init_layers": layers,
@@ -544,7 +544,7 @@ def _train_baseline(ctx: Context, h: str, get_teacher: Any, info: dict[str, Any]
                 "history": res.history, "params": sum(p.numel() for p in student.parameters()), **_trained(res)}
         if accelerator is None or accelerator.is_main_process:
             _save_student(ctx, name, student, meta)
-            _drop_train_states(ctx.run.path("students"), f"{name}-")
+            drop_train_states(ctx.run.path("students"), f"{name}-")
         if accelerator is not None:
             accelerator.wait_for_everyone()
     info["students"][name] = read_json(ctx.run.path("students", f"{name}.json"))
@@ -588,7 +588,7 @@ def _launch_distill(ctx: Context, h: str) -> dict[str, Any]:
     if ctx.force:  # the ranks run without --force: redo the work by removing what they would reuse
         for name in [BASELINE, *(loss.name for loss in cfg.losses)]:
             ctx.run.path("students", f"{name}.json").unlink(missing_ok=True)
-        _drop_train_states(ctx.run.path("students"))
+        drop_train_states(ctx.run.path("students"))
     ctx.console.print(f"  accelerate launch: {cfg.num_processes} processes ({cfg.parallel})")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.run(dies_with_us(cmd), env=env, check=False)
@@ -653,16 +653,17 @@ def stage_blackbox(ctx: Context) -> None:
     if len(got) < len(prompts):  # partial work is never recorded as done: a re-run asks only the missing ones
         raise CollectError(failure_summary(stats, served, journal))
     used = [e for e in train if not (cfg.truncated == "drop" and e.id in cut)]
-    if not used:
-        raise CollectError(f"{journal}: all {len(cut)} replies were cut off at blackbox.endpoint.max_tokens="
-                           f"{cfg.endpoint.max_tokens} and blackbox.truncated is drop; raise max_tokens or set "
-                           "truncated: no_eos")
+    if len(used) < cfg.train.batch_size and len(used) < len(train):
+        raise CollectError(f"{journal}: blackbox.truncated is drop and {len(cut)} of {len(train)} replies were cut "
+                           f"off at blackbox.endpoint.max_tokens={cfg.endpoint.max_tokens}, leaving {len(used)} "
+                           f"examples for blackbox.train.batch_size={cfg.train.batch_size}; raise max_tokens, lower "
+                           "the batch size or set truncated: no_eos")
     pairs = [(e.prompt, got[e.id]["output"]) for e in used]
     no_eos = [cfg.truncated == "no_eos" and e.id in cut for e in used]
     teacher = load_causal_lm(ctx.teacher_dir).eval()
     student, layers, _ = _new_student(ctx, teacher)
     del teacher
-    ckpt = _train_state(ctx, "blackbox", h)
+    ckpt = train_state(ctx.run.path("blackbox"), h, fresh=ctx.force)
     res = train_sft(student, ctx.tok, pairs, cfg.train, ckpt, ctx.recipe.seed, ctx.recipe.data.max_length,
                     lora=ctx.recipe.student.lora, no_eos=no_eos)
     meta = {"config_hash": h, "role": "sft", "endpoint": served, "collected": len(got), "prompts": len(prompts),
@@ -679,7 +680,7 @@ def stage_blackbox(ctx: Context) -> None:
                                                      "val_task_score": meta["val_task_score"],
                                                      "params": meta["params"],
                                                      "trainable_params": meta["trainable_params"]})
-    _drop_train_states(ctx.run.path("blackbox"))
+    drop_train_states(ctx.run.path("blackbox"))
     ctx.console.print(f"  sft: val NLL {meta['val_nll']:.4f}, val task {meta['val_task_score']:.3f}{_lora_note(meta)}")
 
 

@@ -280,7 +280,8 @@ class ChainConfig(Section):
 
 class DistillConfig(Section):
     mode: Literal["offline", "online"] = "offline"
-    cache_dir: Path | None = Field(None, description="offline teacher cache (default: ~/.cache/edgedistill)")
+    cache_dir: Path | None = Field(None, description="offline teacher cache (default: $EDGEDISTILL_CACHE/teacher, "
+                                 "else ~/.cache/edgedistill/teacher)")
     train: TrainConfig = TrainConfig(epochs=40, lr=3e-3)
     response: ResponseKD = ResponseKD()
     feature: FeatureKD = FeatureKD()

@@ -38,6 +38,7 @@ from edgedistill.toolchain import auto_select, pipeline
 from edgedistill.toolchain.pipeline import GateItem, Stage, finish_report
 from edgedistill.toolchain.progress import make_progress
 from edgedistill.toolchain.rundir import RunDir
+from edgedistill.toolchain.training import drop_train_states, train_state
 from edgedistill.toolchain.vision import models
 from edgedistill.toolchain.vision.data import VisionData, load_vision_data
 from edgedistill.toolchain.vision.distill.cache import (
@@ -163,7 +164,7 @@ def stage_teacher(ctx: Context) -> None:
     ens = info.get("ensemble")
     ctx.run.record("teacher", h, outputs, {"test_accuracy": info["test_accuracy"],
                                            **({"ensemble_test_accuracy": ens["test_accuracy"]} if ens else {})})
-    _drop_train_states(ctx.run.path("teacher"))
+    drop_train_states(ctx.run.path("teacher"))
     ctx.console.print(f"  teacher test accuracy {info['test_accuracy']:.4f}")
     if ens:
         accs = ", ".join(f"{m['test_accuracy']:.4f}" for m in ens["members"])
@@ -183,11 +184,9 @@ def _one_teacher(ctx: Context, cfg: TeacherConfig, seed: int, rel: str, metrics:
     model = models.build(cfg, d.num_classes)
     info: dict[str, Any] = {"model": cfg.name, "params": sum(p.numel() for p in model.parameters()), "seed": seed}
     if cfg.checkpoint is None:
-        ckpt = ctx.run.path("teacher", f"train-state-{h[:12]}.pt")  # keyed: a changed recipe never resumes it
-        if ctx.force:
-            ckpt.unlink(missing_ok=True)
+        ckpt = train_state(ctx.run.path("teacher"), h, fresh=ctx.force)  # keyed: a changed recipe never resumes it
         res = train_supervised(model, d, cfg.train, torch.arange(len(d.train_x)), ckpt, desc, seed)
-        info.update(trained_here=True, val_accuracy=res.val_accuracy, train_seconds=res.train_seconds,
+        info.update(trained_here=True, val_accuracy=res.best, train_seconds=res.seconds,
                     steps=res.steps, history=res.history)
     else:
         info.update(trained_here=False, checkpoint=str(cfg.checkpoint), val_accuracy=accuracy(model, d.val_x, d.val_y))
@@ -230,12 +229,6 @@ def _ensemble(ctx: Context, main: nn.Module, main_info: dict[str, Any]) -> dict[
         return int((ensemble_logits(torch.stack(logits, 1), wt, 1.0).argmax(1) == y).sum()) / len(y)
 
     return {"weights": w, "members": members, "val_accuracy": acc(val, d.val_y), "test_accuracy": acc(test, d.test_y)}
-
-
-def _drop_train_states(folder: Path, prefix: str = "") -> None:
-    """Remove resumable training states once their stage finished (they hold optimizer moments: large)."""
-    for p in folder.glob(f"{prefix}train-state-*.pt"):
-        p.unlink()
 
 
 def _distill_hash(ctx: Context, with_tuning: bool = True, with_ensemble: bool = True,
@@ -305,9 +298,7 @@ def _paraphraser(ctx: Context, features: Any) -> tuple[Paraphraser, dict[str, An
     r, cfg = ctx.recipe, ctx.recipe.distill
     teacher_key = cache_key(ctx.run.output_sha("teacher", TEACHER), data_hash(ctx), cfg.teacher_layer)
     key = paraphraser_key(teacher_key, cfg.factor, cfg.train.batch_size, cfg.train.max_steps, r.seed)
-    ckpt = ctx.run.path("students", f"paraphraser-train-state-{key[:12]}.pt")
-    if ctx.force:
-        ckpt.unlink(missing_ok=True)
+    ckpt = train_state(ctx.run.path("students"), key, "paraphraser-", ctx.force)
     model, info = cached_paraphraser(key, cfg.cache_dir or default_cache_dir(), features, cfg.factor,
                                      cfg.train.batch_size, ckpt, r.seed, cfg.train.max_steps)
     done = info.to_dict()
@@ -325,9 +316,7 @@ def _train_one(ctx: Context, role: str, h: str, cached: Any = None, teacher: Any
         return read_json(metrics)
     torch.manual_seed(r.seed)
     student = models.build(r.student, d.num_classes)
-    ckpt = ctx.run.path("students", f"{role}-train-state-{h[:12]}.pt")
-    if ctx.force:
-        ckpt.unlink(missing_ok=True)  # --force redoes the work: never resume it
+    ckpt = train_state(ctx.run.path("students"), h, f"{role}-", ctx.force)  # --force redoes the work
     extra: dict[str, Any] = {}
     if role == "baseline":  # CE on the labelled subset only, with the KD student's step budget
         res = train_supervised(student, d, r.distill.train.model_copy(update={"augment": False}),
@@ -341,12 +330,12 @@ def _train_one(ctx: Context, role: str, h: str, cached: Any = None, teacher: Any
         res = train_student(student, d, r.distill, ckpt, r.seed, cached=cached, teacher=teacher,
                             paraphraser=paraphraser)
     models.save_reference(student, r.student, d.num_classes, weights)
-    info = {"config_hash": h, "weights_sha256": sha256_file(weights), "role": role, "val_accuracy": res.val_accuracy,
+    info = {"config_hash": h, "weights_sha256": sha256_file(weights), "role": role, "val_accuracy": res.best,
             "test_accuracy": accuracy(student, d.test_x, d.test_y), "steps": res.steps,
-            "train_seconds": res.train_seconds, "samples_per_second": res.samples_per_second,
+            "train_seconds": res.seconds, "samples_per_second": res.per_second,
             "params": sum(p.numel() for p in student.parameters()), "history": res.history, **extra}
     write_json(metrics, info)
-    _drop_train_states(ckpt.parent, f"{role}-")
+    drop_train_states(ckpt.parent, f"{role}-")
     return info
 
 
@@ -511,9 +500,7 @@ def _train_exits(ctx: Context, role: str, h: str, cfg: DistillConfig, cached: An
         return read_json(metrics)
     torch.manual_seed(r.seed)
     student = models.build(r.student, d.num_classes)
-    ckpt = ctx.run.path("students", f"{role}-train-state-{h[:12]}.pt")
-    if ctx.force:
-        ckpt.unlink(missing_ok=True)
+    ckpt = train_state(ctx.run.path("students"), h, f"{role}-", ctx.force)
     res = train_self_distill(student, d, cfg, ckpt, r.seed, cached=cached, teacher=teacher, desc=desc)
     val, test = res.net.head_accuracies(d.val_x, d.val_y), res.net.head_accuracies(d.test_x, d.test_y)
     sample, at = d.train_x[:2], cfg.self_distill.export_exit
@@ -530,11 +517,11 @@ def _train_exits(ctx: Context, role: str, h: str, cfg: DistillConfig, cached: An
             "selected_on": res.selected_on,
             "exits": {name: {"val_accuracy": val[name], "test_accuracy": test[name], "params": n_params[name]}
                       for name in [*res.net.exits, FINAL]},
-            "steps": res.fit.steps, "train_seconds": res.fit.train_seconds,
-            "samples_per_second": res.fit.samples_per_second, "params": n_params[at or FINAL],
+            "steps": res.fit.steps, "train_seconds": res.fit.seconds,
+            "samples_per_second": res.fit.per_second, "params": n_params[at or FINAL],
             "history": res.fit.history}
     write_json(metrics, info)
-    _drop_train_states(ckpt.parent, f"{role}-")
+    drop_train_states(ckpt.parent, f"{role}-")
     return info
 
 
@@ -610,17 +597,15 @@ def _train_link(ctx: Context, role: str, h: str, model_cfg: ModelConfig, cfg: Di
         return read_json(metrics)
     torch.manual_seed(r.seed)
     model = models.build(model_cfg, d.num_classes)
-    ckpt = weights.parent / f"{role}-train-state-{h[:12]}.pt"
-    if ctx.force:
-        ckpt.unlink(missing_ok=True)
+    ckpt = train_state(weights.parent, h, f"{role}-", ctx.force)
     res = train_student(model, d, cfg, ckpt, r.seed, cached=cached, desc=desc)
     models.save_reference(model, model_cfg, d.num_classes, weights)
     info = {"config_hash": h, "weights_sha256": sha256_file(weights), "role": role, "model": model_cfg.name,
-            "val_accuracy": res.val_accuracy, "test_accuracy": accuracy(model, d.test_x, d.test_y),
-            "steps": res.steps, "train_seconds": res.train_seconds, "samples_per_second": res.samples_per_second,
+            "val_accuracy": res.best, "test_accuracy": accuracy(model, d.test_x, d.test_y),
+            "steps": res.steps, "train_seconds": res.seconds, "samples_per_second": res.per_second,
             "params": sum(p.numel() for p in model.parameters()), "history": res.history}
     write_json(metrics, info)
-    _drop_train_states(ckpt.parent, f"{role}-")
+    drop_train_states(ckpt.parent, f"{role}-")
     return info
 
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from edgedistill.core.fileio import atomic_path, sha256_json
 from edgedistill.toolchain.vision.distill.cache import _digest
 from edgedistill.toolchain.vision.distill.features import Paraphraser
-from edgedistill.toolchain.vision.distill.trainer import fit, freeze
+from edgedistill.toolchain.vision.distill.trainer import fit_epochs, freeze
 from edgedistill.toolchain.vision.recipe import FactorKD, TrainConfig
 
 #: the paraphraser's optimiser: AdamW at this peak rate on a one-cycle schedule, no weight decay (an auto-encoder
@@ -78,8 +78,8 @@ def train_paraphraser(features: torch.Tensor, cfg: FactorKD, batch_size: int, ch
 
     train = TrainConfig(epochs=cfg.paraphraser_epochs, batch_size=batch_size, lr=PARAPHRASER_LR, weight_decay=0.0,
                         max_steps=max_steps)
-    res = fit(model, step, train, torch.arange(len(feats)), len(feats),
-              lambda: -reconstruction_loss(model, feats), checkpoint, "training paraphraser", seed)
+    res = fit_epochs(model, step, train, torch.arange(len(feats)), len(feats),
+                     lambda: -reconstruction_loss(model, feats), checkpoint, "training paraphraser", seed)
     return freeze(model), res.history, res.steps  # type: ignore[return-value]
 
 

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from edgedistill.runtimes.early_exit import AuxHead, cut, exit_module
-from edgedistill.toolchain.training import IGNORE_INDEX
+from edgedistill.toolchain.training import IGNORE_INDEX, FitResult
 from edgedistill.toolchain.vision.data import VisionData
 from edgedistill.toolchain.vision.distill import losses
 from edgedistill.toolchain.vision.distill.cache import TeacherOutputs
-from edgedistill.toolchain.vision.distill.trainer import FitResult, KDObjective, fit, random_shift
+from edgedistill.toolchain.vision.distill.trainer import KDObjective, fit_epochs, random_shift
 from edgedistill.toolchain.vision.models import logits_and_embedding
 from edgedistill.toolchain.vision.recipe import DistillConfig, SelfDistillConfig
 
@@ -189,9 +189,9 @@ def train_self_distill(student: nn.Module, data: VisionData, cfg: DistillConfig,
         return loss, {**parts, "n": len(idx)}
 
     try:
-        res = fit(net, step, cfg.train, torch.arange(len(data.train_x)), len(data.train_x),
-                  lambda: net.head_accuracies(data.val_x, data.val_y)[selected], checkpoint, desc, seed,
-                  extra=objective, generators=(gen,))
+        res = fit_epochs(net, step, cfg.train, torch.arange(len(data.train_x)), len(data.train_x),
+                         lambda: net.head_accuracies(data.val_x, data.val_y)[selected], checkpoint, desc, seed,
+                         extra=objective, generators=(gen,))
     finally:
         if kd is not None:
             kd.remove_taps()

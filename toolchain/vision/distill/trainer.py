@@ -1,37 +1,28 @@
 """Vision training on the shared loop: teacher training, the CE-only baseline, the KD student and the mutual pair.
 
-Reads top to bottom: :func:`fit` sets up the one loop (:func:`edgedistill.toolchain.training.fit`) for epochs of
-images; :class:`KDObjective` composes the recipe's losses; :func:`train_supervised` (teacher, CE-only baseline),
-:func:`train_student` (KD) and :func:`train_mutual` (deep mutual learning) set up what differs.
+Reads top to bottom: :func:`fit_epochs` sets up the one loop (:func:`edgedistill.toolchain.training.fit`, whose
+:class:`~edgedistill.toolchain.training.FitResult` it returns) for epochs of images; :class:`KDObjective` composes
+the recipe's losses; :func:`train_supervised` (teacher, CE-only baseline), :func:`train_student` (KD) and
+:func:`train_mutual` (deep mutual learning) set up what differs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgedistill.toolchain.training import IGNORE_INDEX, EpochSampler, LoopConfig, StepFn
-from edgedistill.toolchain.training import fit as train_loop
+from edgedistill.toolchain.training import IGNORE_INDEX, EpochSampler, FitResult, LoopConfig, StepFn, fit
 from edgedistill.toolchain.vision.data import VisionData
 from edgedistill.toolchain.vision.distill import losses
 from edgedistill.toolchain.vision.distill.cache import TeacherOutputs
 from edgedistill.toolchain.vision.distill.features import FeatureTap, HintAdapter, Paraphraser, Translator
 from edgedistill.toolchain.vision.models import logits_and_embedding
 from edgedistill.toolchain.vision.recipe import DistillConfig, TrainConfig
-
-
-@dataclass
-class FitResult:
-    val_accuracy: float
-    steps: int
-    train_seconds: float
-    samples_per_second: float
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -50,12 +41,13 @@ def random_shift(x: torch.Tensor, max_shift: int = 2, generator: torch.Generator
     return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(off.tolist())])
 
 
-def fit(model: nn.Module, step: StepFn, cfg: TrainConfig, pool: torch.Tensor, epoch_size: int,
-        evaluate: Callable[[], float], checkpoint: Path, desc: str, seed: int = 0,
-        extra: nn.Module | None = None, generators: tuple[torch.Generator, ...] = (),
-        extra_lr: float | None = None) -> FitResult:
+def fit_epochs(model: nn.Module, step: StepFn, cfg: TrainConfig, pool: torch.Tensor, epoch_size: int,
+               evaluate: Callable[[], float], checkpoint: Path, desc: str, seed: int = 0,
+               extra: nn.Module | None = None, generators: tuple[torch.Generator, ...] = (),
+               extra_lr: float | None = None) -> FitResult:
     """``cfg.epochs`` epochs of ``epoch_size`` samples drawn from ``pool``: AdamW + one-cycle schedule, evaluated and
-    checkpointed every epoch, best-on-validation weights kept. ``extra`` holds trainable parts that are not the
+    checkpointed every epoch, best-on-validation weights kept (the result's ``best`` is always set: the validation
+    score of the weights handed back). ``extra`` holds trainable parts that are not the
     model (KD adapters, the mutual peer), checkpointed with it; ``extra_lr`` puts them in their own parameter
     group with that peak learning rate (default: one group at ``cfg.lr``); ``generators`` the step's random
     generators (augmentation), checkpointed too."""
@@ -72,11 +64,10 @@ def fit(model: nn.Module, step: StepFn, cfg: TrainConfig, pool: torch.Tensor, ep
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=0.1)
     loop = LoopConfig(total_steps=total, save_every=spe, eval_every=spe, keep_best=True, log_every=spe)
     try:
-        res = train_loop(model, step, sampler, opt, sched, loop, checkpoint, desc, evaluate, extra, generators)
+        res = fit(model, step, sampler, opt, sched, loop, checkpoint, desc, evaluate, extra, generators)
     finally:
         model.to(memory_format=torch.contiguous_format)  # hand back the layout callers (and exporters) expect
-    best = res.best if res.best is not None else evaluate()
-    return FitResult(best, res.steps, res.seconds, res.per_second, res.history)
+    return res if res.best is not None else replace(res, best=evaluate())
 
 
 def _use_channels_last(model: nn.Module) -> None:
@@ -180,8 +171,8 @@ def train_supervised(model: nn.Module, data: VisionData, cfg: TrainConfig, pool:
         loss = F.cross_entropy(model(x), data.train_y[idx])
         return loss, {"ce": float(loss.detach()), "n": len(idx)}
 
-    return fit(model, step, cfg, pool, len(data.train_x),
-               lambda: accuracy(model, data.val_x, data.val_y), checkpoint, desc, seed, generators=(gen,))
+    return fit_epochs(model, step, cfg, pool, len(data.train_x),
+                      lambda: accuracy(model, data.val_x, data.val_y), checkpoint, desc, seed, generators=(gen,))
 
 
 def train_student(student: nn.Module, data: VisionData, cfg: DistillConfig, checkpoint: Path, seed: int,
@@ -196,8 +187,6 @@ def train_student(student: nn.Module, data: VisionData, cfg: DistillConfig, chec
     val_accuracy)`` sees each epoch's validation score (the tuner prunes there); only the train and validation
     splits are read.
     """
-    from dataclasses import replace
-
     from edgedistill.toolchain.vision.distill.cache import run_teacher
 
     layer = cfg.teacher_layer
@@ -240,8 +229,8 @@ def train_student(student: nn.Module, data: VisionData, cfg: DistillConfig, chec
         return acc
 
     try:
-        return fit(student, step, cfg.train, torch.arange(len(data.train_x)), len(data.train_x), evaluate,
-                   checkpoint, desc, seed, extra=objective, generators=(gen,))
+        return fit_epochs(student, step, cfg.train, torch.arange(len(data.train_x)), len(data.train_x),
+                          evaluate, checkpoint, desc, seed, extra=objective, generators=(gen,))
     finally:
         objective.remove_taps()
 
@@ -279,8 +268,8 @@ def train_mutual(student: nn.Module, peer: nn.Module, data: VisionData, cfg: Dis
         return l_s + l_p, {"student": float(l_s.detach()), "peer": float(l_p.detach()), "n": len(idx)}
 
     try:
-        return fit(student, step, cfg.train, torch.arange(len(data.train_x)), len(data.train_x),
-                   lambda: accuracy(student, data.val_x, data.val_y), checkpoint, desc, seed, extra=pair,
-                   generators=(gen,), extra_lr=m.peer_lr)
+        return fit_epochs(student, step, cfg.train, torch.arange(len(data.train_x)), len(data.train_x),
+                          lambda: accuracy(student, data.val_x, data.val_y), checkpoint, desc, seed, extra=pair,
+                          generators=(gen,), extra_lr=m.peer_lr)
     finally:
         peer.eval()

@@ -96,9 +96,9 @@ def tune_kd(data: VisionData, cfg: DistillConfig, cached: TeacherOutputs, new_st
             ckpt.unlink(missing_ok=True)
         best = max((tr.value for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE
                     and tr.value is not None), default=-1.0)
-        if res.val_accuracy > best:
-            keep_best(student, res.val_accuracy, params)
-        return res.val_accuracy
+        if res.best > best:
+            keep_best(student, res.best, params)
+        return res.best
 
     remaining = max(0, t.trials - len(done))
     study.optimize(objective, n_trials=remaining, timeout=None if t.minutes is None else t.minutes * 60,
