@@ -70,8 +70,20 @@ def optimizer_and_schedule(model: torch.nn.Module, cfg: LMTrainConfig
 
 
 def lm_loss(model: torch.nn.Module) -> LossFn:
-    """Cross-entropy on the labels (completion tokens), as HF computes it."""
-    return lambda _idx, b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+    """Cross-entropy on the labels (completion tokens), as HF computes it (mean over the batch's labelled tokens),
+    with the head applied only where a label is: HF's own loss runs the head over every position, and with a
+    49k-token vocabulary and prompts 20× longer than the answers (the WordNet task) that was most of a step."""
+    core = getattr(model, "module", model)  # unwrap DDP; a PEFT model forwards lm_head to its base
+
+    def loss(_idx: Sequence[int], b: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True,
+                    logits_to_keep=1)
+        target = b["labels"][:, 1:]
+        keep = target != IGNORE_INDEX
+        logits = core.lm_head(out.hidden_states[-1][:, :-1][keep])
+        return torch.nn.functional.cross_entropy(logits.float(), target[keep])
+
+    return loss
 
 
 def train_lm(model: torch.nn.Module, data: list[Encoded], cfg: LMTrainConfig, seed: int, pad_id: int,
