@@ -204,3 +204,5 @@ def test_a_gguf_that_aborts_llama_cpp_keeps_the_rest_of_the_run(llm_run: Path, t
     names = [m["name"] for m in report["models"] if m["kind"] == "artifact"]
     assert names == ["student-onnx-fp32", "student-onnx-int8_dynamic"], names
     assert all(m["bench_error"] is None for m in report["models"] if m["kind"] == "artifact")
+    assert set(report["provenance"]["rejected"]) == set(listing["rejected"])
+    assert "Rejected (never benched): student-f32" in (run / "report.md").read_text()

@@ -15,6 +15,9 @@ the decision itself is ``auto``), ``recommended_reason``,
 Student rows also carry ``strategy`` (how the student was trained, in words), ``teachers`` (how many teachers its
 KD target mixes), ``layers``, and for self-distilled students ``exit_val_nll`` (validation NLL of the model cut at
 each exit) and ``cut_at``; ``ensemble`` is the teacher ensemble's stage info (each teacher's weight and val NLL).
+``provenance`` has ``teacher`` (a pretrained teacher's recorded source: package, hashes, licence, origin),
+``data`` (a built-in task's registry package), ``baseline`` (the task's trivial baseline on the test split) and
+``rejected`` (exported files that are no artifact, with the reason).
 """
 
 from __future__ import annotations
@@ -174,8 +177,12 @@ def build(inp: ReportInputs) -> dict[str, Any]:
                "recommended_speedup": best["tg_speedup"] if best else None, "threads": [t]}
     files = {o["path"]: o for s in inp.manifest.get("stages", {}).values() for o in s.get("outputs", [])}
     stages = inp.manifest.get("stages", {})
+    data = stages.get("data", {}).get("info") or {}
+    provenance = {"teacher": inp.teacher.get("source"), "data": data.get("source"), "baseline": data.get("baseline"),
+                  "rejected": (inp.export or {}).get("rejected") or {}}
     return {"schema": SCHEMA, "recipe": inp.recipe, "run_dir": inp.run_dir, "definitions": DEFINITIONS,
-            "models": rows, "summary": summary, "devices": devices, "per_device": truth, "auto": inp.auto,
+            "models": rows, "summary": summary, "provenance": provenance, "devices": devices, "per_device": truth,
+            "auto": inp.auto,
             "distill": stages.get("distill", {}).get("info"), "blackbox": stages.get("blackbox", {}).get("info"),
             "ensemble": stages.get("ensemble", {}).get("info"), "files": files}
 
@@ -257,6 +264,7 @@ def to_markdown(report: dict[str, Any]) -> str:
              "vs the teacher, each artifact (GGUF or ONNX) vs the PyTorch student it came from; pp/tg: llama-bench "
              "style.", "", *md_table(header, body)]
     lines += _adapter_lines(report["models"])
+    lines += provenance_lines(report.get("provenance") or {})
     errs = [(r["name"], r["bench_error"]) for r in report["models"] if r.get("bench_error")]
     if errs:
         lines += ["", "Bench failures:", *[f"- {n}: {e}" for n, e in errs]]
@@ -267,6 +275,23 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += gate_markdown(report)
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def provenance_lines(prov: dict[str, Any]) -> list[str]:
+    """Where the teacher and the data came from, the task's trivial baseline, and files the export rejected."""
+    out = []
+    if t := prov.get("teacher"):
+        out.append(f"- Teacher: {t['name']} from {t['package']}=={t['version']} ({t['wheel']}, sha256 "
+                   f"{t['wheel_sha256'][:12]}…; licence {t['licence']}), {t['origin']} "
+                   f"({Path(t['gguf_member']).name}, sha256 {t['gguf_sha256'][:12]}…).")
+    if d := prov.get("data"):
+        out.append(f"- Data: {d['package']} {d['version']} ({d['deb']}, sha256 {d['sha256'][:12]}…; licence "
+                   f"{d['licence']}).")
+    if b := prov.get("baseline"):
+        out.append(f"- Trivial baseline ({b['what']}): task score {fmt(b['task_score'], '.3f')} on {b['n']} test "
+                   "examples.")
+    out += [f"- Rejected (never benched): {n} — {why}" for n, why in sorted((prov.get("rejected") or {}).items())]
+    return ["", "## Provenance", "", *out] if out else []
 
 
 def _adapter_lines(rows: list[dict[str, Any]]) -> list[str]:

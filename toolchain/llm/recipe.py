@@ -54,11 +54,14 @@ class ScoreConfig(Section):
 
 
 class LLMDataConfig(Section):
-    """``legal-briefs``: the built-in generated task; ``jsonl``: a file of ``{"input","output"}`` or ``{"text"}``."""
+    """``legal-briefs``: the built-in generated task; ``wordnet``: real WordNet definitions (the word is the answer);
+    ``jsonl``: a file of ``{"input","output"}`` or ``{"text"}``."""
 
-    kind: str = Field("legal-briefs", description="jsonl, or a built-in generated task: legal-briefs")
+    kind: str = Field("legal-briefs", description="jsonl, or a built-in task: legal-briefs (generated), wordnet "
+                      "(definition → word, from Debian's wordnet-base)")
     path: Path | None = Field(None, description="jsonl: one .jsonl file, or a folder with train/val/test.jsonl")
-    n_examples: int = Field(3000, ge=10, description="legal-briefs: cases to generate")
+    n_examples: int = Field(3000, ge=10, description="legal-briefs: cases to generate; wordnet: at most "
+                            "this many of its 2,351 common noun senses")
     val_fraction: Fraction = 0.05
     test_fraction: Fraction = 0.05
     max_length: int = Field(320, ge=16, description="tokens per example (prompt + completion), longer are cut")

@@ -123,9 +123,24 @@ def stage_data(ctx: Context) -> None:
     lengths = [len(e.input_ids) for e in ctx.encoded("test")]
     ctx.run.record("data", h, [*paths, tdir / "tokenizer.json"], {
         "split_hash": s.split_hash, "n_train": len(s.train), "n_val": len(s.val), "n_test": len(s.test),
-        "vocab": len(tok), "test_tokens_mean": sum(lengths) / max(1, len(lengths))})
+        "vocab": len(tok), "test_tokens_mean": sum(lengths) / max(1, len(lengths)), **_data_provenance(ctx)})
     ctx.console.print(f"  {len(s.train)} train, {len(s.val)} val, {len(s.test)} test; tokenizer {len(tok)} tokens")
 
+
+def _data_provenance(ctx: Context) -> dict[str, Any]:
+    """The task's trivial baseline scored on the test split (what the teacher must beat) and, for a built-in
+    task from a registry package, where its data came from."""
+    from edgedistill.toolchain.llm.tasks import SOURCES, get_baseline
+
+    out: dict[str, Any] = {}
+    kind, test = ctx.recipe.data.kind, ctx.splits.test
+    if (fn := get_baseline(kind)) is not None:
+        what, preds = fn(test)
+        out["baseline"] = {"what": what, **ctx.score(preds, [e.output for e in test])}
+        ctx.console.print(f"  trivial baseline ({what}): task score {out['baseline']['task_score']:.3f}")
+    if kind in SOURCES:
+        out["source"] = SOURCES.get(kind)()
+    return out
 
 
 def _check_completions_fit(ctx: Context) -> None:

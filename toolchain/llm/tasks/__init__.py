@@ -1,7 +1,8 @@
 """Tasks: how examples are made (a generator, for built-in tasks) and how a generated output is scored.
 
 Both are registered by name, in the manner of timm's registry: ``GENERATORS`` (``data.kind`` values other than
-``jsonl``) and ``SCORERS`` (``data.score.name``). A scorer maps ``(predictions, references, cfg)`` to a dict with
+``jsonl``), ``SCORERS`` (``data.score.name``), ``BASELINES`` (a task's trivial answer, scored beside the teacher) and
+``SOURCES`` (where a built-in task's data came from). A scorer maps ``(predictions, references, cfg)`` to a dict with
 at least ``task_score`` in [0, 1]; :func:`score` adds exact match and ROUGE-L for the report's columns. A user's
 own scorer is named explicitly in the recipe as ``package.module:function`` — never by the data.
 """
@@ -18,22 +19,33 @@ from edgedistill.toolchain.llm.data import Example
 
 Scorer = Callable[[list[str], list[str], Any], dict[str, Any]]
 Generator = Callable[[int, int], list[Example]]
+#: a task's trivial baseline: examples → (what it does, one prediction per example)
+Baseline = Callable[[list[Example]], tuple[str, list[str]]]
 
 SCORERS: Registry[Scorer] = Registry("scorer")
 GENERATORS: Registry[Generator] = Registry("data generator")
+BASELINES: Registry[Baseline] = Registry("baseline")
+#: a built-in task whose data comes from a registry package: where it came from (package, version, hash, licence)
+SOURCES: Registry[Callable[[], dict[str, Any]]] = Registry("data source")
 #: a user scorer reference: ``package.module:function``
 USER_SCORER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 #: the scorer a data kind uses when ``data.score.name`` is null
-DEFAULT_SCORER = {"legal-briefs": "legal-briefs", "jsonl": "rouge-l"}
+DEFAULT_SCORER = {"legal-briefs": "legal-briefs", "wordnet": "wordnet", "jsonl": "rouge-l"}
 
 
 def load_tasks() -> None:
-    from edgedistill.toolchain.llm.tasks import legal_briefs, scorers  # noqa: F401  (they register themselves)
+    from edgedistill.toolchain.llm.tasks import legal_briefs, scorers, wordnet  # noqa: F401  (they register themselves)
 
 
 def get_generator(kind: str) -> Generator:
     load_tasks()
     return GENERATORS.get(kind)
+
+
+def get_baseline(kind: str) -> Baseline | None:
+    """The data kind's trivial baseline, if it has one."""
+    load_tasks()
+    return BASELINES.get(kind) if kind in BASELINES else None
 
 
 def get_scorer(name: str | None, data_kind: str) -> Scorer:
