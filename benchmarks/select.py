@@ -5,9 +5,9 @@ A candidate is **rejected** when it did not run on the device (the reason is the
 when it failed its parity contract at export, when its outputs on the device disagree with its PyTorch source's
 (the per-device parity rule of :mod:`edgedistill.benchmarks.report.per_device`), or when its **retention** — its
 accuracy (vision) or task score (LLM) on the device ÷ its PyTorch source's on the same examples — is below the
-budget. Among the rest the fastest by p50 latency wins; candidates whose intervals overlap the fastest one's (or
-whose p50 is within ``TIE_FLOOR`` of it) are tied within noise and the smallest file wins (the same rule as the
-per-device recommendation: :func:`~edgedistill.benchmarks.report.per_device.fastest_within_noise`). When nothing
+budget. Among the rest the one rule of :func:`edgedistill.benchmarks.recommend.recommend` chooses (the report's ★
+and the per-device recommendations use it too): the fastest by p50 latency, ties within noise to the smallest
+file. When nothing
 qualifies, ``chosen`` is None and the decision says so: a result, not an error (``edgedistill gate`` fails on it).
 
 ``decide(candidates, device, min_retention)`` → the document written to ``export/auto.json``::
@@ -23,7 +23,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgedistill.benchmarks.report.per_device import fastest_within_noise, keeps_on_device, latency
+from edgedistill.benchmarks.recommend import Option, Timing, latency, recommend
+from edgedistill.benchmarks.report.per_device import keeps_on_device
 
 SCHEMA = "edgedistill.auto/1"
 
@@ -92,30 +93,22 @@ def decide(candidates: list[Candidate], device: str, min_retention: float, label
     reasons = {c.name: rejection(c, device, min_retention) for c in candidates}
     qualified = [c for c in candidates if reasons[c.name] is None]
     by_name = {c.name: c for c in candidates}
-    timing: dict[str, tuple[float, float, float, str]] = {}
+    timing: dict[str, Timing] = {}
     chosen, reason = None, ""
     if qualified:
-        rows = [{**by_name[c.name].row, "model": c.name, "accuracy": c.score} for c in qualified]  # type: ignore[dict-item]
-        best, tied = fastest_within_noise(rows, lambda r: by_name[r["model"]].size_bytes)
-        for r, est, lo, hi, how in tied:
-            timing[r["model"]] = (est, lo, hi, how)
-        for c in qualified:
-            timing.setdefault(c.name, latency(c.row))  # type: ignore[arg-type]
-        chosen = best[0]["model"]
-        est, lo, hi, how = timing[chosen]
-        others = [x[0]["model"] for x in tied if x[0]["model"] != chosen]
-        reason = (f"fastest of {len(qualified)} that meet the budget on {device} ({how}: {est:.4g} ms "
-                  f"[{lo:.4g}, {hi:.4g}])" if not others else
-                  f"tied within noise on {device} with {', '.join(others)} ({how}); the smallest file wins")
+        rec = recommend([Option(c.name, c.row["p50_ms"], c.row.get("samples_ms"), c.size_bytes, True, c.score)  # type: ignore[index]
+                         for c in qualified], device, f"of {len(qualified)} that meet the budget")
+        timing, chosen, reason = rec.timing, rec.name, rec.reason
+        best = timing[chosen]  # type: ignore[index]
         for c in qualified:
             if c.name == chosen:
                 continue
-            e, lo_c, hi_c, _ = timing[c.name]
+            t = timing[c.name]
             reasons[c.name] = (
                 f"meets the budget; tied within noise with {chosen}, larger file "
-                f"({_kb(c.size_bytes)} vs {_kb(by_name[chosen].size_bytes)})" if c.name in others else
-                f"meets the budget; slower: {e:.4g} ms [{lo_c:.4g}, {hi_c:.4g}] vs {chosen}'s {est:.4g} ms "
-                f"[{lo:.4g}, {hi:.4g}]")
+                f"({_kb(c.size_bytes)} vs {_kb(by_name[chosen].size_bytes)})" if c.name in rec.tied else  # type: ignore[index]
+                f"meets the budget; slower: {t.p50:.4g} ms [{t.low:.4g}, {t.high:.4g}] vs {chosen}'s {best.p50:.4g} "
+                f"ms [{best.low:.4g}, {best.high:.4g}]")
     elif candidates:
         reason = (f"no artifact meets the budget on {device} (retention ≥ {min_retention:g} of its PyTorch source, "
                   "parity, runs there): each candidate's reason is listed")
@@ -123,12 +116,13 @@ def decide(candidates: list[Candidate], device: str, min_retention: float, label
         reason = "no exported artifact to choose from"
     rows_out = []
     for c in candidates:
-        t = timing.get(c.name) or (None if c.row is None or c.row.get("p50_ms") is None else latency(c.row))
+        t = timing.get(c.name) or (None if c.row is None or c.row.get("p50_ms") is None else
+                                   latency(c.row["p50_ms"], c.row.get("samples_ms")))
         status = "chosen" if c.name == chosen else "qualified" if c in qualified else "rejected"
         rows_out.append({"name": c.name, "format": c.format, "variant": c.variant, "size_bytes": c.size_bytes,
                          "status": status, "reason": reason if status == "chosen" else reasons[c.name],
-                         "p50_ms": None if t is None else t[0], "interval": None if t is None else [t[1], t[2]],
-                         "how": None if t is None else t[3], "score": c.score, "source_score": c.source_score,
+                         "p50_ms": None if t is None else t.p50, "interval": None if t is None else [t.low, t.high],
+                         "how": None if t is None else t.how, "score": c.score, "source_score": c.source_score,
                          "retention": c.retention, **c.extra})
     return {"schema": SCHEMA, "device": device, "label": label, "min_retention": min_retention, "metric": metric,
             "chosen": chosen, "reason": reason, "candidates": rows_out}

@@ -153,3 +153,58 @@ def test_recipe_and_options_refuse_what_cannot_be_measured(tmp_path: Path) -> No
         apply_options(off, False, "host", None)
     on = apply_options(off, True, "rpi4-constrained?cores=1", 0.95).export.auto
     assert (on.enabled, on.device, on.min_retention) == (True, "rpi4-constrained?cores=1", 0.95)
+
+
+def test_the_reports_star_and_export_autos_pick_agree_on_the_same_measurements() -> None:
+    """One rule decides (benchmarks/recommend.py): on the same host measurements the report's ★ (export --auto off),
+    the host's per-device recommendation and export --auto's choice name the same artifact, for both kinds. The
+    faster file is faster by less than TIE_FLOOR, so the smaller one wins, where the old report rules (lowest p50,
+    highest tokens/s) took the faster."""
+    from edgedistill.benchmarks.recommend import TIE_FLOOR
+    from edgedistill.benchmarks.report import llm, vision
+
+    def samples(p50: float) -> list[float]:
+        return [p50 * (1 + 0.002 * (k % 5 - 2)) for k in range(40)]
+
+    def run(p50: float, size: int, **extra: object) -> dict:
+        return {"latency_ms": dict.fromkeys(("p50", "p90", "p99", "mean", "min"), p50), "samples_ms": samples(p50),
+                "peak_rss_mb": 1.0, "size_bytes": size, **extra}
+
+    parity = {"top1_agreement": 0.99, "max_abs_diff": 0.01, "fp32_ok": True}
+    slower = 1 + TIE_FLOOR / 2
+
+    def candidate(name: str, doc: dict, score: float, source: float, fp32: bool, bar: float | None) -> Candidate:
+        row = {"p50_ms": doc["latency_ms"]["p50"], "samples_ms": doc["samples_ms"], "label": "measured",
+               "parity_vs_source": parity}
+        return Candidate(name, "x", name, doc["size_bytes"], True, "", fp32, bar, row, None, score, source)
+
+    # vision: fp32 (big, fastest) and int8 (small, within the floor), both within tolerance of their student
+    docs = {"fp32": run(1.0, 4000, accuracy=0.90), "int8_dynamic": run(slower, 1000, accuracy=0.895)}
+    arts = [{"name": n, "format": "onnx", "precision": n[:4], "variant": n, "source": "kd", "file": f"export/{n}.onnx",
+             "parity": {"ok": True, "max_abs_diff": 0.01, "top1_agreement": 0.99,
+                        "criterion": "top1_agreement >= 0.98" if n != "fp32" else "fp32"}} for n in docs]
+    results = {n: {"runs": {"1": d}, "error": None, "parity_vs_source": parity} for n, d in docs.items()}
+    rep = vision.build(vision.ReportInputs(
+        "r", "d", {"test_accuracy": 0.95}, {"kd": {"test_accuracy": 0.90}}, arts,
+        {"results": results, "devices": {"host": {"label": "measured", "results": results}}}, 0.01))
+    auto = decide([candidate(n, d, d["accuracy"], 0.90, n == "fp32", 0.98 if n != "fp32" else None)
+                   for n, d in docs.items()], "host", BUDGET)
+    assert rep["summary"]["recommended"] == rep["per_device"]["recommended"]["host"]["artifact"] == auto["chosen"] \
+        == "int8_dynamic", (rep["summary"], auto["reason"])
+
+    # LLM: q8_0 generates the most tokens/s, q4_0 is within the floor and smaller, q4_k_m loses task score
+    docs = {"q8_0": run(1.0, 4000, tg_tps=1000.0, task={"task_score": 0.6}),
+            "q4_0": run(slower, 2000, tg_tps=900.0, task={"task_score": 0.6}),
+            "q4_k_m": run(0.5, 1000, tg_tps=2000.0, task={"task_score": 0.4})}
+    results = {n: {"runs": {"1": d}, "error": None, "parity_vs_source": parity} for n, d in docs.items()}
+    results["kd-student"] = {"runs": {"1": run(5.0, 9000, tg_tps=200.0, task={"task_score": 0.6})}, "error": None}
+    arts = [{"name": n, "format": "gguf", "variant": n, "source": "kd", "size_bytes": d["size_bytes"],
+             "fidelity": {"perplexity": 1.5, "kld_mean": 0.0, "kld_p99": 0.0, "same_top_token": 1.0,
+                          "max_abs_diff": 0.0}} for n, d in docs.items()]
+    rep = llm.build(llm.ReportInputs("r", "d", {}, {"kd": {"role": "kd"}}, {"best_student": "kd", "artifacts": arts},
+                                     {"devices": {"host": {"label": "measured", "results": results}}}, {}, 1, 0.02))
+    auto = decide([candidate(n, d, d["task"]["task_score"], 0.6, False, None) for n, d in docs.items()], "host",
+                  BUDGET)
+    assert rep["summary"]["recommended"] == rep["per_device"]["recommended"]["host"]["artifact"] == auto["chosen"] \
+        == "q4_0", (rep["summary"], auto["reason"])
+    assert "q4_0 ★" in llm.to_markdown(rep)

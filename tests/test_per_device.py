@@ -125,7 +125,8 @@ def test_few_emulated_runs_tie_by_their_range_and_the_smallest_file_wins() -> No
 def test_p50s_closer_than_the_drift_between_runs_are_tied_whatever_their_intervals() -> None:
     """40 runs each, narrow intervals that do not overlap: a gap smaller than TIE_FLOOR (the p50 drift measured
     between bench runs) is a tie and the smaller file wins in both orders; a gap wider than it decides."""
-    from edgedistill.benchmarks.report.per_device import TIE_FLOOR, per_device
+    from edgedistill.benchmarks.recommend import TIE_FLOOR
+    from edgedistill.benchmarks.report.per_device import per_device
 
     def row(model: str, p50: float) -> dict:
         samples = [p50 * (1 + 0.002 * (k % 5 - 2)) for k in range(40)]
@@ -162,3 +163,58 @@ def test_fp32_rounding_passes_on_every_device_and_fewer_bits_are_blamed(tmp_path
         np.save(tmp_path / f"{name}.npy", x)
         checked[name] = _parity(tmp_path / "source.npy", tmp_path / f"{name}.npy", "source")
     assert checked["rounding"]["fp32_ok"] is True and checked["fewer-bits"]["fp32_ok"] is False, checked
+
+
+def test_every_variant_a_recipe_can_ask_for_has_one_bar_and_its_criterion_is_what_export_writes() -> None:
+    """The one parity-bar table (core/tolerances.py): each variant of each kind maps to a bar with its reason; the
+    report, export --auto and the exporters read it; an unknown variant has no bar (fail closed)."""
+    from typing import get_args
+
+    from edgedistill.core.tolerances import (
+        FP32_CRITERION,
+        INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT,
+        ONNX_INT8_MIN_SAME_TOP,
+        PARITY_BARS,
+        parity_bar,
+    )
+    from edgedistill.toolchain.llm.recipe import GGUFVariant, ONNXVariant
+    from edgedistill.toolchain.vision.export.parity import compare
+    from edgedistill.toolchain.vision.recipe import OnnxVariant, TfliteVariant
+
+    variants = [("vision", "onnx", v) for v in get_args(OnnxVariant)] + [
+        ("vision", "tflite", v) for v in get_args(TfliteVariant)] + [
+        ("llm", "gguf", v) for v in get_args(GGUFVariant)] + [("llm", "onnx", v) for v in get_args(ONNXVariant)]
+    for key in variants:
+        bar = parity_bar(*key)
+        assert bar.reason and (bar.metric == "fp32") == (key[2] in ("fp32", "f32")), (key, bar)
+    assert parity_bar("llm", "onnx", "int8_dynamic").floor == ONNX_INT8_MIN_SAME_TOP != \
+        parity_bar("vision", "onnx", "int8_dynamic").floor
+    assert parity_bar("vision", "onnx", "int8_static_u8s8", True).floor == INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT
+    assert parity_bar("vision", "onnx", "int8_dynamic", True) == parity_bar("vision", "onnx", "int8_dynamic")
+    assert parity_bar("vision", "onnx", "fp32").criterion == FP32_CRITERION
+    ref = np.eye(10, dtype=np.float32)[np.arange(50) % 10]
+    bar = parity_bar("vision", "tflite", "int8_static")
+    assert compare(ref, ref, "int8", "torch", bar.floor).criterion == bar.criterion  # the string export records
+    with pytest.raises(KeyError, match="no parity bar for vision onnx int4"):
+        parity_bar("vision", "onnx", "int4")
+    assert PARITY_BARS["device vs host"].floor is not None
+
+
+def test_a_quantised_file_unlike_its_host_outputs_on_a_device_is_flagged() -> None:
+    """The table's device-vs-host bar is the product's: below it the report flags the device (fp32 files are
+    judged by their own bar, not this one)."""
+    from edgedistill.benchmarks.report.per_device import per_device
+    from edgedistill.core.tolerances import PARITY_BARS
+
+    floor = PARITY_BARS["device vs host"].floor
+    assert floor is not None
+
+    def row(model: str, device: str, vs_host: float) -> dict:
+        return {"device": device, "label": "emulated", "profile": "rpi4", "model": model, "threads": 1, "p50_ms": 1.0,
+                "parity_vs_source": {"top1_agreement": 1.0, "max_abs_diff": 0.0, "fp32_ok": True},
+                "parity_vs_host": {"top1_agreement": vs_host, "max_abs_diff": 0.1}}
+
+    arts = {"int8": {"fp32": False, "min_top1": 0.98, "size_bytes": 1}, "fp32": {"fp32": True, "size_bytes": 4}}
+    rows = [row("int8", "qemu-arm64", floor - 0.01), row("int8", "ssh:pi", floor), row("fp32", "qemu-arm64", 0.5)]
+    (flag,) = per_device({"devices": rows}, arts, 0.01)["flags"]
+    assert flag.startswith(f"int8 on qemu-arm64 agrees with the host's outputs on {floor - 0.01:.3f}"), flag

@@ -55,9 +55,9 @@ def vision_report() -> dict[str, Any]:
     rng = np.random.default_rng(0)
     parity = {"reference": "kd-student", "max_abs_diff": 2e-3, "mean_abs_diff": 1e-4, "top1_agreement": 0.995,
               "n": 1000, "criterion": "top1", "ok": True}
-    arts = [{"name": n, "format": f, "precision": p, "variant": p, "source": "kd", "file": f"export/{n}.{f}",
-             "parity": parity} for n, f, p in (("kd-fp32", "onnx", "fp32"), ("kd-int8", "onnx", "int8"),
-                                                ("kd-int8-tfl", "tflite", "int8"))]
+    arts = [{"name": n, "format": f, "precision": v[:4], "variant": v, "source": "kd", "file": f"export/{n}.{f}",
+             "parity": parity} for n, f, v in (("kd-fp32", "onnx", "fp32"), ("kd-int8", "onnx", "int8_dynamic"),
+                                                ("kd-int8-tfl", "tflite", "int8_static"))]
     spec = {"teacher": (9.6, 0.912, 44e6), "baseline-student": (1.9, 0.801, 1.1e6), "kd-student": (1.9, 0.861, 1.1e6),
             "kd-fp32": (0.9, 0.861, 1.1e6), "kd-int8": (0.45, 0.853, 0.3e6), "kd-int8-tfl": (0.5, 0.849, 0.3e6)}
     results = {n: {"error": None, "runs": {t: _doc(rng, p50 / k, accuracy=acc, size_bytes=int(size), peak_rss_mb=180.0)
@@ -87,12 +87,12 @@ def llm_report() -> dict[str, Any]:
     rng = np.random.default_rng(1)
     quants = {"kd-q8_0": ("gguf", "q8_0", 0.002, 0.985, 170e6, 210.0, 0.59),
               "kd-q4_k_m": ("gguf", "q4_k_m", 0.031, 0.93, 100e6, 320.0, 0.58),
-              "kd-q2_k": ("gguf", "q2_k", 0.21, 0.74, 60e6, 400.0, 0.41),
+              "kd-q4_0": ("gguf", "q4_0", 0.21, 0.74, 60e6, 400.0, 0.41),
               "kd-onnx-fp32": ("onnx", "fp32", 1e-6, 1.0, 620e6, 95.0, 0.60)}
     artifacts = [{"name": n, "format": f, "variant": v, "source": "kd", "size_bytes": int(size),
                   "fidelity": {"perplexity": 6.0 + kld, "kld_mean": kld, "kld_p99": 5 * kld, "same_top_token": same,
                                "max_abs_diff": kld}} for n, (f, v, kld, same, size, _, _) in quants.items()]
-    artifacts.append({**artifacts[0], "name": "kd-q3_k_s", "variant": "q3_k_s"})  # its bench failed: no runs
+    artifacts.append({**artifacts[0], "name": "kd-f16", "variant": "f16"})  # its bench failed: no runs
 
     def run(tg: float, score: float, size: float) -> dict[str, Any]:
         return _doc(rng, 1000 / tg, n=64, task={"task_score": score, "exact_match": score - 0.1, "rouge_l": score},
@@ -103,7 +103,7 @@ def llm_report() -> dict[str, Any]:
             "sft-student": run(120.0, 0.55, 620e6),
             **{n: run(tg, score, size) for n, (_, _, _, _, size, tg, score) in quants.items()}}
     results = {n: {"error": None, "runs": {"2": d}} for n, d in host.items()}
-    results["kd-q3_k_s"] = {"error": "llama.cpp: failed to load model", "runs": {}}
+    results["kd-f16"] = {"error": "llama.cpp: failed to load model", "runs": {}}
     pi5 = {n: {"error": None, "runs": {"2": run(tg / 5, score, size)}}
            for n, (_, _, _, _, size, tg, score) in quants.items()}
     export = {"best_student": "kd", "artifacts": artifacts, "pytorch": {

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgedistill.benchmarks.report.per_device import TIE_FLOOR
+from edgedistill.benchmarks.recommend import TIE_FLOOR, Option, recommend
+from edgedistill.benchmarks.report.per_device import HOSTS
 from edgedistill.core.fileio import write_json, write_text
 
 
@@ -41,6 +42,22 @@ def device_rows(bench: dict[str, Any] | None, artifacts: set[str] | None = None)
                              "applied": doc.get("device", {}).get("applied"),
                              "error": res.get("error")})
     return rows
+
+
+def recommended(rows: list[dict[str, Any]], truth: dict[str, Any], score: str) -> tuple[str | None, str]:
+    """The report's ★ without ``export --auto``: the host's own per-device recommendation (the same rule over the
+    same measurements, so the two cannot differ); when no host row was measured (a bench without a devices block),
+    the same rule over the table's artifact rows (``keeps_accuracy`` set) at the fewest threads, ``score`` breaking
+    a tie of sizes."""
+    host = next((truth["recommended"][d] for d in HOSTS if d in truth["recommended"]), None)
+    if host is not None:
+        return host["artifact"], host["reason"]
+    arts = [r for r in rows if r.get("keeps_accuracy") is not None and r["latency_ms"]]
+    t = str(min((int(k) for r in arts for k in r["latency_ms"]), default=1))
+    rec = recommend([Option(r["name"], r["latency_ms"].get(t, {}).get("p50"),
+                            (r.get("latency_samples_ms") or {}).get(t), r.get("size_bytes"),
+                            bool(r["keeps_accuracy"]), r.get(score)) for r in arts], "host")
+    return rec.name, rec.reason
 
 
 def devices_markdown(rows: list[dict[str, Any]], latency: str = "p50 ms", accuracy: str = "accuracy") -> list[str]:

@@ -10,7 +10,8 @@ teacher-artifact: the teacher's own GGUF, benched beside the student's, never re
 ``{"<threads>": tg tokens/s / the PyTorch teacher's}``, ``keeps_accuracy`` (artifacts) and ``bench_error``; student
 rows also ``params``, ``trainable_params`` and ``lora`` (the adapter settings, or null for full fine-tuning);
 ``summary`` has ``teacher_task_score``, ``best_student``, ``recommended`` (``export --auto``'s choice when it is on;
-the decision itself is ``auto``), ``recommended_reason``,
+the decision itself is ``auto``; else the host's per-device recommendation, by the one rule of
+:mod:`edgedistill.benchmarks.recommend`), ``recommended_reason``,
 ``recommended_retention``, ``recommended_speedup`` and ``threads``; ``gate`` the recipe's budgets and failures.
 Student rows also carry ``strategy`` (how the student was trained, in words), ``teachers`` (how many teachers its
 KD target mixes), ``layers``, and for self-distilled students ``exit_val_nll`` (validation NLL of the model cut at
@@ -34,10 +35,11 @@ from edgedistill.benchmarks.report.common import (
     gate_markdown,
     md_table,
     per_device_markdown,
+    recommended,
     write_report,
 )
 from edgedistill.benchmarks.report.per_device import per_device
-from edgedistill.core.tolerances import ONNX_INT8_MIN_SAME_TOP, Q8_MIN_SAME_TOP
+from edgedistill.core.tolerances import parity_bar
 
 SCHEMA = "edgedistill.llm-report/2"
 DEFINITIONS = {
@@ -162,14 +164,16 @@ def build(inp: ReportInputs) -> dict[str, Any]:
             r["keeps_accuracy"] = (r["task_score"] is not None and src is not None
                                    and r["task_score"] >= src - inp.accuracy_tolerance)
     _same_runtime_speedups(rows, by_name, t)
-    rec, reason = _recommend(rows, inp.accuracy_tolerance)
-    if inp.auto is not None:  # export --auto chose for its device under its retention budget: that ships
-        rec, reason = inp.auto["chosen"], f"export --auto on {inp.auto['device']}: {inp.auto['reason']}"
     devices = device_rows(inp.bench, {r["name"] for r in rows if r["kind"] == "artifact"})
-    arts = {r["name"]: {"fp32": r["format"].split()[-1] in ("f32", "fp32"), "size_bytes": r.get("size_bytes"),
-                        "min_top1": same_top_bar(r["format"]), "source_accuracy": None}
+    arts = {r["name"]: {"fp32": parity_bar("llm", *r["format"].split()).metric == "fp32",
+                        "size_bytes": r.get("size_bytes"),
+                        "min_top1": same_top_bar(r["format"]), "source_accuracy": None,
+                        "keeps_accuracy": r["keeps_accuracy"]}
             for r in rows if r["kind"] == "artifact"}
     truth = per_device({"devices": devices}, arts, inp.accuracy_tolerance)
+    rec, reason = recommended(rows, truth, "task_score")
+    if inp.auto is not None:  # export --auto chose for its device under its retention budget: that ships
+        rec, reason = inp.auto["chosen"], f"export --auto on {inp.auto['device']}: {inp.auto['reason']}"
     best = by_name.get(rec) if rec else None
     summary = {"teacher_task_score": teacher["task_score"], "best_student": (inp.export or {}).get("best_student"),
                "recommended": rec, "recommended_reason": reason,
@@ -203,22 +207,9 @@ def strategy(meta: dict[str, Any]) -> str:
 
 
 def same_top_bar(fmt_: str) -> float | None:
-    """The same-top-token bar a quantised LLM artifact is held to against its source (4-bit: none, as llama.cpp's
-    perplexity tool only reports it)."""
-    variant = fmt_.split()[-1]
-    if variant in ("f16", "q8_0"):
-        return Q8_MIN_SAME_TOP
-    return ONNX_INT8_MIN_SAME_TOP if variant == "int8_dynamic" else None
-
-
-def _recommend(rows: list[dict[str, Any]], tol: float) -> tuple[str | None, str]:
-    """The fastest generator (tokens/s) among the artifacts that keep their student's task score."""
-    ok = [r for r in rows if r.get("keeps_accuracy") and r["tg_tps"]]
-    if not ok:
-        return None, "no artifact kept its student's task score within tolerance"
-    best = max(ok, key=lambda r: r["tg_tps"])
-    return best["name"], (f"highest generation tokens/s among artifacts whose task score is within {tol:g} of "
-                          "their PyTorch student's")
+    """The same-top-token bar an LLM artifact (``fmt_``: ``"gguf q8_0"``) is held to against its source, from the
+    one table (:data:`edgedistill.core.tolerances.PARITY_BARS`; fp32 and 4-bit: None)."""
+    return parity_bar("llm", fmt_.split()[0], fmt_.split()[-1]).floor
 
 
 def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -5,29 +5,21 @@ An artifact keeps accuracy on a device when its outputs there match the source m
 ``core.tolerances.FP32_CRITERION``; quantised: top-1 agreement at least the artifact's own bar) and, where the device
 scored it, its accuracy is within the tolerance of the source's. For each device the recommendation is the fastest
 artifact that keeps accuracy there (and, for a file that carries its own tokenizer, tokenises the test prompts
-exactly as the host does), by the device's own latency with a bootstrap interval; artifacts whose
-intervals overlap the fastest one's, or whose p50 is within :data:`TIE_FLOOR` of it, are *tied within noise*, and
-among them the smallest file (then the most accurate) wins. An estimated device takes accuracy from the emulated
-or measured device of the same profile (else the host), and says so.
+exactly as the host does; on the host also the report's own ``keeps_accuracy`` verdict, when given), by the one
+rule of :func:`edgedistill.benchmarks.recommend.recommend` (ties within noise go to the smaller file). An estimated
+device takes accuracy from the emulated or measured device of the same profile (else the host), and says so.
+A quantised artifact whose outputs on a device agree with the same file's on the host less than the table's
+``device vs host`` bar (:data:`edgedistill.core.tolerances.PARITY_BARS`) is flagged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from edgedistill.benchmarks import stats
+from edgedistill.benchmarks.recommend import Option, recommend
+from edgedistill.core.tolerances import PARITY_BARS
 
-#: a bootstrap interval needs at least this many samples; from 2 to this many (emulated devices time a few runs),
-#: the samples' range, which holds the median with a known probability; one sample: the point value, marked as such
-MIN_SAMPLES = 10
-#: p50s closer than this fraction of the fastest one's are tied whatever their intervals. An interval holds the
-#: sampling noise of one measurement, not the drift between measurements: each artifact is timed in its own process,
-#: one after another, and on a shared runner the load changes in between. Two bench runs of the same two files on a
-#: 2-core AMD EPYC shared with other jobs (and with a nice-19 busy loop per core) moved one file's p50 by up to 10%
-#: between runs while its 95% interval spanned 2-5%: files that close flipped between "tied" (the smaller wins) and
-#: "faster" (issue #23)
-TIE_FLOOR = 0.15
+HOSTS = ("host", "local")
 
 
 def keeps_on_device(row: dict[str, Any], artifact: dict[str, Any], source_accuracy: float | None,
@@ -52,23 +44,12 @@ def keeps_on_device(row: dict[str, Any], artifact: dict[str, Any], source_accura
     return ok, why
 
 
-def latency(row: dict[str, Any]) -> tuple[float, float, float, str]:
-    """``(p50, low, high, how)`` of a device row: a bootstrap interval, a few runs' range, or the point value."""
-    s = row.get("samples_ms")
-    if s and len(s) >= MIN_SAMPLES:
-        est, lo, hi = stats.percentile_interval(s, 50)
-        return est, lo, hi, f"p50 with a 95% bootstrap interval over {len(s)} runs"
-    if s and len(s) >= 2:
-        est, lo, hi, cover = stats.median_range_interval(s)
-        return est, lo, hi, f"median of {len(s)} runs with their range (a {cover:.0%} interval)"
-    return row["p50_ms"], row["p50_ms"], row["p50_ms"], "point p50 (no samples for an interval)"
-
-
 def per_device(report: dict[str, Any], artifacts: dict[str, dict[str, Any]], tol: float) -> dict[str, Any]:
     """``{"keeps": {artifact: {device: {"ok", "why"}}}, "recommended": {device: {...}}, "flags": [...]}``.
 
     ``artifacts`` maps each artifact name to ``{"fp32": bool, "min_top1": float | None, "size_bytes": int,
-    "source_accuracy": float | None}`` (the kind's report knows these)."""
+    "source_accuracy": float | None, "keeps_accuracy": bool | None}`` (the kind's report knows these;
+    ``keeps_accuracy``: its own verdict on the host's measurement, which the host's recommendation also needs)."""
     rows = [r for r in report.get("devices", []) if r.get("model") in artifacts and r.get("p50_ms") is not None]
     devices = list(dict.fromkeys(r["device"] for r in rows))
     keeps: dict[str, dict[str, Any]] = {a: {} for a in artifacts}
@@ -94,41 +75,46 @@ def per_device(report: dict[str, Any], artifacts: dict[str, dict[str, Any]], tol
         if good and bad:
             flags.append(f"{a} keeps accuracy on {', '.join(good)} but not on {', '.join(bad)} "
                          f"({'; '.join(by[d]['why'] for d in bad)})")
-    return {"keeps": keeps, "recommended": recommended, "flags": flags}
+    return {"keeps": keeps, "recommended": recommended, "flags": flags + _unlike_host(rows, artifacts)}
+
+
+def _unlike_host(rows: list[dict[str, Any]], artifacts: dict[str, dict[str, Any]]) -> list[str]:
+    """Quantised artifacts (those held to an agreement bar) whose outputs on another device agree with the same
+    file's on the host less than the table's ``device vs host`` bar (int8 rounding differs by ISA)."""
+    bar = PARITY_BARS["device vs host"].floor or 0.0
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for r in rows:
+        p, key = r.get("parity_vs_host") or {}, (r["model"], r["device"])
+        if artifacts[r["model"]].get("min_top1") is None or "top1_agreement" not in p or key in seen:
+            continue
+        seen.add(key)
+        if p["top1_agreement"] < bar:
+            out.append(f"{r['model']} on {r['device']} agrees with the host's outputs on {p['top1_agreement']:.3f} "
+                       f"of top-1 < {bar:g} (the device-vs-host bar: {PARITY_BARS['device vs host'].reason})")
+    return out
 
 
 def _profile(report: dict[str, Any], device: str) -> str | None:
     return next((r.get("profile") for r in report.get("devices", []) if r.get("device") == device), None)
 
 
-Timed = tuple[dict[str, Any], float, float, float, str]
-
-
-def fastest_within_noise(rows: list[dict[str, Any]], size: Callable[[dict[str, Any]], int | None]
-                         ) -> tuple[Timed, list[Timed]]:
-    """The row to pick among ``rows`` (non-empty, each with ``p50_ms`` and maybe ``samples_ms``) by latency:
-    ``(best, tied)``, each entry ``(row, p50, low, high, how)``. Rows whose interval reaches down to the fastest
-    one's upper end, or whose p50 is within :data:`TIE_FLOOR` of the fastest one's, are tied within noise, and among
-    them the smallest file (``size(row)``), then the most accurate, wins, so two bench runs agree."""
-    timed = [(r, *latency(r)) for r in rows]
-    fastest = min(timed, key=lambda x: x[1])
-    tied = [x for x in timed if x[2] <= fastest[3] or x[1] <= fastest[1] * (1 + TIE_FLOOR)]
-    best = min(tied, key=lambda x: (size(x[0]) or 0, -(x[0].get("accuracy") or 0)))
-    return best, tied
-
-
 def _recommend(device: str, rows: list[dict[str, Any]], keeps: dict[str, dict[str, Any]],
                artifacts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     t = min((r["threads"] for r in rows), default=1)
-    cands = [r for r in rows if r["threads"] == t and keeps[r["model"]].get(device, {}).get("ok")]
-    if not cands:
-        return {"artifact": None, "reason": f"no artifact keeps accuracy on {device}"}
-    best, tied = fastest_within_noise(cands, lambda r: artifacts[r["model"]].get("size_bytes"))
-    r, est, lo, hi, how = best
-    label = r.get("label")
-    reason = (f"fastest that keeps accuracy on {device} ({label} time, {how}: {est:.4g} ms [{lo:.4g}, {hi:.4g}])"
-              if len(tied) == 1 else
-              f"tied within noise with {', '.join(x[0]['model'] for x in tied if x is not best)} on {device} "
-              f"({label} time, {how}); the smallest file wins")
-    return {"artifact": r["model"], "reason": reason, "threads": t, "p50_ms": est, "interval": [lo, hi],
-            "tied": [x[0]["model"] for x in tied], "decided_by": f"{label} latency", "label": label}
+    cands = [r for r in rows if r["threads"] == t]
+    label = next((r.get("label") for r in cands), None)
+
+    def kept(name: str) -> bool:
+        on_host = device not in HOSTS or artifacts[name].get("keeps_accuracy") is not False
+        return bool(keeps[name].get(device, {}).get("ok")) and on_host
+
+    rec = recommend([Option(r["model"], r["p50_ms"], r.get("samples_ms"), artifacts[r["model"]].get("size_bytes"),
+                            kept(r["model"]), r.get("accuracy")) for r in cands],
+                    device, basis=f"{label} time")
+    if rec.name is None:
+        return {"artifact": None, "reason": rec.reason}
+    best = rec.timing[rec.name]
+    return {"artifact": rec.name, "reason": rec.reason, "threads": t, "p50_ms": best.p50,
+            "interval": [best.low, best.high], "tied": list(rec.tied), "decided_by": f"{label} latency",
+            "label": label}

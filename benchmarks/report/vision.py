@@ -42,10 +42,12 @@ from edgedistill.benchmarks.report.common import (
     gate_markdown,
     md_table,
     per_device_markdown,
+    recommended,
     write_report,
 )
 from edgedistill.benchmarks.report.common import device_rows as device_rows
 from edgedistill.benchmarks.report.per_device import per_device
+from edgedistill.core.tolerances import ParityBar, parity_bar
 
 SCHEMA = "edgedistill.report/1"
 DEFINITIONS = {
@@ -152,16 +154,15 @@ def build(inp: ReportInputs) -> dict[str, Any]:
             row["keeps_accuracy"] = (acc is not None and src is not None
                                      and acc >= src - inp.accuracy_tolerance and row["parity"]["ok"])
     _same_runtime_speedups(rows, by_name)
-    rec, reason = _recommend(rows, inp.accuracy_tolerance)
     devices = device_rows(inp.bench, {r["name"] for r in rows if r["role"] == "artifact"})
     src = {r["variant"]: r["accuracy"] for r in rows if r["role"] == "student"}
-    arts = {r["name"]: {"fp32": r["precision"] == "fp32", "min_top1": min_top1_bar(r["parity"]),
-                        "size_bytes": r.get("size_bytes"), "source_accuracy": src.get(r["source"])}
+    bars = {a["name"]: artifact_bar(a) for a in inp.artifacts}
+    arts = {r["name"]: {"fp32": bars[r["name"]].metric == "fp32", "min_top1": bars[r["name"]].floor,
+                        "size_bytes": r.get("size_bytes"), "source_accuracy": src.get(r["source"]),
+                        "keeps_accuracy": r["keeps_accuracy"]}
             for r in rows if r["role"] == "artifact"}
     truth = per_device({"devices": devices}, arts, inp.accuracy_tolerance)
-    host = truth["recommended"].get("host") or truth["recommended"].get("local")
-    if host is not None:  # the host is one device among the others: the same rule decides there
-        rec, reason = host["artifact"], host["reason"]
+    rec, reason = recommended(rows, truth, "accuracy")
     if inp.auto is not None:  # export --auto chose for its device under its retention budget: that ships
         rec, reason = inp.auto["chosen"], f"export --auto on {inp.auto['device']}: {inp.auto['reason']}"
     threads = sorted({int(t) for r in rows for t in r["latency_ms"]})
@@ -178,21 +179,11 @@ def build(inp: ReportInputs) -> dict[str, Any]:
                         "ensemble": inp.teacher.get("ensemble")}}
 
 
-def min_top1_bar(parity: dict[str, Any]) -> float | None:
-    """The top-1 agreement an int8 artifact was held to at export (from its criterion), None for fp32."""
-    crit = str(parity.get("criterion", ""))
-    return float(crit.split(">=")[-1]) if "top1_agreement >=" in crit else None
-
-
-def _recommend(rows: list[dict[str, Any]], tol: float) -> tuple[str | None, str]:
-    """The fastest artifact at 1 thread (else the fewest threads measured) among those that keep accuracy."""
-    ok = [r for r in rows if r.get("keeps_accuracy") and r["latency_ms"]]
-    if not ok:
-        return None, "no artifact kept accuracy within tolerance and parity"
-    t = min(int(k) for k in ok[0]["latency_ms"])
-    best = min(ok, key=lambda r: r["latency_ms"].get(str(t), {"p50": float("inf")})["p50"])
-    return best["name"], (f"lowest p50 at {t} thread(s) among artifacts within {tol:g} of their source's "
-                          f"accuracy and within parity tolerance")
+def artifact_bar(artifact: dict[str, Any]) -> ParityBar:
+    """The parity bar an exported artifact (its ``export/artifacts.json`` record) is held to, from the one table
+    (:data:`edgedistill.core.tolerances.PARITY_BARS`)."""
+    rr = bool((artifact.get("quantization") or {}).get("reduce_range"))
+    return parity_bar("vision", artifact["format"], artifact["variant"], rr)
 
 
 def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgedistill.benchmarks.harness import BenchItem, measure_devices
-from edgedistill.benchmarks.report.vision import min_top1_bar
+from edgedistill.benchmarks.report.vision import artifact_bar
 from edgedistill.benchmarks.select import Candidate
 from edgedistill.core.fileio import read_json
 from edgedistill.toolchain.auto_select import Listed, auto_threads, device_candidates
@@ -34,7 +34,7 @@ def auto_candidates(ctx: Any, spec: str) -> tuple[list[Candidate], str | None, s
         return doc.get("accuracy"), source.get(by_name[name]["source"])
 
     listed = [Listed(a["name"], a["file"], a["format"], a["variant"], bool(a["parity"]["ok"]),
-                     str(a["parity"].get("criterion", "")), a["precision"] == "fp32", min_top1_bar(a["parity"]))
+                     str(a["parity"].get("criterion", "")), artifact_bar(a).metric == "fp32", artifact_bar(a).floor)
               for a in arts]
     entry = matrix[spec]
     t = entry.get("threads") or threads

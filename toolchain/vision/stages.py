@@ -32,6 +32,7 @@ from torch import nn
 from edgedistill.benchmarks.harness import BenchItem, measure_devices, plan_devices, resolve_threads
 from edgedistill.benchmarks.report import vision as report_mod
 from edgedistill.core.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json, write_text
+from edgedistill.core.tolerances import parity_bar
 from edgedistill.devices.profile import int8_saturates
 from edgedistill.runtimes.torch_ref import load_reference
 from edgedistill.toolchain import auto_select, pipeline
@@ -57,12 +58,7 @@ from edgedistill.toolchain.vision.distill.trainer import (
     train_supervised,
 )
 from edgedistill.toolchain.vision.export import onnx as onnx_export
-from edgedistill.toolchain.vision.export.parity import (
-    INT8_MIN_TOP1_AGREEMENT,
-    INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT,
-    TFLITE_INT8_MIN_TOP1_AGREEMENT,
-    compare,
-)
+from edgedistill.toolchain.vision.export.parity import compare
 from edgedistill.toolchain.vision.recipe import (
     DataConfig,
     DistillConfig,
@@ -760,14 +756,14 @@ class _Export:
         return (f"auto: {', '.join(bad)} is x86 without VNNI (8-bit u8×s8 saturates there)" if bad else
                 f"auto: every target ({', '.join(p.name for p in self.targets)}) has an int8 dot product or is Arm")
 
-    def parity(self, path: Path, variant: str, min_top1: float) -> Any:
+    def parity(self, path: Path, variant: str, min_top1: float | None) -> Any:
         """``path``'s parity with the PyTorch source on the test split, scored by its own runtime."""
         from edgedistill.runtimes import open_session, runtime_for
 
         logits = open_session(runtime_for(path), path, threads=os.cpu_count() or 1).run_all(self.data.test_x.numpy())
         return compare(self.ref, logits, "fp32" if variant == "fp32" else "int8", self.reference, min_top1)
 
-    def add(self, path: Path, fmt: str, variant: str, min_top1: float, **extra: Any) -> None:
+    def add(self, path: Path, fmt: str, variant: str, min_top1: float | None, **extra: Any) -> None:
         """Score ``path`` on the test split with its runtime and record it with its parity."""
         precision = "fp32" if variant == "fp32" else "int8"
         self.records.append({
@@ -854,7 +850,7 @@ def _raised_in_our_code(err: BaseException) -> bool:
 
 
 def _quantize_until_parity(job: _Export, cfg: OnnxExport, fp32: Path, variant: str, path: Path,
-                           bar: float) -> dict[str, Any]:
+                           bar: float | None) -> dict[str, Any]:
     """Quantise ``variant`` and, while it fails parity ``bar``, try :data:`INT8_REMEDIES` (static variants: all of
     them; dynamic: only the float head). Returns the ``quantization`` record with every attempt; ``kept`` names the
     attempt whose file is at ``path``: the first that passes, else the best-scoring one that produced a file (None:
@@ -911,7 +907,7 @@ def _export_onnx(job: _Export, cfg: OnnxExport) -> None:
             path = fp32 if variant == "fp32" else job.path(f"{job.prefix}-{variant}.onnx")
             quant: dict[str, Any] = {}
             rr = variant.startswith("int8_static") and job.reduce_range(cfg)
-            bar = INT8_REDUCED_RANGE_MIN_TOP1_AGREEMENT if rr else INT8_MIN_TOP1_AGREEMENT
+            bar = parity_bar("vision", "onnx", variant, bool(rr)).floor
             if variant != "fp32":
                 quant = _quantize_until_parity(job, cfg, fp32, variant, path, bar)
             if quant and quant["kept"] is None:
@@ -942,21 +938,22 @@ def _export_tflite(job: _Export, cfg: TfliteExport) -> None:
             tflite.export_variant(job.model, job.data.test_x[:1], variant, path, fp32, calib, cfg.layout,
                                   job.model_name)
             extra: dict[str, Any] = {"layout": cfg.layout}
+            bar = parity_bar("vision", "tflite", variant).floor
             if variant == "int8_static":  # PT2E full-integer: more, stratified calibration when parity fails
-                p = job.parity(path, variant, TFLITE_INT8_MIN_TOP1_AGREEMENT)
+                p = job.parity(path, variant, bar)
                 attempts = [{"remedy": "as configured", "calibration_images": len(calib), "ok": p.ok,
                              "top1_agreement": p.top1_agreement}]
                 if not p.ok and cfg.remedies:
                     n = _calibration_size(len(job.data.train_x), cfg.calibration_samples, 4)
                     tflite.export_variant(job.model, job.data.test_x[:1], variant, path, fp32, job.calibration(n),
                                           cfg.layout, job.model_name)
-                    p = job.parity(path, variant, TFLITE_INT8_MIN_TOP1_AGREEMENT)
+                    p = job.parity(path, variant, bar)
                     attempts.append({"remedy": "4x (at least 256) calibration images, stratified by class", "ok": p.ok,
                                      "calibration_images": n, "top1_agreement": p.top1_agreement})
                 extra["quantization"] = {"attempts": attempts, "kept": attempts[-1]["remedy"]}
             job.seconds[path.stem] = round(time.perf_counter() - t0, 2)
             if variant in cfg.variants:
-                job.add(path, "tflite", variant, TFLITE_INT8_MIN_TOP1_AGREEMENT, **extra)
+                job.add(path, "tflite", variant, bar, **extra)
             prog.advance(task)
     if "fp32" not in cfg.variants:
         fp32.unlink(missing_ok=True)

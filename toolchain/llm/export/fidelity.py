@@ -26,6 +26,7 @@ from edgedistill.core.tolerances import (  # noqa: F401  (re-exported: the bars 
     PARITY_MIN_POSITIONS,
     Q8_MIN_SAME_TOP,
     fp32_ok,
+    parity_bar,
 )
 
 #: F32 GGUF with an F32 KV cache: largest absolute logit difference vs PyTorch
@@ -159,10 +160,6 @@ def long_parity(ref: np.ndarray, logits: np.ndarray) -> LongParity:
     return LongParity(len(r), float(diff.max()), float((r.argmax(-1) == a.argmax(-1)).mean()), fp32_ok(r, a))
 
 
-#: artifact variant → the logit bar its contract holds (tokens must be identical for every variant)
-_BARS = {"f32": "fp32", "fp32": "fp32", "f16": "q8", "q8_0": "q8", "int8_dynamic": "onnx_int8"}
-
-
 @dataclass
 class Parity:
     """An artifact's parity contract, as its fidelity row records it."""
@@ -188,16 +185,15 @@ def parity(variant: str, tokens: TokenParity, long: LongParity, fid: Fidelity, t
     :data:`PARITY_MIN_POSITIONS` positions, and the variant's bar — fp32 (F32 GGUF, fp32 ONNX): every long-sequence
     FP32_CRITERION; F16/Q8_0: same-top-token >= Q8_MIN_SAME_TOP on the test sequences; int8 ONNX:
     >= ONNX_INT8_MIN_SAME_TOP; 4-bit: none (KLD and same-top are reported, like llama.cpp's perplexity tool)."""
-    bar = _BARS.get(variant, "none")
+    bar = parity_bar("llm", "", variant)  # the one table (core/tolerances.py PARITY_BARS)
     conds = [f"tokens identical on {tokens.total} texts", f"long check >= {PARITY_MIN_POSITIONS} positions"]
     ok = tokens.identical == tokens.total and long.positions >= PARITY_MIN_POSITIONS
-    if bar == "fp32":
+    if bar.metric == "fp32":
         conds.append(f"{FP32_CRITERION} at every long position")
         ok = ok and long.within_fp32
-    elif bar in ("q8", "onnx_int8"):
-        floor = Q8_MIN_SAME_TOP if bar == "q8" else ONNX_INT8_MIN_SAME_TOP
-        conds.append(f"same_top_token >= {floor:g}")
-        ok = ok and fid.same_top_token >= floor
+    elif bar.floor is not None:
+        conds.append(bar.criterion)
+        ok = ok and fid.same_top_token >= bar.floor
     else:
         conds.append("no logit bar (4-bit: KLD reported)")
     return Parity(tokenizer, tokens.fraction, tokens.total, tokens.mismatches, by_construction, long.positions,
