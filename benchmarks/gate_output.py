@@ -1,7 +1,7 @@
 """The gate's verdict in the formats CI reads: JUnit XML (one test case per check), Markdown (for
-``$GITHUB_STEP_SUMMARY`` or a pull-request comment) and JSON. Exit codes: 0 pass, 1 fail, 2 bad input,
-3 inconclusive. Each output says where the budgets came from and lists the relative limits not checked (JUnit:
-skipped), expired waivers and waivers that match no check."""
+``$GITHUB_STEP_SUMMARY`` or a pull-request comment), GitHub Actions ``::error`` annotations and JSON. Exit codes:
+0 pass, 1 fail, 2 bad input, 3 inconclusive. Each output says where the budgets came from and lists the relative
+limits not checked (JUnit: skipped), expired waivers and waivers that match no check."""
 
 from __future__ import annotations
 
@@ -92,6 +92,21 @@ def markdown(result: GateResult, title: str = "edgedistill gate") -> str:
         lines += ["", "Geometric mean of candidate / baseline over artifacts: " + ", ".join(
             f"{k} ×{v:.3f}" for k, v in d["geomean"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _command_data(text: str) -> str:
+    """Escape a workflow command's message as the GitHub Actions runner reads it."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def annotations(result: GateResult, title: str = "edgedistill gate") -> list[str]:
+    """GitHub Actions ``::error`` workflow commands, one per failed check or failure (a red annotation on the
+    run and the pull request); empty when nothing failed."""
+    d = result.to_dict()
+    lines = [f"{c['name']}: ratio {_num(c.get('ratio'))}, value {_num(c.get('value'))}, interval {_interval(c)}"
+             for c in d["checks"] if c["verdict"] == "fail"] + list(d["failures"])
+    return [f"::error title={_command_data(title).replace(',', '%2C').replace(':', '%3A')}::{_command_data(x)}"
+            for x in lines]
 
 
 def as_json(result: GateResult, extra: dict[str, Any] | None = None) -> str:

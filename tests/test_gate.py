@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from edgedistill.benchmarks.gate import GateResult, environment_mismatch, evaluate
-from edgedistill.benchmarks.gate_output import as_json, junit, markdown
+from edgedistill.benchmarks.gate_output import annotations, as_json, junit, markdown
 from edgedistill.benchmarks.interleave import Pair, interleave
 from edgedistill.toolchain.recipe import RecipeError, load_gate
 from tests.conftest import tiny_recipe
@@ -303,3 +303,55 @@ def test_budgets_from_outside_the_run_and_the_outputs_say_where(tmp_path: Path) 
         f"error: {bad}: gate.waivers.0.expires: Field required")
     assert _one_error(_gate_cli("--out", str(run), "--budgets", str(tmp_path / "nope.yaml"))) == (
         f"error: {tmp_path / 'nope.yaml'}: no such budgets file")
+
+
+def test_same_runner_mode_takes_the_base_runs_budgets_and_refuses_a_bad_base(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--base-out``: budgets and waivers default to the base run's saved recipe (the head's relaxed copy is not
+    used), no environment fingerprint is needed (these hand-made reports have none), GitHub Actions gets one
+    ``::error`` line per failed check; a missing, unreadable or tampered base run, or ``--baseline`` with
+    ``--base-out``, is one line and exit 2."""
+    head = _run_dir(tmp_path / "head", {"budgets": [{"artifacts": "student-*", "p50_ms": {"max": 100}}]})
+    base = _run_dir(tmp_path / "base", {"budgets": [{"artifacts": "student-*", "p50_ms": {"max": 0.5}}]})
+    out = tmp_path / "g.json"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    res = _gate_cli("--out", str(head), "--base-out", str(base), "--json", str(out))
+    assert res.returncode == 1 and res.stderr.count("gate failed: student-") == 2, res.stdout + res.stderr
+    errors = [ln for ln in res.stdout.splitlines() if ln.startswith("::error title=edgedistill gate — tiny::")]
+    assert len(errors) == 2 and "student-fp32 @ host: p50_ms <= 0.5" in errors[0], res.stdout
+    doc = json.loads(out.read_text())
+    assert doc["mode"] == "same-runner" and doc["baseline"] == str(base)
+    assert doc["budgets_source"]["path"] == str(base / "recipe.yaml")
+    assert doc["budgets_source"]["kind"] == "the base run's saved recipe (same-runner mode)"
+    assert any("same-runner mode: the base report was made in another environment" in w for w in doc["warnings"])
+    monkeypatch.delenv("GITHUB_ACTIONS")
+    relaxed = tmp_path / "relaxed.yaml"  # --budgets still names the file explicitly
+    relaxed.write_text(yaml.safe_dump({"budgets": [{"artifacts": "student-*", "p50_ms": {"max": 100}}]}))
+    res = _gate_cli("--out", str(head), "--base-out", str(base), "--budgets", str(relaxed))
+    assert res.returncode == 0 and "::error" not in res.stdout, res.stderr
+    assert _one_error(_gate_cli("--out", str(head), "--base-out", str(tmp_path / "nope"))).startswith(
+        f"error: {tmp_path / 'nope'}: not a finished base run (needs recipe.yaml and report.json")
+    assert _one_error(_gate_cli("--out", str(head), "--base-out", str(base), "--baseline", str(base))) == (
+        "error: --baseline and --base-out: give one (a stored baseline, or the base run built in this job)")
+    artifact = base / "export" / "student-fp32.onnx"
+    artifact.parent.mkdir()
+    artifact.write_bytes(b"not the measured file")
+    rep = json.loads((base / "report.json").read_text())
+    rep["measured"] = {"student-fp32": {"path": "export/student-fp32.onnx", "sha256": "0" * 64}}
+    (base / "report.json").write_text(json.dumps(rep))
+    assert _one_error(_gate_cli("--out", str(head), "--base-out", str(base))) == (
+        f"error: {base}: base run unusable: export/student-fp32.onnx changed since it was measured (re-run "
+        "`edgedistill bench`)")
+    (base / "report.json").write_text("{")
+    assert _one_error(_gate_cli("--out", str(head), "--base-out", str(base))).startswith(
+        f"error: {base / 'report.json'}: not a JSON report")
+
+
+def test_annotations_escape_what_the_runner_would_misread() -> None:
+    rep = report_for("m", list(np.random.default_rng(4).normal(10.0, 0.2, 100)))
+    r = evaluate(rep, {**CFG, "budgets": [{"p50_ms": {"max": 5.0}}]})
+    (line,) = annotations(r, "gate: a,b")
+    assert line.startswith("::error title=gate%3A a%2Cb::m @ host: p50_ms <= 5: ratio –, value ") and "\n" not in line
+    r.failures.append("stale report: 100% changed\nsince")
+    assert annotations(r)[-1] == "::error title=edgedistill gate::stale report: 100%25 changed%0Asince"
+    assert annotations(evaluate(rep, {**CFG, "budgets": [{"p50_ms": {"max": 50.0}}]})) == []

@@ -387,6 +387,10 @@ def gate(
     baseline: Annotated[Path | None, typer.Option(
         help="a baseline run directory (e.g. main's stored run) or its report.json: adds the budgets' relative "
              "limits; with a run directory whose artifacts exist, latencies are re-measured interleaved")] = None,
+    base_out: Annotated[Path | None, typer.Option(
+        help="same-runner mode: the base commit's run directory, built in this job (e.g. `edgedistill run` in a "
+             "git worktree of the target branch); base and head artifacts are re-measured interleaved here, so no "
+             "stored baseline and no matching CPU is needed; budgets default to this run's saved recipe")] = None,
     junit: Annotated[Path | None, typer.Option(help="write JUnit XML here (one test case per check)")] = None,
     markdown: Annotated[Path | None, typer.Option(
         help="write a Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set)")] = None,
@@ -407,11 +411,12 @@ def gate(
 ) -> None:
     """Check a run against gate budgets (vision and LLM runs), optionally against a baseline run.
 
-    Budgets come from --budgets FILE, else from the run's own recipe.yaml (the outputs say which, with its sha256).
+    Budgets come from --budgets FILE, else from --base-out's recipe.yaml, else from the run's own recipe.yaml (the
+    outputs say which, with its sha256).
     Exit codes: 0 pass, 1 a budget or regression failed (or a stale report; with --require-baseline, a relative
-    limit without a baseline), 2 bad input (a baseline from another environment, a budget whose artifacts or
-    devices glob matches nothing, a waiver without reason or expires, a gate that checks nothing), 3 inconclusive
-    (the intervals straddle a limit even after one confirming re-measurement).
+    limit without a baseline), 2 bad input (a baseline from another environment, a missing or corrupt --base-out
+    run, a budget whose artifacts or devices glob matches nothing, a waiver without reason or expires, a gate that
+    checks nothing), 3 inconclusive (the intervals straddle a limit even after one confirming re-measurement).
     """
 
     def go() -> int:
@@ -422,7 +427,7 @@ def gate(
         overrides = {k: v for k, v in {"min_retention": min_retention, "max_p50_ms": max_p50_ms,
                                        "min_speedup": min_speedup}.items() if v is not None}
         result, text = run_gate(ctx, baseline, rounds, overrides, junit, markdown, json_out, err_console,
-                                budgets, require_baseline)
+                                budgets, require_baseline, base_out)
         out_console.print(text, highlight=False, markup=False)
         for f in result.failures:
             err_console.print(f"[red]gate failed:[/red] {f}", highlight=False)

@@ -1,8 +1,13 @@
 """``edgedistill gate`` for any kind of run: where the budgets come from (``--budgets FILE`` outside the judged
-run, else the run's own recipe, and the outputs say which), freshness, baseline comparability, interleaved
-re-measurement when both runs' artifacts are at hand, one confirming re-measurement when the verdict is
-inconclusive, and the CI outputs. It fails closed: a budget that covers nothing, or a gate that judged nothing, is
-bad input (exit 2). The statistics live in :mod:`edgedistill.benchmarks.gate`."""
+run, else the base run's saved recipe in same-runner mode, else the run's own recipe, and the outputs say which),
+freshness, baseline comparability, interleaved re-measurement when both runs' artifacts are at hand, one confirming
+re-measurement when the verdict is inconclusive, and the CI outputs. It fails closed: a budget that covers nothing,
+a gate that judged nothing, or a base run that is missing or does not match its own manifest, is bad input
+(exit 2). The statistics live in :mod:`edgedistill.benchmarks.gate`.
+
+Two ways to compare: ``--baseline`` (a stored run or report, measured elsewhere: its environment fingerprint must
+match) and ``--base-out`` (same-runner mode: the base commit's run directory built in the same job; every
+latency limit relative to it is re-measured interleaved here, so no CPU match is needed)."""
 
 from __future__ import annotations
 
@@ -11,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.benchmarks.gate import PERCENTILE, GateResult, environment_mismatch, evaluate
-from edgedistill.benchmarks.gate_output import as_json, junit, markdown
+from edgedistill.benchmarks.gate_output import annotations, as_json, junit, markdown
 from edgedistill.benchmarks.interleave import Pair, interleave
 from edgedistill.core.errors import UserError
 from edgedistill.core.fileio import read_json, sha256_path, write_text
 from edgedistill.toolchain.pipeline import Context, pipeline_of, stale_report
-from edgedistill.toolchain.recipe import load_gate
+from edgedistill.toolchain.recipe import load_gate, load_recipe
+from edgedistill.toolchain.rundir import RunDir
 
 
 class GateInputError(UserError, ValueError):
@@ -24,13 +30,16 @@ class GateInputError(UserError, ValueError):
     that covers nothing, nothing to judge."""
 
 
-def gate_config(ctx: Context, budgets: Path | None, overrides: dict[str, float]) -> tuple[dict[str, Any],
-                                                                                           dict[str, Any]]:
-    """The gate section as data (``budgets`` file, else the judged run's recipe, then the command-line overrides)
-    and where it came from: path, sha256, kind of source, overrides."""
+def gate_config(ctx: Context, budgets: Path | None, overrides: dict[str, float],
+                base_out: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The gate section as data (``budgets`` file, else the base run's saved recipe, else the judged run's
+    recipe, then the command-line overrides) and where it came from: path, sha256, kind of source, overrides."""
     if budgets is not None:
         cfg, path = load_gate(budgets).model_dump(mode="json"), budgets
         kind = "--budgets, outside the judged run"
+    elif base_out is not None:
+        path = base_out / "recipe.yaml"
+        cfg, kind = load_gate(path).model_dump(mode="json"), "the base run's saved recipe (same-runner mode)"
     else:
         cfg, path = ctx.recipe.section("gate"), ctx.run.recipe_path
         kind = "the judged run's own recipe: a change under review can relax it; pass --budgets in CI"
@@ -45,7 +54,8 @@ def _refuse_unjudgeable(result: GateResult, source: dict[str, Any], has_baseline
         raise GateInputError(f"{source['path']}: {result.problems[0]}{more}")
     if result.judged == 0:
         why = (f"its {len(result.not_checked)} limit(s) are all relative and no --baseline was given (add "
-               "--baseline, or --require-baseline to fail them)" if result.not_checked and not has_baseline else
+               "--base-out with the base run, or --baseline, or --require-baseline to fail them)"
+               if result.not_checked and not has_baseline else
                "no budgets, no min_retention/max_p50_ms/min_speedup and no export --auto decision")
         raise GateInputError(f"{source['path']}: gate: the gate checks nothing: {why}")
 
@@ -59,6 +69,20 @@ def _load_baseline(ref: Path) -> tuple[dict[str, Any], Path | None]:
         return read_json(path), (ref if ref.is_dir() else None)
     except ValueError as err:
         raise GateInputError(f"{path}: not a JSON report ({err})") from None
+
+
+def _base_run(base_out: Path, console: Any) -> tuple[dict[str, Any], Path]:
+    """Same-runner mode: the base run's report, checked against the base run's own manifest (a missing or
+    corrupt base run is bad input, one line)."""
+    if not (base_out / "recipe.yaml").is_file() or not (base_out / "report.json").is_file():
+        raise GateInputError(f"{base_out}: not a finished base run (needs recipe.yaml and report.json; build it "
+                             "with `edgedistill run` in a worktree of the base commit)")
+    base, _ = _load_baseline(base_out)
+    recipe = load_recipe(str(base_out / "recipe.yaml"))
+    base_ctx = pipeline_of(recipe).context(recipe, RunDir(base_out), console, False)
+    if problems := stale_report(base_ctx, base):
+        raise GateInputError(f"{base_out}: base run unusable: {problems[0]}")
+    return base, base_out
 
 
 def _relative_latency(cfg: dict[str, Any]) -> bool:
@@ -87,17 +111,29 @@ def _pool(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
 
 def run_gate(ctx: Context, baseline: Path | None, rounds: int | None, overrides: dict[str, float],
              junit_path: Path | None, md_path: Path | None, json_path: Path | None,
-             console: Any, budgets: Path | None = None, require_baseline: bool = False) -> tuple[GateResult, str]:
-    """Judge the run; write the requested outputs. Raises :class:`GateInputError` (exit 2) on bad input."""
+             console: Any, budgets: Path | None = None, require_baseline: bool = False,
+             base_out: Path | None = None) -> tuple[GateResult, str]:
+    """Judge the run against a stored ``baseline`` or, in same-runner mode, the base run ``base_out`` (at most
+    one of them); write the requested outputs. Raises :class:`GateInputError` (exit 2) on bad input."""
+    if baseline is not None and base_out is not None:
+        raise GateInputError("--baseline and --base-out: give one (a stored baseline, or the base run built in "
+                             "this job)")
     report_path = ctx.run.root / "report.json"
     if not report_path.is_file():
         raise GateInputError(f"{report_path}: no report yet; run `edgedistill report --out {ctx.run.root}`")
     report = read_json(report_path)
-    cfg, source = gate_config(ctx, budgets, overrides)
-    base, base_root = _load_baseline(Path(baseline)) if baseline is not None else (None, None)
-    if base is not None and (mismatch := environment_mismatch(report, base)):
-        raise GateInputError(f"{baseline}: measured in another environment, so its numbers are not comparable "
-                             f"({'; '.join(mismatch)}); keep one baseline per runner kind")
+    notes_: list[str] = []
+    if base_out is not None:
+        base, base_root = _base_run(Path(base_out), console)
+        if mismatch := environment_mismatch(report, base):
+            notes_.append(f"same-runner mode: the base report was made in another environment ({'; '.join(mismatch)}"
+                          "); latencies are re-measured here, other metrics come from the reports")
+    else:
+        base, base_root = _load_baseline(Path(baseline)) if baseline is not None else (None, None)
+        if base is not None and (mismatch := environment_mismatch(report, base)):
+            raise GateInputError(f"{baseline}: measured in another environment, so its numbers are not comparable "
+                                 f"({'; '.join(mismatch)}); keep one baseline per runner kind")
+    cfg, source = gate_config(ctx, budgets, overrides, base_out)
     measured = None
     pairs = _pairs(ctx, base, base_root) if base is not None and base_root is not None and _relative_latency(
         cfg) else []
@@ -120,6 +156,7 @@ def run_gate(ctx: Context, baseline: Path | None, rounds: int | None, overrides:
         result = evaluate(report, cfg, base, measured, require_baseline)
         result.warnings.append("inconclusive at first: confirmed with a second set of interleaved rounds")
     result.budgets_source = source
+    result.warnings += notes_
     if problems := stale_report(ctx, report):
         result.failures += [f"stale report: {p}" for p in problems]
         result.verdict = "fail"
@@ -131,7 +168,13 @@ def run_gate(ctx: Context, baseline: Path | None, rounds: int | None, overrides:
     if summary := os.environ.get("GITHUB_STEP_SUMMARY"):
         with open(summary, "a", encoding="utf-8") as f:
             f.write(text)
+    if os.environ.get("GITHUB_ACTIONS") == "true":  # one error annotation per failed check on the workflow run
+        for line in annotations(result, f"edgedistill gate — {ctx.recipe.name}"):
+            print(line, flush=True)
     if json_path is not None:
-        write_text(json_path, as_json(result, {"run": str(ctx.run.root), "baseline": str(baseline) if baseline
-                                               else None, "environment": report.get("environment")}))
+        ref = base_out if base_out is not None else baseline
+        write_text(json_path, as_json(result, {"run": str(ctx.run.root), "baseline": str(ref) if ref else None,
+                                               "mode": "same-runner" if base_out is not None else
+                                               "stored baseline" if baseline is not None else "no baseline",
+                                               "environment": report.get("environment")}))
     return result, text
