@@ -50,6 +50,7 @@ test-setup: $(STAMP)
 	    openssh-server qemu-user-static debootstrap chromium g++-aarch64-linux-gnu cmake >/dev/null) \
 	  || echo "apt-get failed: ssh/qemu tests will skip, tests/test_report_html.py will fail (no chromium)"; }
 	-$(BIN)/edgedistill devices setup qemu-arm64
+	-$(BIN)/python -m edgedistill.runtimes.llama_tools
 
 demo: $(STAMP)
 	$(BIN)/edgedistill run --out runs/demo
