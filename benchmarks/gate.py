@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from edgedistill.benchmarks import stats
+from edgedistill.benchmarks.row import HOSTS, Row, rows_of
 
 LOWER_BETTER = frozenset({"p50_ms", "p90_ms", "p99_ms", "peak_rss_mb", "size_kb", "kld"})
 PERCENTILE = {"p50_ms": 50, "p90_ms": 90, "p99_ms": 99}
@@ -55,22 +56,25 @@ def check(report: dict[str, Any], budgets: Budgets, threads: int | None = None) 
         return []
     summary = report.get("summary", {})
     name = summary.get("recommended")
-    rows = {m["name"]: m for m in report.get("models", [])}
-    if name is None or name not in rows:
+    t = threads if threads is not None else min(summary.get("threads") or [1])
+    row = _host_row(rows_of(report), name, t) if name is not None else None
+    if row is None:
         why = summary.get("recommended_reason") or "no artifact kept accuracy, or bench did not run"
         return [f"no recommended artifact in the report ({why})"]
-    t = str(threads if threads is not None else min(summary.get("threads") or [1]))
-    row = rows[name]
-    lat = row.get("latency_ms", {}).get(t, {})
-    speedup = row.get("speedup", {}).get(t)
     fails = []
-    if budgets.min_retention is not None and (row.get("retention") or 0) < budgets.min_retention:
-        fails.append(f"{name}: retention {_f(row.get('retention'))} < min_retention {budgets.min_retention}")
-    if budgets.max_p50_ms is not None and lat.get("p50", float("inf")) > budgets.max_p50_ms:
-        fails.append(f"{name}: p50 {_f(lat.get('p50'))} ms at {t} thread(s) > max_p50_ms {budgets.max_p50_ms}")
-    if budgets.min_speedup is not None and (speedup or 0) < budgets.min_speedup:
-        fails.append(f"{name}: speed-up {_f(speedup)} at {t} thread(s) < min_speedup {budgets.min_speedup}")
+    if budgets.min_retention is not None and (row.retention or 0) < budgets.min_retention:
+        fails.append(f"{name}: retention {_f(row.retention)} < min_retention {budgets.min_retention}")
+    if budgets.max_p50_ms is not None and (row.p50_ms if row.p50_ms is not None else math.inf) > budgets.max_p50_ms:
+        fails.append(f"{name}: p50 {_f(row.p50_ms)} ms at {t} thread(s) > max_p50_ms {budgets.max_p50_ms}")
+    if budgets.min_speedup is not None and (row.speedup or 0) < budgets.min_speedup:
+        fails.append(f"{name}: speed-up {_f(row.speedup)} at {t} thread(s) < min_speedup {budgets.min_speedup}")
     return fails
+
+
+def _host_row(rows: list[Row], artifact: str, threads: int) -> Row | None:
+    """``artifact``'s host row at ``threads`` (else its untimed host row, or None: not in the report)."""
+    mine = [r for r in rows if r.artifact == artifact and r.on_host]
+    return next((r for r in mine if r.threads == threads), None) or next((r for r in mine if r.threads is None), None)
 
 
 def _f(v: float | None) -> str:
@@ -134,54 +138,38 @@ class GateResult:
 
 def _artifacts(report: dict[str, Any]) -> list[str]:
     """The names of the report's artifact rows (the teacher's own exports and PyTorch rows are not gated)."""
-    return [m["name"] for m in report.get("models", []) if m.get("role", m.get("kind")) == "artifact"]
+    return list(dict.fromkeys(r.artifact for r in rows_of(report) if r.role == "artifact"))
 
 
 def _targets(report: dict[str, Any], artifact_glob: str, device_glob: str) -> list[tuple[str, str]]:
-    """(artifact, device) pairs the budget covers: artifact rows of the report on the host, and device rows."""
+    """(artifact, device) pairs the budget covers: artifact rows of the report on the host, and on other devices."""
     arts = [a for a in _artifacts(report) if fnmatch.fnmatch(a, artifact_glob)]
     out = [(a, "host") for a in arts if fnmatch.fnmatch("host", device_glob)]
-    for row in report.get("devices", []):
-        dev = row.get("device")
-        if dev in ("host", "local") or row.get("model") not in arts or not fnmatch.fnmatch(dev, device_glob):
+    for row in rows_of(report):
+        if row.on_host or row.artifact not in arts or not fnmatch.fnmatch(row.device, device_glob):
             continue
-        if (row["model"], dev) not in out:
-            out.append((row["model"], dev))
+        if (row.artifact, row.device) not in out:
+            out.append((row.artifact, row.device))
     return out
 
 
 def measurement(report: dict[str, Any], artifact: str, device: str) -> dict[str, Any] | None:
-    """Every metric of ``artifact`` on ``device`` the report holds, in one shape for both kinds."""
-    t = str(min(report.get("summary", {}).get("threads") or [1]))
-    rows = {m["name"]: m for m in report.get("models", [])}
-    teacher = rows.get("teacher", {})
-    if device in ("host", "local"):
-        row = rows.get(artifact)
-        if row is None:
-            return None
-        lat = (row.get("latency_ms") or {}).get(t) or {}
-        rss = row.get("peak_rss_mb")
-        llm = "task_score" in row
-        return {"samples": (row.get("latency_samples_ms") or {}).get(t), "p50_ms": lat.get("p50"),
-                "p90_ms": lat.get("p90"), "p99_ms": lat.get("p99"),
-                "peak_rss_mb": rss.get(t) if isinstance(rss, dict) else rss,
-                "size_kb": None if row.get("size_bytes") is None else row["size_bytes"] / 1024,
-                "accuracy": row.get("task_score") if llm else row.get("accuracy"), "retention": row.get("retention"),
-                "kld": row.get("kld"), "same_top": row.get("same_top_token"), "tokens_per_s": row.get("tg_tps"),
-                "speedup": (row.get("speedup") or {}).get(t),
-                "distill_speedup": (row.get("distill_speedup") or {}).get(t),
-                "runtime_speedup": (row.get("runtime_speedup") or {}).get(t), "per_example": row.get("per_example"),
-                "teacher_per_example": teacher.get("per_example")}
-    for r in report.get("devices", []):
-        if r.get("device") == device and r.get("model") == artifact and r.get("p50_ms") is not None:
-            llm = r.get("task_score") is not None
-            return {"samples": r.get("samples_ms"), "p50_ms": r.get("p50_ms"), "p90_ms": r.get("p90_ms"),
-                    "p99_ms": r.get("p99_ms"), "peak_rss_mb": r.get("peak_rss_mb"), "size_kb": None,
-                    "accuracy": r.get("task_score") if llm else r.get("accuracy"), "retention": None, "kld": None,
-                    "same_top": None, "tokens_per_s": None, "speedup": None, "distill_speedup": None,
-                    "runtime_speedup": None, "per_example": None,
-                    "teacher_per_example": None}
-    return None
+    """Every metric of ``artifact`` on ``device`` the report's rows hold: on the host at the fewest thread count
+    measured, elsewhere its first timed row."""
+    rows = rows_of(report)
+    if device in HOSTS:
+        row = _host_row(rows, artifact, min(report.get("summary", {}).get("threads") or [1]))
+    else:
+        row = next((r for r in rows if r.device == device and r.artifact == artifact and r.p50_ms is not None), None)
+    if row is None:
+        return None
+    teacher = next((r for r in rows if r.role == "teacher" and r.on_host and r.per_example), None)
+    return {"samples": row.samples_ms, "p50_ms": row.p50_ms, "p90_ms": row.p90_ms, "p99_ms": row.p99_ms,
+            "peak_rss_mb": row.peak_rss_mb, "size_kb": None if row.size_bytes is None else row.size_bytes / 1024,
+            "accuracy": row.score, "retention": row.retention, "kld": row.kld, "same_top": row.same_top,
+            "tokens_per_s": row.tokens_per_s, "speedup": row.speedup, "distill_speedup": row.distill_speedup,
+            "runtime_speedup": row.runtime_speedup, "per_example": row.per_example,
+            "teacher_per_example": teacher.per_example if teacher and row.on_host else None}
 
 
 def _verdict(lo: float, hi: float, limit: float, upper: bool) -> str:
@@ -318,8 +306,7 @@ def coverage_problems(report: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
             out.append(f"{where}.artifacts: {glob!r} matches no artifact of the run (its artifacts: "
                        f"{', '.join(arts) or 'none'})")
         elif not _targets(report, glob, dglob):
-            ran = sorted({"host"} | {r.get("device") for r in report.get("devices", [])
-                                     if fnmatch.fnmatch(r.get("model") or "", glob) and r.get("device")})
+            ran = sorted({"host"} | {r.device for r in rows_of(report) if fnmatch.fnmatch(r.artifact, glob)})
             out.append(f"{where}.devices: {dglob!r} matches no device that {glob!r} was measured on "
                        f"({', '.join(ran)})")
     return out

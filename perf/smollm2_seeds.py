@@ -58,10 +58,10 @@ def _run(recipe: Any, root: Path) -> Any:
 
 def _test_hits(ctx: Any, folder: Path) -> list[float]:
     """Per-example task score (0/1) of greedy outputs on the whole test split."""
-    from edgedistill.toolchain.llm import stages
+    from edgedistill.toolchain.llm import context
 
     test = ctx.splits.test
-    preds = stages.generate(ctx, folder, test)
+    preds = context.generate(ctx, folder, test)
     return [float(ctx.score([p], [e.output])["task_score"]) for p, e in zip(preds, test, strict=True)]
 
 

@@ -68,7 +68,7 @@ def _run(recipe: Any, root: Path, timings: dict[str, float]) -> Any:
     """Data → teacher → ensemble → (top-k cache, timed) → distill in ``root``; returns the context."""
     from rich.console import Console
 
-    from edgedistill.toolchain.llm import stages
+    from edgedistill.toolchain.llm import context, stages
     from edgedistill.toolchain.pipeline import save_recipe
     from edgedistill.toolchain.rundir import RunDir
 
@@ -83,7 +83,7 @@ def _run(recipe: Any, root: Path, timings: dict[str, float]) -> Any:
     kd = next((loss for loss in recipe.distill.losses), None)
     if kd is not None:  # build (or hit) the top-k cache apart, so its one-off cost is measured on its own
         t0 = time.perf_counter()
-        _, info = stages._teacher_cache(ctx, kd, stages._Teachers(ctx))
+        _, info = context.teacher_cache(ctx, kd, context.Teachers(ctx))
         timings[f"{root.name}/cache ({info['teachers']} teacher{'s' if info['teachers'] > 1 else ''}"
                 f"{', hit' if info['hit'] else ''})"] = time.perf_counter() - t0
     stages.stage_distill(ctx)
@@ -92,7 +92,7 @@ def _run(recipe: Any, root: Path, timings: dict[str, float]) -> Any:
 
 def _step_times(single: Any, ensemble: Any, args: argparse.Namespace) -> dict[str, float]:
     """Median seconds per training step of each kind, interleaved over rounds (same data, batch and student)."""
-    from edgedistill.toolchain.llm import stages
+    from edgedistill.toolchain.llm import context
     from edgedistill.toolchain.llm.distill.kd import train_kd, train_self_distill
     from edgedistill.toolchain.llm.models import EarlyExitLM
     from edgedistill.toolchain.llm.train import train_lm
@@ -102,12 +102,12 @@ def _step_times(single: Any, ensemble: Any, args: argparse.Namespace) -> dict[st
     kd = r.distill.losses[0]
     sd = r.distill.self_distill
     data, chunk, pad = single.encoded("train"), r.distill.chunk_tokens, tok.pad_token_id
-    one, two = stages._Teachers(single), stages._Teachers(ensemble)
-    cache1, _ = stages._teacher_cache(single, kd, one)
-    cache2, _ = stages._teacher_cache(ensemble, kd, two)
+    one, two = context.Teachers(single), context.Teachers(ensemble)
+    cache1, _ = context.teacher_cache(single, kd, one)
+    cache2, _ = context.teacher_cache(ensemble, kd, two)
 
     def student() -> Any:
-        return stages._new_student(single, one.main())[0]
+        return context.new_student(single, one.main())[0]
 
     kinds = {
         "CE only": lambda ck: train_lm(student(), data, train, 0, pad, ck),
@@ -144,7 +144,7 @@ def main() -> None:
     from importlib import resources
 
     from edgedistill.core.fileio import read_json
-    from edgedistill.toolchain.llm import stages
+    from edgedistill.toolchain.llm import context, stages
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/perf-strategies-llm"))
@@ -168,7 +168,7 @@ def main() -> None:
         ctx = ctxs[variant] = _run(recipe, out / variant, timings)
         if variant == "single":
             n_val = min(len(ctx.splits.val), recipe.student.selection_samples)
-            teacher_score = stages.val_task_score(ctx, ctx.teacher_dir)
+            teacher_score = context.val_task_score(ctx, ctx.teacher_dir)
             teacher_nll = read_json(ctx.run.path("teacher", "metrics.json"))["val_nll"]
         for name in stages.student_names(ctx):
             students[f"{variant}/{name}"] = (variant, read_json(ctx.run.path("students", f"{name}.json")))

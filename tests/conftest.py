@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgedistill.core.paths import QEMU_ENV
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["EDGEDISTILL_PROGRESS"] = "0"
 # The arm64 rootfs is machine-wide (built once by `make test`'s set-up), unlike the per-session teacher cache.
-os.environ.setdefault("EDGEDISTILL_QEMU_DIR", str(Path.home() / ".cache" / "edgedistill" / "qemu-arm64"))
+os.environ.setdefault(QEMU_ENV, str(Path.home() / ".cache" / "edgedistill" / "qemu-arm64"))
 # One intra-op thread in the test process: with two, torch's OpenMP workers spin against any other load on a
 # 2-core machine and a training step went from 0.06 s to 5 s. Benchmarks and the CLI runs set their own threads.
 torch.set_num_threads(1)

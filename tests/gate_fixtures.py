@@ -59,11 +59,11 @@ def slowed_copy(src: Path, out: Path, width: int) -> Path:
 
 def report_for(name: str, samples: list[float], per_example: list[int] | None = None) -> dict:
     """The smallest report the gate reads: one artifact row on the host with its samples."""
+    from edgedistill.benchmarks.row import Row, percentiles
+
     s = np.asarray(samples)
-    return {"summary": {"threads": [1], "recommended": None},
-            "models": [{"name": name, "role": "artifact", "file": f"{name}.onnx",
-                        "latency_ms": {"1": {"p50": float(np.percentile(s, 50)), "p90": float(np.percentile(s, 90)),
-                                             "p99": float(np.percentile(s, 99))}},
-                        "latency_samples_ms": {"1": list(samples)}, "per_example": per_example,
-                        "accuracy": None if per_example is None else float(np.mean(per_example))}],
-            "devices": []}
+    row = Row(name, "vision", "artifact", "host", threads=1, per_example=per_example,
+              score=None if per_example is None else float(np.mean(per_example)),
+              **percentiles(samples, float(np.percentile(s, 50)), float(np.percentile(s, 90)),
+                            float(np.percentile(s, 99))))
+    return {"summary": {"threads": [1], "recommended": None}, "rows": [row.to_dict()], "devices": []}

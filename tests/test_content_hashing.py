@@ -39,18 +39,18 @@ def test_a_changed_student_file_is_retrained_not_reused(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     from edgedistill.core.fileio import sha256_file, write_json
-    from edgedistill.toolchain.vision.stages import _student_intact
+    from edgedistill.toolchain.vision.context import student_intact
 
     weights, meta = tmp_path / "kd.safetensors", tmp_path / "kd.json"
     save_file({"w": torch.ones(4)}, str(weights))
     write_json(meta, {"config_hash": "h", "weights_sha256": sha256_file(weights)})
-    assert _student_intact(weights, meta, "h") and not _student_intact(weights, meta, "other-hash")
+    assert student_intact(weights, meta, "h") and not student_intact(weights, meta, "other-hash")
     t = load_file(str(weights))
     t["w"][2] = 1.0001
     save_file(t, str(weights))  # new weights beside old metadata (a kill between the two writes)
-    assert not _student_intact(weights, meta, "h")
+    assert not student_intact(weights, meta, "h")
     meta.write_text("{torn")
-    assert not _student_intact(weights, meta, "h")
+    assert not student_intact(weights, meta, "h")
 
 
 def test_a_damaged_vision_teacher_cache_is_rebuilt(tmp_path: Path) -> None:
@@ -137,3 +137,31 @@ def test_a_damaged_llm_cache_shard_is_rebuilt(tmp_path: Path, damage: str) -> No
     again, hit = build_cache("key" * 8, tmp_path, data, 0, 50, 4, 1.0, load, shard_tokens=6, batch_size=2)
     assert not hit and len(built) == 2
     assert torch.equal(again.logp, cache.logp) and torch.equal(again.idx, cache.idx)
+
+
+def test_a_strategy_keys_the_stage_but_never_the_other_candidates(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each strategy declares its own hash inputs: turning one on changes the distill stage's key and nothing in
+    the key the other candidates share (the KD student is never retrained for it); each ``distill`` sub-section a
+    strategy owns is owned by exactly one."""
+    from edgedistill.toolchain.recipe import load_recipe
+    from edgedistill.toolchain.rundir import RunDir
+    from edgedistill.toolchain.vision.context import Context
+    from edgedistill.toolchain.vision.strategies import distill_key, strategies
+
+    monkeypatch.setattr(RunDir, "output_sha", lambda self, stage, rel: f"sha of {rel}")
+    base = load_recipe("vit-to-mobilenet")
+    d = base.distill
+
+    def ctx(**update: object) -> Context:
+        return Context(base.model_copy(update={"distill": d.model_copy(update=update)}), RunDir(tmp_path))
+
+    off = ctx()
+    for on in (ctx(mutual=d.mutual.model_copy(update={"enabled": True})),
+               ctx(self_distill=d.self_distill.model_copy(update={"enabled": True})),
+               ctx(tune=d.tune.model_copy(update={"trials": 4}))):
+        assert distill_key(on) == distill_key(off)
+        assert distill_key(on, ensemble=False) == distill_key(off, ensemble=False)
+        assert distill_key(on, strategies()) != distill_key(off, strategies())
+    owned = [sec for s in strategies() for sec in s.sections]
+    assert len(owned) == len(set(owned)) and len({s.name for s in strategies()}) == len(strategies())

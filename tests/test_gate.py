@@ -94,7 +94,7 @@ def test_waivers_and_outputs(tmp_path: Path) -> None:
            "waivers": [{"artifacts": "m", "metric": "p50_ms", "devices": "*", "reason": "accepted in #123",
                         "expires": "2099-12-31"}]}
     rep = report_for("m", s)
-    rep["models"][0]["size_bytes"] = 4096
+    rep["rows"][0]["size_bytes"] = 4096
     r = evaluate(rep, cfg)
     by = {c.metric: c for c in r.checks}
     assert by["p50_ms"].verdict == "waived" and by["p50_ms"].waived == "accepted in #123 (until 2099-12-31)"
@@ -120,7 +120,7 @@ def test_the_speed_up_split_is_gateable() -> None:
     """A team can require that distillation itself buys a speed-up (teacher vs student file, same runtime), apart
     from what the runtime and quantisation buy."""
     rep = report_for("m", list(np.random.default_rng(2).normal(1.0, 0.01, 100)))
-    rep["models"][0].update(distill_speedup={"1": 1.05}, runtime_speedup={"1": 20.0})
+    rep["rows"][0].update(distill_speedup=1.05, runtime_speedup=20.0)
     for budget, verdict in (({"distill_speedup": {"min": 2.0}}, "fail"), ({"distill_speedup": {"min": 1.0}}, "pass"),
                             ({"runtime_speedup": {"min": 10.0}}, "pass")):
         assert evaluate(rep, {**CFG, "budgets": [budget]}).verdict == verdict, budget
@@ -129,8 +129,8 @@ def test_the_speed_up_split_is_gateable() -> None:
 # -- fail closed -------------------------------------------------------------------------------------------------
 def _two_artifacts() -> dict:
     rep = report_for("student-fp32", list(np.random.default_rng(3).normal(1.0, 0.01, 100)))
-    rep["models"].append({**rep["models"][0], "name": "student-int8"})
-    rep["models"].append({**rep["models"][0], "name": "teacher-fp32", "role": "teacher-artifact"})
+    rep["rows"].append({**rep["rows"][0], "artifact": "student-int8"})
+    rep["rows"].append({**rep["rows"][0], "artifact": "teacher-fp32", "role": "teacher-artifact"})
     return rep
 
 
@@ -266,6 +266,12 @@ def test_the_gate_command_refuses_what_it_cannot_judge(tmp_path: Path) -> None:
     assert "the gate checks nothing: its 2 limit(s) are all relative and no --baseline was given" in line
     res = _gate_cli("--out", str(run), "--require-baseline")
     assert res.returncode == 1 and res.stderr.count("gate failed: student-") == 2, res.stderr
+    run = _run_dir(tmp_path / "d", {"budgets": [{"p50_ms": {"max": 100}}]})
+    rep = json.loads((run / "report.json").read_text())
+    rep["rows"][1]["p50_ms"] = "fast"
+    (run / "report.json").write_text(json.dumps(rep))
+    assert _one_error(_gate_cli("--out", str(run))) == (f"error: {run / 'report.json'}: rows.1.p50_ms: 'fast' is not "
+                                                        "float or null")
 
 
 def test_budgets_from_outside_the_run_and_the_outputs_say_where(tmp_path: Path) -> None:

@@ -1,6 +1,8 @@
 """The layers: core < runtimes < devices < benchmarks < toolchain (README, "Layout"). A module imports only from its
 own layer or a layer below it, so that the agent's layers (core, runtimes, devices) run on a board without the
-toolchain, and one pipeline kind never imports another (they share only the framework at toolchain's root)."""
+toolchain; one pipeline kind never imports another (they share only the framework at toolchain's root), and the
+framework (``toolchain/*.py``, ``benchmarks/``) imports no kind: it reaches a kind through the ``PIPELINES``
+registry and the ``Kind`` protocol only."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ def _violations() -> list[str]:
         for f in sorted((ROOT / layer).rglob("*.py")):
             rel = f.relative_to(ROOT)
             kind = rel.parts[1] if layer == "toolchain" and len(rel.parts) > 2 and rel.parts[1] in KINDS else None
+            framework = layer == "benchmarks" or (layer == "toolchain" and len(rel.parts) == 2)
             for line, module in _imports(f):
                 parts = module.split(".")
                 target = parts[1]
@@ -39,6 +42,8 @@ def _violations() -> list[str]:
                     bad.append(f"{rel}:{line}: {layer} imports {module} (a layer above)")
                 elif kind and target == "toolchain" and len(parts) > 2 and parts[2] in KINDS and parts[2] != kind:
                     bad.append(f"{rel}:{line}: the {kind} pipeline imports the {parts[2]} pipeline ({module})")
+                elif framework and target == "toolchain" and len(parts) > 2 and parts[2] in KINDS:
+                    bad.append(f"{rel}:{line}: the framework imports the {parts[2]} pipeline ({module})")
     return bad
 
 
@@ -54,7 +59,9 @@ def test_the_check_catches_an_upward_import(tmp_path: Path, monkeypatch) -> None
         shutil.copytree(ROOT / layer, tmp_path / layer)
     (tmp_path / "devices" / "planted.py").write_text("from edgedistill.toolchain.cli import main\n")
     (tmp_path / "toolchain" / "llm" / "planted.py").write_text("from edgedistill.toolchain.vision import stages\n")
+    (tmp_path / "toolchain" / "planted.py").write_text("def f():\n    from edgedistill.toolchain.llm import plan\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     found = _violations()
     assert any("devices/planted.py:1: devices imports edgedistill.toolchain.cli" in v for v in found)
     assert any("the llm pipeline imports the vision pipeline" in v for v in found)
+    assert any("toolchain/planted.py:2: the framework imports the llm pipeline" in v for v in found)

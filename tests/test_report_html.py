@@ -164,9 +164,11 @@ def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, Any], Path]]:
     out = tmp_path_factory.mktemp("html")
+    from edgedistill.benchmarks.report import llm, vision
+
     reports = {"vision": vision_report(), "llm": llm_report()}
     for kind, rep in reports.items():
-        write_html(rep, out / f"{kind}.html")
+        write_html(rep, out / f"{kind}.html", {"vision": vision, "llm": llm}[kind])
     return {kind: (rep, out / f"{kind}.html") for kind, rep in reports.items()}
 
 
@@ -223,14 +225,18 @@ def test_minimal_and_partial_reports_render() -> None:
     old_gate = {"budgets": {"min_retention": 0.9, "max_p50_ms": None}, "failures": ["no recommended artifact"]}
     none_check = dict.fromkeys(GATE["checks"][0], None)
     broken_device = {"device": "ssh:pi", "label": None, "model": "m", "threads": 1, "p50_ms": None, "accuracy": None}
-    for rep in [*bare, bare[0] | {"gate": old_gate}, bare[1] | {"gate": {"checks": [none_check]}},
-                bare[0] | {"devices": [broken_device]}]:
-        text = render(rep)
+    for rep, view in [(bare[0], vision), (bare[1], llm), (bare[0] | {"gate": old_gate}, vision),
+                      (bare[1] | {"gate": {"checks": [none_check]}}, llm),
+                      (bare[0] | {"devices": [broken_device]}, vision)]:
+        text = render(rep, view)
         assert "could not render" not in text, text
         assert "<img" not in text  # no data: no plots, and no empty ones
-    assert "no recommended artifact" in render(bare[0] | {"gate": old_gate})
+    assert "no recommended artifact" in render(bare[0] | {"gate": old_gate}, vision)
     # not a report at all: the summary table cannot be built, and the page says so instead of raising
-    assert "could not render this section: KeyError" in render({})
+    assert "could not render this section: KeyError" in render({}, vision)
+    # a bad measurement row is one line naming the field, in the sections that read rows
+    bad = {"artifact": "a", "kind": "vision", "role": "artifact", "device": "host", "p50_ms": "fast"}
+    assert "rows.0.p50_ms: &#x27;fast&#x27; is not float or null" in render(bare[0] | {"rows": [bad]}, vision)
 
 
 def test_pareto_front() -> None:

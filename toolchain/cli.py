@@ -160,17 +160,6 @@ def distill(out: RunDirOpt, force: ForceOpt = False) -> None:
     _stage_command("distill", out, force)
 
 
-def _print_artifacts(records: list[dict]) -> None:
-    t = Table(title="exported artifacts")
-    for h in ("artifact", "format", "variant", "max |Δ|", "top-1 agreement", "parity"):
-        t.add_column(h, overflow="fold")
-    for a in records:
-        p = a["parity"]
-        t.add_row(a["file"], a["format"], a["variant"], f"{p['max_abs_diff']:.2e}", f"{p['top1_agreement']:.4f}",
-                  "ok" if p["ok"] else f"[red]fails {p['criterion']}[/red]")
-    out_console.print(t)
-
-
 @app.command()
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="an existing run directory (made by `run`); with "
@@ -226,57 +215,67 @@ def export(
     """
 
     def go() -> None:
-        from edgedistill.core.errors import UserError
-        from edgedistill.toolchain.pipeline import pipeline_of, run_stages, stage_errors
-        from edgedistill.toolchain.vision import stages as vision
-        from edgedistill.toolchain.vision.export.tflite import ConversionError
-        from edgedistill.toolchain.vision.recipe import DataConfig, ExportConfig
-
-        try:
-            if (auto or device is not None or min_retention is not None) and (hf is not None or model is not None):
-                raise ValueError("--auto/--device/--min-retention: they choose among a run's artifacts (its test "
-                                 "split and bench settings); not with --model or --hf")
-            if hf is not None:
-                if model is not None:
-                    raise ValueError("--hf and --model: give one (an LLM folder or a timm model)")
-                from edgedistill.toolchain.llm.export.artifacts import export_folder
-
-                records = export_folder(hf, formats or "gguf:f32,gguf:q8_0,gguf:q4_k_m,onnx:fp32", out,
-                                        log=lambda m: err_console.print(m, highlight=False))
-                _print_llm_artifacts(records)
-                out_console.print(f"artifacts: {out / 'artifacts.json'}")
-                if failed := [a["name"] for a in records if not a["fidelity"]["ok"]]:
-                    raise ValueError(f"{hf}: {', '.join(failed)} failed the parity contract (see "
-                                     f"{out / 'artifacts.json'})")
-                return
-            if model is None:
-                from edgedistill.toolchain import auto_select
-
-                ctx = _existing(out, force)
-                ctx.recipe = pipeline_of(ctx.recipe).impl.export_options(ctx.recipe, formats, variants, layout)
-                ctx.recipe = auto_select.apply_options(ctx.recipe, auto, device, min_retention)
-                run_stages(ctx, names := pipeline_of(ctx.recipe).stage_names("export"))  # export, then --auto's choice
-                if ctx.recipe.export.auto.enabled and (decision := auto_select.fresh_decision(ctx.run)):
-                    _print_auto(decision, ctx.run.root, hint=True)
-                if errors := stage_errors(ctx, names):  # the other artifacts are kept
-                    raise UserError(errors)
-                return
-            if checkpoint is None or num_classes is None:
-                raise ValueError("--model needs --checkpoint FILE and --num-classes N")
-            data_cfg = (DataConfig(image_size=image_size) if data == "digits"
-                        else DataConfig(kind="imagefolder", root=Path(data), image_size=image_size))
-            cfg = vision.export_config(ExportConfig(), formats, variants, layout)
-            records = vision.export_local(model, checkpoint, num_classes, cfg, data_cfg, out)
-            _print_artifacts(records)
-            out_console.print(f"artifacts: {out / 'artifacts.json'}")
-        except ConversionError as err:
-            if repro is None:
-                raise
-            err_console.print(f"conversion failed; searching for the smallest failing submodule → {repro}")
-            written = err.write_repro(repro)
-            raise ValueError(f"{err}\nrepro: {written.with_name('repro.py')} (details in {written})") from err
+        if (auto or device is not None or min_retention is not None) and (hf is not None or model is not None):
+            raise ValueError("--auto/--device/--min-retention: they choose among a run's artifacts (its test split "
+                             "and bench settings); not with --model or --hf")
+        if hf is not None and model is not None:
+            raise ValueError("--hf and --model: give one (an LLM folder or a timm model)")
+        if hf is not None:
+            _export_hf(hf, formats, out)
+        elif model is not None:
+            _export_model(out, model, checkpoint, num_classes, image_size, data, formats, variants, layout, repro)
+        else:
+            _export_run(out, force, formats, variants, layout, auto, device, min_retention)
 
     _guard(go)
+
+
+def _export_run(out: Path, force: bool, formats: str | None, variants: str | None, layout: str | None, auto: bool,
+                device: str | None, min_retention: float | None) -> None:
+    """``export`` on a run directory: the kind's export stages with the options applied, then --auto's choice."""
+    from edgedistill.core.errors import UserError
+    from edgedistill.toolchain import auto_select
+    from edgedistill.toolchain.pipeline import pipeline_of, run_stages, stage_errors
+
+    ctx = _existing(out, force)
+    ctx.recipe = pipeline_of(ctx.recipe).impl.export_options(ctx.recipe, formats, variants, layout)
+    ctx.recipe = auto_select.apply_options(ctx.recipe, auto, device, min_retention)
+    run_stages(ctx, names := pipeline_of(ctx.recipe).stage_names("export"))  # export, then --auto's choice
+    if ctx.recipe.export.auto.enabled and (decision := auto_select.fresh_decision(ctx.run)):
+        _print_auto(decision, ctx.run.root, hint=True)
+    if errors := stage_errors(ctx, names):  # the other artifacts are kept
+        raise UserError(errors)
+
+
+def _export_hf(folder: Path, formats: str | None, out: Path) -> None:
+    """``export --hf``: a local LLM folder, through the kind that offers ``export_hf``."""
+    hooks = _kind_hooks("export_hf", "--hf")
+    records = hooks.export_hf(folder, formats, out, lambda m: err_console.print(m, highlight=False))
+    _print_rows("exported artifacts", *hooks.artifact_rows(records))
+    out_console.print(f"artifacts: {out / 'artifacts.json'}")
+    if failed := hooks.failed_artifacts(records):
+        raise ValueError(f"{folder}: {', '.join(failed)} failed the parity contract (see {out / 'artifacts.json'})")
+
+
+def _export_model(out: Path, model: str, checkpoint: Path | None, num_classes: int | None, image_size: int,
+                  data: str, formats: str | None, variants: str | None, layout: str | None,
+                  repro: Path | None) -> None:
+    """``export --model``: a local model + checkpoint, through the kind that offers ``export_model``."""
+    hooks = _kind_hooks("export_model", "--model")
+    records = hooks.export_model(out, model, checkpoint, num_classes, image_size, data, formats, variants, layout,
+                                 repro, err_console.print)
+    _print_rows("exported artifacts", *hooks.artifact_rows(records))
+    out_console.print(f"artifacts: {out / 'artifacts.json'}")
+
+
+def _kind_hooks(name: str, flag: str):  # type: ignore[no-untyped-def]
+    """The CLI hooks module of the kind that offers ``name`` (``flag`` names it in the error)."""
+    from edgedistill.toolchain.pipeline import get_pipeline, kinds
+
+    for kind in kinds():
+        if (hooks := get_pipeline(kind).cli) is not None and hasattr(hooks, name):
+            return hooks
+    raise ValueError(f"{flag}: no kind of pipeline offers it")
 
 
 def _print_auto(decision: dict, root: Path, hint: bool = False) -> None:
@@ -289,18 +288,6 @@ def _print_auto(decision: dict, root: Path, hint: bool = False) -> None:
     if hint:
         out_console.print(f"decision: {root.joinpath(*AUTO_JSON)} (after `bench` or `report`, the chosen artifact is "
                           "the report's recommended one; `gate` fails when none was chosen)", highlight=False)
-
-
-def _print_llm_artifacts(records: list[dict]) -> None:
-    t = Table(title="exported artifacts")
-    for h in ("artifact", "variant", "tokens identical", "max |Δ| (positions)", "KLD", "same-top", "parity"):
-        t.add_column(h, overflow="fold")
-    for a in records:
-        f = a["fidelity"]
-        t.add_row(a["file"], a["variant"], f"{f['tokens_identical']:.2f}",
-                  f"{f['long_max_abs_diff']:.1e} ({f['long_positions']})", f"{f['kld_mean']:.2e}",
-                  f"{f['same_top_token']:.3f}", "ok" if f["ok"] else f"[red]fails {f['criterion']}[/red]")
-    out_console.print(t)
 
 
 DevicesOpt = Annotated[str | None, typer.Option(
@@ -462,14 +449,17 @@ def recipes(show: Annotated[str | None, typer.Option(help="print this built-in r
     _guard(go)
 
 
-# -- LLM pipeline commands (recipes with `kind: llm`) ----------------------------------------------------------
-def _llm_recipe(ref: str):  # type: ignore[no-untyped-def]
+# -- commands a kind adds (its CLI hooks: ``Pipeline.cli``) ---------------------------------------------------------
+def _recipe_hooks(ref: str, name: str):  # type: ignore[no-untyped-def]
+    """The recipe ``ref`` and its kind's CLI hook ``name`` (a recipe of a kind without it: one line, exit 2)."""
+    from edgedistill.toolchain.pipeline import get_pipeline, kinds, pipeline_of
     from edgedistill.toolchain.recipe import RecipeError, load_recipe
 
     recipe = load_recipe(ref)
-    if recipe.kind != "llm":
-        raise RecipeError(f"{ref}: kind: this command needs an LLM recipe (kind: llm), got {recipe.kind}")
-    return recipe
+    if (hooks := pipeline_of(recipe).cli) is None or not hasattr(hooks, name):
+        offer = [k for k in kinds() if hasattr(get_pipeline(k).cli, name)]
+        raise RecipeError(f"{ref}: kind: this command needs a recipe of kind {' or '.join(offer)}, got {recipe.kind}")
+    return recipe, getattr(hooks, name)
 
 
 @app.command()
@@ -478,23 +468,8 @@ def plan(recipe: Annotated[str, typer.Argument(help="LLM recipe YAML or built-in
     GPU-hours for the teacher pass and the student's training (FLOPs at plan.gpu_tflops × plan.mfu)."""
 
     def go() -> None:
-        from edgedistill.toolchain.llm.plan import Shape, format_plan
-        from edgedistill.toolchain.llm.plan import plan as make_plan
-
-        r = _llm_recipe(recipe)
-        if r.teacher.path is None:
-            raise ValueError(f"{recipe}: teacher.path: plan needs a local teacher checkpoint (its config.json)")
-        t = Shape.from_dir(r.teacher.path)
-        if r.student.path is not None:
-            s = Shape.from_dir(r.student.path)
-        else:
-            a = r.student.arch
-            s = Shape(t.vocab_size, a.hidden_size, a.intermediate_size, a.num_hidden_layers, a.num_attention_heads,
-                      a.num_key_value_heads, a.tie_word_embeddings)
-        tokens = r.distill.train.steps * r.distill.train.batch_size * r.data.max_length
-        p = make_plan(t, s, r.plan.gpu_memory_gb, r.plan.teacher_dtype, r.plan.cache_tokens, r.distill.top_k or 0,
-                      tokens, r.plan.gpu_tflops, r.plan.mfu)
-        out_console.print(format_plan(p), highlight=False)
+        r, make_plan = _recipe_hooks(recipe, "plan")
+        out_console.print(make_plan(r, recipe), highlight=False)
 
     _guard(go)
 
@@ -510,15 +485,8 @@ def collect(
     Exit 2 (one line naming the endpoint and the reasons) when any prompt stays unanswered."""
 
     def go() -> None:
-        from edgedistill.toolchain.llm.distill.collect import CollectError, failure_summary, read_prompts
-        from edgedistill.toolchain.llm.distill.collect import collect as run_collect
-
-        r = _llm_recipe(recipe)
-        st = run_collect(read_prompts(prompts), out, r.blackbox.endpoint, base_url)
-        out_console.print(f"{st.ok} collected, {st.failed} failed, {st.skipped} already done, {st.retries} retries "
-                          f"in {st.seconds:.1f} s → {out}")
-        if st.failed:
-            raise CollectError(failure_summary(st, base_url or r.blackbox.endpoint.base_url or "?", out))
+        r, run_collect = _recipe_hooks(recipe, "collect")
+        run_collect(r, prompts, out, base_url, out_console.print)
 
     _guard(go)
 

@@ -18,6 +18,7 @@ from typing import Any
 from edgedistill.benchmarks.gate import PERCENTILE, GateResult, environment_mismatch, evaluate
 from edgedistill.benchmarks.gate_output import annotations, as_json, junit, markdown
 from edgedistill.benchmarks.interleave import Pair, interleave
+from edgedistill.benchmarks.row import RowError, rows_of
 from edgedistill.core.errors import UserError
 from edgedistill.core.fileio import read_json, sha256_path, write_text
 from edgedistill.toolchain.pipeline import Context, pipeline_of, stale_report
@@ -122,6 +123,10 @@ def run_gate(ctx: Context, baseline: Path | None, rounds: int | None, overrides:
     if not report_path.is_file():
         raise GateInputError(f"{report_path}: no report yet; run `edgedistill report --out {ctx.run.root}`")
     report = read_json(report_path)
+    try:
+        rows_of(report)  # a bad measurement row is bad input, named with its file
+    except RowError as err:
+        raise GateInputError(f"{report_path}: {err}") from None
     notes_: list[str] = []
     if base_out is not None:
         base, base_root = _base_run(Path(base_out), console)

@@ -1,22 +1,25 @@
 """One pipeline framework for every kind of run: the context every stage gets, the runner, stage skipping, and the
 ``PIPELINES`` registry keyed by the recipe's ``kind``.
 
-A kind is a folder under ``toolchain/`` (``vision/``, ``llm/``) whose ``__init__`` registers a :class:`Pipeline`:
+A kind is a folder (``toolchain/vision/``, ``toolchain/llm/``) whose ``__init__`` registers a :class:`Pipeline`:
 its recipe class (light: pydantic only) and the module holding its stages (imported when a run needs them). That
-module defines
+module is a :class:`Kind`:
 
 - ``Context``: a :class:`Context` subclass with the kind's lazily loaded data;
 - ``STAGES``: :class:`Stage` entries in run order, each tagged with the command that runs it;
-- ``REPORT``: the kind's report module in ``edgedistill.benchmarks.report`` (``table``, ``summary_lines``);
+- ``REPORT``: the kind's report module, a :class:`~edgedistill.benchmarks.report.common.KindReport` (title, score
+  and latency names, summary table and facts, report.json/report.md); its ``build`` writes the report's measurement
+  rows (:mod:`edgedistill.benchmarks.row`), which the HTML page, the gate and the recommendations read;
 - ``export_options(recipe, formats, variants, layout)``: the recipe with ``edgedistill export``'s options applied;
 - ``gate_items(ctx)``: the exported artifacts as :class:`GateItem` (for interleaved re-measurement);
 - ``auto_candidates(ctx, spec)``: the exported artifacts measured on a device, for ``export --auto``
   (:mod:`edgedistill.toolchain.auto_select`, whose ``select`` stage the kind lists after export).
 
 Each stage computes a config hash from its recipe sections and the content hashes of its inputs; when the manifest
-records the same hash with intact outputs, the stage is skipped. Adding a kind (detection, speech) costs its folder,
-its line in :data:`_KINDS`, its subpackages in ``pyproject.toml``'s ``packages``, and a report module in
-``benchmarks/report/`` (the HTML report and the gate still tell the kinds' rows apart).
+records the same hash with intact outputs, the stage is skipped. Adding a kind (detection, speech) costs its folder
+(its report module may live there, as the toy kind's in ``tests/toy_kind/`` does; vision's and the LLM's are in
+``benchmarks/report/``) and its line in :data:`_KINDS` or a :func:`register_kind` call, plus its subpackages in
+``pyproject.toml``'s ``packages`` for the wheel; nothing downstream of the rows tells the kinds apart.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import yaml
 from rich.console import Console
@@ -35,6 +38,10 @@ from edgedistill.core.fileio import write_text
 from edgedistill.core.registry import Registry
 from edgedistill.toolchain.recipe import RecipeBase
 from edgedistill.toolchain.rundir import RunDir
+
+if TYPE_CHECKING:
+    from edgedistill.benchmarks.report.common import KindReport
+    from edgedistill.benchmarks.select import Candidate
 
 #: kind -> the package whose import registers it (imported on first use, so a vision run never imports the LLM
 #: stack); the one registry entry a new kind adds
@@ -68,10 +75,17 @@ class Pipeline:
     recipe: type[RecipeBase]
     stages_module: str
     description: str = ""
+    #: the kind's CLI hooks (``export_model``, ``export_hf``, ``plan``, ``collect``...: whichever it offers), so the
+    #: CLI names no kind's modules; None: the kind adds nothing to the generic commands
+    cli_module: str | None = None
 
     @property
-    def impl(self) -> ModuleType:
-        return importlib.import_module(self.stages_module)
+    def impl(self) -> Kind:
+        return cast("Kind", importlib.import_module(self.stages_module))
+
+    @property
+    def cli(self) -> ModuleType | None:
+        return importlib.import_module(self.cli_module) if self.cli_module else None
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -88,7 +102,37 @@ class Pipeline:
         return self.impl.Context(recipe, run, console, force)
 
 
+class Kind(Protocol):
+    """What a kind's stages module provides (module docstring); the framework asks it for nothing else."""
+
+    Context: type[Context]
+    STAGES: tuple[Stage, ...]
+    REPORT: KindReport
+
+    def export_options(self, recipe: Any, formats: str | None, variants: str | None, layout: str | None) -> Any:
+        """The recipe with ``edgedistill export``'s --formats / --variants / --layout applied and checked."""
+        ...
+
+    def gate_items(self, ctx: Any) -> list[GateItem]:
+        """The exported artifacts, as the gate re-measures them."""
+        ...
+
+    def auto_candidates(self, ctx: Any, spec: str) -> tuple[list[Candidate], str | None, str]:
+        """The exported artifacts measured on device ``spec``: (candidates, the device's label, the score's name)."""
+        ...
+
+
 PIPELINES: Registry[Pipeline] = Registry("pipeline kind", modules=_KINDS)
+
+
+def register_kind(kind: str, package: str) -> None:
+    """Add a kind at run time: ``package``'s import registers its :class:`Pipeline` (a plugin, or a test's toy
+    kind); the same as a line in :data:`_KINDS`."""
+    if kind in _KINDS:
+        raise ValueError(f"pipeline kind {kind!r} is registered twice")
+    _KINDS[kind] = package
+    importlib.import_module(package)
+    PIPELINES.get(kind)  # the package registered it, or this says which kinds are registered
 
 
 def kinds() -> list[str]:
@@ -97,10 +141,6 @@ def kinds() -> list[str]:
 
 def get_pipeline(kind: str) -> Pipeline:
     return PIPELINES.get(kind)
-
-
-def recipe_types() -> list[type[RecipeBase]]:
-    return [get_pipeline(k).recipe for k in _KINDS]
 
 
 def pipeline_of(recipe: RecipeBase) -> Pipeline:
@@ -131,7 +171,7 @@ def save_recipe(recipe: RecipeBase, run: RunDir) -> None:
     write_text(run.recipe_path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 
 
-def finish_report(ctx: Context, report: dict[str, Any], report_mod: ModuleType) -> None:
+def finish_report(ctx: Context, report: dict[str, Any], report_mod: KindReport) -> None:
     """What every kind's report adds before it is written: the environment fingerprint, the sha256 of each file
     the bench measured, when it was made, and the recipe's gate evaluated on it (absolute limits; ``edgedistill gate
     --baseline`` adds the relative ones); then report.json, report.md and report.html."""
@@ -143,6 +183,8 @@ def finish_report(ctx: Context, report: dict[str, Any], report_mod: ModuleType) 
     bench = ctx.run.stage("bench") or {}
     report["environment"] = environment(report["summary"].get("threads") or [], list(ctx.recipe.bench.devices))
     report["measured"] = bench.get("info", {}).get("measured", {})
+    for row in report.get("rows") or []:  # each measured file's hash on its rows
+        row["sha256"] = (report["measured"].get(row["artifact"]) or {}).get("sha256")
     report["generated_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     cfg = ctx.recipe.section("gate")
     report["gate"] = {"budgets": cfg, **evaluate(report, cfg).to_dict()}
@@ -151,7 +193,7 @@ def finish_report(ctx: Context, report: dict[str, Any], report_mod: ModuleType) 
         from edgedistill.benchmarks.report.html import write_html
     except ImportError:  # the HTML writer is optional to a report
         return
-    write_html(report, ctx.run.path("report.html"))
+    write_html(report, ctx.run.path("report.html"), report_mod)
 
 
 def stale_report(ctx: Context, report: dict[str, Any]) -> list[str]:

@@ -178,10 +178,11 @@ class RecipeBase(Section):
 
 
 @cache
-def _adapter() -> TypeAdapter[Any]:
-    from edgedistill.toolchain.pipeline import recipe_types
+def _adapter(kinds: tuple[str, ...]) -> TypeAdapter[Any]:
+    """The discriminated union of the recipe classes of ``kinds`` (a key: a kind registered later gets a new one)."""
+    from edgedistill.toolchain.pipeline import get_pipeline
 
-    types = tuple(recipe_types())
+    types = tuple(get_pipeline(k).recipe for k in kinds)
     union = types[0] if len(types) == 1 else Union[types]  # noqa: UP007 (a runtime tuple of classes)
     return TypeAdapter(Annotated[union, Field(discriminator="kind")])
 
@@ -227,7 +228,7 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> RecipeBase:
         raise RecipeError(f"{source}: kind: unknown pipeline kind {data['kind']!r}; choose one of: "
                           f"{', '.join(kinds())}")
     try:
-        return _adapter().validate_python(data)
+        return _adapter(tuple(kinds())).validate_python(data)
     except ValidationError as err:
         raise RecipeError(_one_line(source, err)) from None
 

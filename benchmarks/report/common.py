@@ -5,11 +5,38 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgedistill.benchmarks.recommend import TIE_FLOOR, Option, recommend
 from edgedistill.benchmarks.report.per_device import HOSTS
+from edgedistill.benchmarks.row import Row
 from edgedistill.core.fileio import write_json, write_text
+
+
+class KindReport(Protocol):
+    """What a kind's report module gives the shared report code (the HTML page, the CLI, the pipeline): its title,
+    what its score and latency are, the summary table and facts, and how report.json and report.md are written.
+    Everything else they show comes from the report's measurement rows (:mod:`edgedistill.benchmarks.row`)."""
+
+    TITLE: str  # the page's heading ("edgedistill report")
+    SCORE: str  # what Row.score is ("accuracy")
+    LATENCY: str  # what a latency is per ("ms per run, batch 1")
+
+    def table(self, report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+        """The summary table: header and rows (the recommended artifact marked ★)."""
+        ...
+
+    def summary_facts(self, report: dict[str, Any]) -> list[tuple[str, Any, str]]:
+        """The kind's headline figures: (label, value, format spec or "")."""
+        ...
+
+    def summary_lines(self, report: dict[str, Any]) -> list[str]:
+        """What the CLI prints under the table (rich markup)."""
+        ...
+
+    def write(self, report: dict[str, Any], json_path: Path, md_path: Path) -> None:
+        """Write report.json and report.md atomically."""
+        ...
 
 
 def device_rows(bench: dict[str, Any] | None, artifacts: set[str] | None = None) -> list[dict[str, Any]]:
@@ -44,19 +71,18 @@ def device_rows(bench: dict[str, Any] | None, artifacts: set[str] | None = None)
     return rows
 
 
-def recommended(rows: list[dict[str, Any]], truth: dict[str, Any], score: str) -> tuple[str | None, str]:
+def recommended(rows: list[Row], truth: dict[str, Any]) -> tuple[str | None, str]:
     """The report's ★ without ``export --auto``: the host's own per-device recommendation (the same rule over the
     same measurements, so the two cannot differ); when no host row was measured (a bench without a devices block),
-    the same rule over the table's artifact rows (``keeps_accuracy`` set) at the fewest threads, ``score`` breaking
-    a tie of sizes."""
+    the same rule over the artifacts' host rows (those the kind judged: ``keeps`` set) at the fewest threads, the
+    score breaking a tie of sizes."""
     host = next((truth["recommended"][d] for d in HOSTS if d in truth["recommended"]), None)
     if host is not None:
         return host["artifact"], host["reason"]
-    arts = [r for r in rows if r.get("keeps_accuracy") is not None and r["latency_ms"]]
-    t = str(min((int(k) for r in arts for k in r["latency_ms"]), default=1))
-    rec = recommend([Option(r["name"], r["latency_ms"].get(t, {}).get("p50"),
-                            (r.get("latency_samples_ms") or {}).get(t), r.get("size_bytes"),
-                            bool(r["keeps_accuracy"]), r.get(score)) for r in arts], "host")
+    arts = [r for r in rows if r.on_host and r.keeps is not None and r.threads is not None]
+    t = min((r.threads for r in arts), default=1)
+    rec = recommend([Option(r.artifact, r.p50_ms, r.samples_ms, r.size_bytes, bool(r.keeps), r.score)
+                     for r in arts if r.threads == t], "host")
     return rec.name, rec.reason
 
 

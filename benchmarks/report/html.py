@@ -3,6 +3,9 @@
 The page opens offline: CSS is inline, every plot is a PNG drawn on matplotlib's Agg canvas (no pyplot, so no global
 state) and embedded as a base64 data URI, and a Content-Security-Policy forbids it to fetch anything. All text is
 escaped. Each section renders on its own: one that fails says why in the page instead of losing the whole report.
+The plots and tables read the report's measurement rows (:mod:`edgedistill.benchmarks.row`) and the shared sections;
+what differs by kind (title, what score and latency are, the summary table and facts) comes from the kind's report
+module, passed in as a :class:`~edgedistill.benchmarks.report.common.KindReport`: this module knows no kind.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from edgedistill.benchmarks.report import llm, vision
-from edgedistill.benchmarks.report.common import auto_headline, auto_table, fmt
+from edgedistill.benchmarks.report.common import KindReport, auto_headline, auto_table, fmt
+from edgedistill.benchmarks.row import HOSTS, Row, rows_of
 from edgedistill.core.fileio import write_text
 
 VERDICT_COLOURS = {"pass": "#2e7d32", "fail": "#c62828", "inconclusive": "#ef8f00", "waived": "#757575",
@@ -113,24 +116,22 @@ def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
-def _is_llm(report: dict[str, Any]) -> bool:
-    return str(report.get("schema") or "").startswith("edgedistill.llm-report")
+def _host_rows(report: dict[str, Any]) -> list[Row]:
+    """The rows measured on the host at the report's fewest thread count, one per model (or its untimed row)."""
+    t = min((report.get("summary") or {}).get("threads") or [1])
+    rows = [r for r in rows_of(report) if r.on_host]
+    return [r for r in rows if r.threads == t or r.threads is None]
 
 
 # --- sections: each returns HTML, or None to leave the section out ---------------------------------------------------
 
-def _summary(report: dict[str, Any]) -> str:
+def _summary(report: dict[str, Any], view: KindReport) -> str:
     s = report.get("summary") or {}
-    facts = ([("teacher task score", s.get("teacher_task_score"), ".3f"), ("best student", s.get("best_student"), ""),
-              ("recommended retention", s.get("recommended_retention"), ".3f"),
-              ("recommended speed-up (tg tok/s × teacher)", s.get("recommended_speedup"), ".1f")] if _is_llm(report)
-             else [("teacher accuracy", s.get("teacher_accuracy"), ".4f"),
-                   ("CE-only student", s.get("baseline_accuracy"), ".4f"), ("KD student", s.get("kd_accuracy"), ".4f"),
-                   ("KD gain", s.get("kd_gain"), "+.4f")])
-    facts = [("recommended artifact (★)", s.get("recommended"), ""), ("why", s.get("recommended_reason"), ""), *facts]
+    facts = [("recommended artifact (★)", s.get("recommended"), ""), ("why", s.get("recommended_reason"), ""),
+             *view.summary_facts(report)]
     dl = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(fmt(v, spec) if spec and _num(v) is not None else v)}</dd>"
                  for k, v, spec in facts)
-    header, body = (llm if _is_llm(report) else vision).table(report)
+    header, body = view.table(report)
     return f'<dl class="facts">{dl}</dl>' + _table(header, body, table_id="summary-table")
 
 
@@ -189,18 +190,13 @@ def _forest(c: dict[str, Any]) -> str:
     return _img(fig, f"{c.get('name')}: interval vs threshold", "forest")
 
 
-def _score_latency(report: dict[str, Any]) -> str | None:
-    llm_kind = _is_llm(report)
-    metric = "task_score" if llm_kind else "accuracy"
-    devices = report.get("devices") or []
-    host_label = next((d.get("label") for d in devices if d.get("device") in ("host", "local")), None)
-    panels: dict[tuple[str, Any], list[tuple[Any, Any, float, float]]] = {("host", host_label): [
-        (r.get("name"), t, (lat or {}).get("p50"), r.get(metric))
-        for r in report.get("models") or [] for t, lat in (r.get("latency_ms") or {}).items()]}
-    for d in devices:
-        if d.get("device") not in ("host", "local") and d.get("model") is not None:
-            panels.setdefault((d["device"], d.get("label")), []).append(
-                (d["model"], d.get("threads"), d.get("p50_ms"), d.get(metric)))
+def _score_latency(report: dict[str, Any], view: KindReport) -> str | None:
+    host_label = next((d.get("label") for d in report.get("devices") or [] if d.get("device") in HOSTS), None)
+    panels: dict[tuple[str, Any], list[tuple[Any, Any, float | None, float | None]]] = {}
+    for r in sorted(rows_of(report), key=lambda r: not r.on_host):  # the host's panel first
+        if r.role == "artifact" or r.on_host:
+            key = ("host", host_label) if r.on_host else (r.device, r.label)
+            panels.setdefault(key, []).append((r.artifact, r.threads, r.p50_ms, r.score))
     panels = {k: [p for p in v if _num(p[2]) is not None and _num(p[3]) is not None] for k, v in panels.items()}
     panels = {k: v for k, v in panels.items() if v}
     if not panels:
@@ -208,8 +204,7 @@ def _score_latency(report: dict[str, Any]) -> str | None:
     cols = min(2, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(6.2 * cols, 4.4 * rows), layout="constrained")
-    xlabel = ("p50 ms per generated token" if llm_kind else "p50 latency, ms, batch 1") + " (lower is better)"
-    ylabel = "task score (higher is better)" if llm_kind else "accuracy (higher is better)"
+    xlabel, ylabel = f"p50 {view.LATENCY} (lower is better)", f"{view.SCORE} (higher is better)"
     for i, ((device, label), points) in enumerate(panels.items()):
         ax = fig.add_subplot(rows, cols, i + 1)
         for t in sorted({p[1] for p in points}, key=lambda t: _num(t) or 0):
@@ -234,10 +229,9 @@ def _score_latency(report: dict[str, Any]) -> str | None:
             "labels are not comparable.</p>")
 
 
-def _latency_distributions(report: dict[str, Any]) -> str | None:
-    data = [(f"{r.get('name')} @{t}T", [x for x in map(_num, samples) if x is not None])
-            for r in report.get("models") or [] for t, samples in (r.get("latency_samples_ms") or {}).items()
-            if isinstance(samples, list)]
+def _latency_distributions(report: dict[str, Any], view: KindReport) -> str | None:
+    data = [(f"{r.artifact} @{r.threads}T", [x for x in map(_num, r.samples_ms or []) if x is not None])
+            for r in rows_of(report) if r.on_host]
     data = [(k, v) for k, v in data if v]
     if not data:
         return None
@@ -248,7 +242,7 @@ def _latency_distributions(report: dict[str, Any]) -> str | None:
     lo, hi = min(min(v) for _, v in data), max(max(v) for _, v in data)
     if lo > 0 and hi / lo > 20:
         ax.set_yscale("log")
-    ax.set_ylabel(("ms per generated token" if _is_llm(report) else "latency, ms per run") + " (lower is better)")
+    ax.set_ylabel(f"{view.LATENCY} (lower is better)")
     ax.set_title("Host latency samples per artifact and thread count", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     return (_img(fig, "latency distribution per artifact") +
@@ -256,8 +250,7 @@ def _latency_distributions(report: dict[str, Any]) -> str | None:
 
 
 def _size_retention(report: dict[str, Any]) -> str | None:
-    pts = [(str(r.get("format") or "?").split()[0], r.get("name"), _num(r.get("size_bytes")), _num(r.get("retention")))
-           for r in report.get("models") or []]
+    pts = [(r.format or "?", r.artifact, _num(r.size_bytes), _num(r.retention)) for r in _host_rows(report)]
     pts = [(f, n, s / 1e6, ret) for f, n, s, ret in pts if s is not None and ret is not None]
     if not pts:
         return None
@@ -281,20 +274,18 @@ def _size_retention(report: dict[str, Any]) -> str | None:
 
 
 def _quant_fidelity(report: dict[str, Any]) -> str | None:
-    if not _is_llm(report):
-        return None
-    rows = [r for r in report.get("models") or [] if r.get("kind") == "artifact"
-            and (_num(r.get("kld")) is not None or _num(r.get("same_top_token")) is not None)]
+    """Each artifact's KLD and same-top-token against its PyTorch source, where the kind measures them."""
+    rows = [r for r in _host_rows(report) if r.role == "artifact" and (r.kld is not None or r.same_top is not None)]
     if not rows:
         return None
-    labels = [_mpl(r.get("format") if str(r.get("name")) in str(r.get("format"))
-                   else f"{r.get('format')} ({r.get('name')})") for r in rows]
+    variants = [f"{r.format} {r.precision}" for r in rows]
+    labels = [_mpl(v if r.artifact in v else f"{v} ({r.artifact})") for v, r in zip(variants, rows, strict=True)]
     fig = Figure(figsize=(11, 0.45 * len(rows) + 1.6), layout="constrained")
-    for i, (key, xlabel, spec) in enumerate((("kld", "mean KLD vs its PyTorch student (lower is better)", ".2e"),
-                                             ("same_top_token", "same top token as its PyTorch student "
+    for i, (key, xlabel, spec) in enumerate((("kld", "mean KLD vs its PyTorch source (lower is better)", ".2e"),
+                                             ("same_top", "same top token as its PyTorch source "
                                                                 "(higher is better)", ".3f"))):
         ax = fig.add_subplot(1, 2, i + 1)
-        vals = [_num(r.get(key)) for r in rows]
+        vals = [_num(getattr(r, key)) for r in rows]
         ax.barh(range(len(rows)), [v or 0 for v in vals], color="#1565c0" if i == 0 else "#2e7d32")
         for y, v in enumerate(vals):
             ax.annotate("n/a" if v is None else format(v, spec), (v or 0, y), xytext=(3, 0),
@@ -303,19 +294,18 @@ def _quant_fidelity(report: dict[str, Any]) -> str | None:
         ax.invert_yaxis()
         ax.set_xlabel(xlabel)
         ax.margins(x=0.25)
-        if key == "same_top_token":
+        if key == "same_top":
             ax.set_xlim(0, 1.15)
         ax.grid(axis="x", alpha=0.3)
     return _img(fig, "quantisation type vs KLD and same-top-token")
 
 
-def _devices(report: dict[str, Any]) -> str | None:
+def _devices(report: dict[str, Any], view: KindReport) -> str | None:
     devices = report.get("devices") or []
     if not devices:
         return None
-    llm_kind = _is_llm(report)
-    header = ["device", "label", "model", "threads", "p50 ms/token" if llm_kind else "p50 ms", "peak RSS MB",
-              "next-token acc." if llm_kind else "accuracy", "task score", "note"]
+    header = ["device", "label", "model", "threads", f"p50 {view.LATENCY}", "peak RSS MB", "accuracy", "task score",
+              "note"]
     labels = ("measured", "constrained", "emulated", "estimated")
     rows = []
     for d in devices:
@@ -400,7 +390,7 @@ def _strategies(report: dict[str, Any]) -> str | None:
 
 
 def _failures(report: dict[str, Any]) -> str | None:
-    errs = [(r.get("name"), r.get("bench_error")) for r in report.get("models") or [] if r.get("bench_error")]
+    errs = list(dict.fromkeys((r.artifact, r.error) for r in rows_of(report) if r.on_host and r.error))
     return "<ul>" + "".join(f"<li><b>{_esc(n)}</b>: {_esc(e)}</li>" for n, e in errs) + "</ul>" if errs else None
 
 
@@ -410,31 +400,37 @@ def _definitions(report: dict[str, Any]) -> str | None:
             if defs else None)
 
 
-SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str | None]]] = [
-    ("summary", "Summary", _summary), ("gate", "Gate", _gate),
+def _plain(fn: Callable[[dict[str, Any]], str | None]) -> Section:
+    return lambda report, _view: fn(report)
+
+
+Section = Callable[[dict[str, Any], KindReport], str | None]
+SECTIONS: list[tuple[str, str, Section]] = [
+    ("summary", "Summary", _summary), ("gate", "Gate", _plain(_gate)),
     ("score-latency", "Score vs latency", _score_latency),
     ("latency", "Latency distributions", _latency_distributions),
-    ("size-retention", "Size vs retention", _size_retention),
-    ("quantisation", "Quantisation vs fidelity", _quant_fidelity),
-    ("devices", "Devices", _devices), ("per-device", "What to ship, per device", _per_device),
-    ("auto", "export --auto", _auto),
-    ("tuning", "KD tuning", _tuning), ("strategies", "Early exits and the teacher-assistant chain", _strategies),
-    ("bench-failures", "Benchmark failures", _failures),
-    ("definitions", "Definitions", _definitions),
+    ("size-retention", "Size vs retention", _plain(_size_retention)),
+    ("quantisation", "Quantisation vs fidelity", _plain(_quant_fidelity)),
+    ("devices", "Devices", _devices), ("per-device", "What to ship, per device", _plain(_per_device)),
+    ("auto", "export --auto", _plain(_auto)),
+    ("tuning", "KD tuning", _plain(_tuning)),
+    ("strategies", "Early exits and the teacher-assistant chain", _plain(_strategies)),
+    ("bench-failures", "Benchmark failures", _plain(_failures)),
+    ("definitions", "Definitions", _plain(_definitions)),
 ]
 
 
-def render(report: dict[str, Any]) -> str:
-    """The report as one self-contained HTML page."""
+def render(report: dict[str, Any], view: KindReport) -> str:
+    """The report as one self-contained HTML page; ``view``: the report module of the kind that made it."""
     parts = []
     for ident, title, fn in SECTIONS:
         try:
-            body = fn(report)
+            body = fn(report, view)
         except Exception as e:  # one broken section must not cost the rest of the page
             body = f'<p class="error">could not render this section: {_esc(type(e).__name__)}: {_esc(e)}</p>'
         if body:
             parts.append(f'<section id="{ident}"><h2>{_esc(title)}</h2>{body}</section>')
-    title = f"edgedistill {'LLM ' if _is_llm(report) else ''}report — {report.get('recipe')}"
+    title = f"{view.TITLE} — {report.get('recipe')}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
             "style-src 'unsafe-inline'\">"
@@ -444,6 +440,6 @@ def render(report: dict[str, Any]) -> str:
             + "".join(parts) + "</body></html>\n")
 
 
-def write_html(report: dict[str, Any], path: Path) -> None:
+def write_html(report: dict[str, Any], path: Path, view: KindReport) -> None:
     """Write :func:`render`'s page to ``path`` atomically."""
-    write_text(path, render(report))
+    write_text(path, render(report, view))

@@ -18,6 +18,7 @@ Schema ``edgedistill.report/1``::
                  "keeps_accuracy": bool, "bench_error": str | null}],
      "devices": [{"device", "label": measured|constrained|emulated|estimated, "profile", "model", "threads",
                   "p50_ms", "peak_rss_mb", "accuracy", "parity_vs_host", "applied", "error"}],
+     "rows": [{...}: the same models as measurement rows, per device and thread count (edgedistill.benchmarks.row)],
      "per_device": {...}, "auto": {...export/auto.json: export --auto's decision, or null when it is off},
      "summary": {"teacher_accuracy", "baseline_accuracy", "kd_accuracy", "kd_gain", "kd_helped",
                  "recommended" (export --auto's choice when it is on), "recommended_reason", "threads",
@@ -47,9 +48,14 @@ from edgedistill.benchmarks.report.common import (
 )
 from edgedistill.benchmarks.report.common import device_rows as device_rows
 from edgedistill.benchmarks.report.per_device import per_device
+from edgedistill.benchmarks.row import Row, percentiles
+from edgedistill.benchmarks.row import device_rows as device_measurements
 from edgedistill.core.tolerances import ParityBar, parity_bar
 
 SCHEMA = "edgedistill.report/1"
+TITLE = "edgedistill report"
+SCORE = "accuracy"
+LATENCY = "ms per run, batch 1"
 DEFINITIONS = {
     "peak_rss_mb": "peak resident set size of the fresh benchmark process (VmHWM), including the "
                    "Python interpreter and the runtime library; rss_before_load_mb in bench/*.json gives the baseline",
@@ -79,6 +85,7 @@ class ReportInputs:
     export: dict[str, Any] = field(default_factory=dict)  # the export stage's info: which student shipped, why
     teacher_artifacts: list[dict[str, Any]] = field(default_factory=list)  # the teacher's own fp32 exports
     auto: dict[str, Any] | None = None  # export --auto's decision (edgedistill.benchmarks.select): what ships
+    per_example: dict[str, list[int]] = field(default_factory=dict)  # per model, per test image: 1 when right
 
 
 def _rows(inp: ReportInputs) -> list[dict[str, Any]]:
@@ -138,6 +145,8 @@ def build(inp: ReportInputs) -> dict[str, Any]:
     for row in rows:
         _attach_bench(row, inp.bench)
         row.setdefault("size_bytes", inp.files.get(row["file"], {}).get("bytes"))
+        if row["name"] in inp.per_example:  # the gate's paired bootstrap needs them
+            row["per_example"] = inp.per_example[row["name"]]
     by_name = {r["name"]: r for r in rows}
     teacher = by_name["teacher"]
     base = by_name.get("baseline-student", {}).get("accuracy")
@@ -162,12 +171,15 @@ def build(inp: ReportInputs) -> dict[str, Any]:
                         "keeps_accuracy": r["keeps_accuracy"]}
             for r in rows if r["role"] == "artifact"}
     truth = per_device({"devices": devices}, arts, inp.accuracy_tolerance)
-    rec, reason = recommended(rows, truth, "accuracy")
+    host = _host_rows(rows, src, bars)
+    rec, reason = recommended(host, truth)
     if inp.auto is not None:  # export --auto chose for its device under its retention budget: that ships
         rec, reason = inp.auto["chosen"], f"export --auto on {inp.auto['device']}: {inp.auto['reason']}"
     threads = sorted({int(t) for r in rows for t in r["latency_ms"]})
+    on_host = {r.artifact: r for r in host if r.role == "artifact"}
+    measured = [r.to_dict() for r in [*host, *device_measurements("vision", devices, on_host, "accuracy")]]
     return {"schema": SCHEMA, "recipe": inp.recipe, "run_dir": inp.run_dir, "definitions": DEFINITIONS,
-            "data": inp.data,
+            "data": inp.data, "rows": measured,
             "distill": {k: v for k, v in inp.distill.items()
                         if k in ("mode", "cache", "tuning", "paraphraser", "self_distill", "assistant_chain")},
             "models": rows, "devices": devices, "per_device": truth, "auto": inp.auto,
@@ -177,6 +189,33 @@ def build(inp: ReportInputs) -> dict[str, Any]:
                         "shipped_student": inp.export.get("shipped"),
                         "shipped_reason": inp.export.get("shipped_reason"), "tuning": inp.distill.get("tuning"),
                         "ensemble": inp.teacher.get("ensemble")}}
+
+
+def _host_rows(models: list[dict[str, Any]], source: dict[str, float | None],
+               bars: dict[str, ParityBar]) -> list[Row]:
+    """The measurement rows of the report's models on the host: one per thread count (one without figures for a
+    model the bench did not time)."""
+    out = []
+    for m in models:
+        bar, par = bars.get(m["name"]), m.get("parity") or {}
+        metric = None if bar is None else "max_abs_diff" if bar.metric == "fp32" else "top1_agreement"
+        fixed = {"artifact": m["name"], "kind": "vision", "role": m["role"], "device": "host",
+                 "source": m.get("source"), "format": m["format"], "precision": m["precision"],
+                 "size_bytes": m.get("size_bytes"), "score": m["accuracy"], "retention": m["retention"],
+                 "source_score": source.get(m["source"]) if m.get("source") else None,
+                 "keeps": m.get("keeps_accuracy"), "parity_metric": metric,
+                 "parity_value": par.get(metric) if metric else None, "parity_bar": bar and bar.floor,
+                 "parity_ok": par.get("ok"), "per_example": m.get("per_example"), "error": m.get("bench_error")}
+        if not m["latency_ms"]:
+            out.append(Row(**fixed))
+        for t, lat in m["latency_ms"].items():
+            out.append(Row(**fixed, threads=int(t), peak_rss_mb=m["peak_rss_mb"].get(t),
+                               speedup=m["speedup"].get(t),
+                               distill_speedup=(m.get("distill_speedup") or {}).get(t),
+                               runtime_speedup=(m.get("runtime_speedup") or {}).get(t),
+                               **percentiles((m.get("latency_samples_ms") or {}).get(t), lat["p50"], lat["p90"],
+                                                 lat["p99"])))
+    return out
 
 
 def artifact_bar(artifact: dict[str, Any]) -> ParityBar:
@@ -264,6 +303,14 @@ def strategies_markdown(distill: dict[str, Any]) -> list[str]:
                             fmt(lk["student_test_accuracy"], ".4f"), fmt(lk["retention"], ".3f"),
                             fmt(lk["retention_vs_teacher"], ".3f")] for lk in links])
     return lines
+
+
+def summary_facts(report: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """The headline figures: the teacher's, the CE-only and the KD student's accuracy, and KD's gain."""
+    s = report.get("summary") or {}
+    return [("teacher accuracy", s.get("teacher_accuracy"), ".4f"),
+            ("CE-only student", s.get("baseline_accuracy"), ".4f"), ("KD student", s.get("kd_accuracy"), ".4f"),
+            ("KD gain", s.get("kd_gain"), "+.4f")]
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:

@@ -6,4 +6,5 @@ from edgedistill.toolchain.pipeline import PIPELINES, Pipeline
 
 PIPELINES.register("llm")(Pipeline(
     "llm", LLMRecipe, "edgedistill.toolchain.llm.stages",
-    "Llama teacher → Llama student (top-k KD, black-box SFT), GGUF + ONNX"))
+    "Llama teacher → Llama student (top-k KD, black-box SFT), GGUF + ONNX",
+    cli_module="edgedistill.toolchain.llm.cli_hooks"))

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
 
     from edgedistill.core.quiet import quiet_libraries
-    from edgedistill.toolchain.llm.stages import Context, distill_hash, train_kd_students
+    from edgedistill.toolchain.llm.context import Context
+    from edgedistill.toolchain.llm.strategies import distill_key, train_students
     from edgedistill.toolchain.recipe import load_recipe
     from edgedistill.toolchain.rundir import RunDir
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{run.recipe_path}: kind: {recipe.kind}; the launcher runs LLM distillation")
     acc = Accelerator(cpu=not torch.cuda.is_available())
     ctx = Context(recipe, run, Console(stderr=True, quiet=not acc.is_main_process))
-    train_kd_students(ctx, distill_hash(ctx), accelerator=acc)
+    train_students(ctx, distill_key(ctx), accelerator=acc)
     acc.wait_for_everyone()
 
 

@@ -7,4 +7,5 @@ from edgedistill.toolchain.vision.recipe import VisionRecipe
 
 PIPELINES.register("vision")(Pipeline(
     "vision", VisionRecipe, "edgedistill.toolchain.vision.stages",
-    "timm teacher → timm student (response/FitNets/AT/RKD), ONNX + TFLite"))
+    "timm teacher → timm student (response/FitNets/AT/RKD), ONNX + TFLite",
+    cli_module="edgedistill.toolchain.vision.cli_hooks"))

@@ -1,4 +1,5 @@
-"""The vision pipeline's stages, in the order they run (the framework: :mod:`edgedistill.toolchain.pipeline`).
+"""The vision pipeline's stages, in the order they run (the framework: :mod:`edgedistill.toolchain.pipeline`;
+the distillation strategies, one module each: :mod:`edgedistill.toolchain.vision.strategies`).
 
 Run-directory layout (relative to the run root)::
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -31,39 +32,32 @@ from torch import nn
 
 from edgedistill.benchmarks.harness import BenchItem, measure_devices, plan_devices, resolve_threads
 from edgedistill.benchmarks.report import vision as report_mod
-from edgedistill.core.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json, write_text
+from edgedistill.core.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
 from edgedistill.core.tolerances import parity_bar
 from edgedistill.devices.profile import int8_saturates
 from edgedistill.runtimes.torch_ref import load_reference
-from edgedistill.toolchain import auto_select, pipeline
+from edgedistill.toolchain import auto_select
 from edgedistill.toolchain.pipeline import GateItem, Stage, finish_report
 from edgedistill.toolchain.progress import make_progress
 from edgedistill.toolchain.rundir import RunDir
 from edgedistill.toolchain.training import drop_train_states, train_state
 from edgedistill.toolchain.vision import models
+from edgedistill.toolchain.vision.context import (
+    TEACHER,
+    Context,
+    data_hash,
+    ensemble_member,
+    student_intact,
+)
+from edgedistill.toolchain.vision.context import members as ensemble_members
 from edgedistill.toolchain.vision.data import VisionData, load_vision_data
-from edgedistill.toolchain.vision.distill.cache import (
-    cache_key,
-    cached_teacher_outputs,
-    default_cache_dir,
-    run_teacher,
-)
-from edgedistill.toolchain.vision.distill.features import Paraphraser
 from edgedistill.toolchain.vision.distill.losses import ensemble_logits
-from edgedistill.toolchain.vision.distill.trainer import (
-    accuracy,
-    freeze,
-    train_mutual,
-    train_student,
-    train_supervised,
-)
+from edgedistill.toolchain.vision.distill.trainer import accuracy, train_supervised
 from edgedistill.toolchain.vision.export import onnx as onnx_export
 from edgedistill.toolchain.vision.export.parity import compare
 from edgedistill.toolchain.vision.recipe import (
     DataConfig,
-    DistillConfig,
     ExportConfig,
-    ModelConfig,
     OnnxExport,
     OnnxVariant,
     TeacherConfig,
@@ -71,34 +65,13 @@ from edgedistill.toolchain.vision.recipe import (
     TfliteVariant,
     VisionRecipe,
 )
+from edgedistill.toolchain.vision.strategies import Teach, best_student, distill_key, strategies, students
 
-TEACHER = "teacher/teacher.safetensors"
-STUDENTS = {"baseline": "students/baseline.safetensors", "kd": "students/kd.safetensors",
-            "kd-tuned": "students/kd-tuned.safetensors",
-            "mutual": "students/mutual.safetensors",  # distill.mutual: co-trained with its peer
-            "self-distill": "students/self-distill.safetensors", "chain": "students/chain.safetensors"}
-#: when validation accuracies tie, the order students are preferred in (distillation's first)
-SHIP_ORDER = ("kd-tuned", "kd", "chain", "mutual", "self-distill", "baseline")
 REPORT = report_mod
 #: the PyTorch student's logits on the test split, saved by export: the source every device's parity is against
 REFERENCE_LOGITS = "reference-logits.npy"
 #: the teacher's own exports (fp32, per format): benched beside the student's artifacts, never shipped
 TEACHER_ARTIFACTS = "teacher-artifacts.json"
-
-
-@dataclass
-class Context(pipeline.Context):
-    """A vision stage's context: the framework's, plus the data split (loaded on first use)."""
-
-    recipe: VisionRecipe
-
-    @cached_property
-    def data(self) -> VisionData:
-        return load_vision_data(self.recipe.data)
-
-
-def data_hash(ctx: Context) -> str:
-    return sha256_json({"data": ctx.recipe.section("data"), "split": ctx.data.split_hash})
 
 
 def stage_data(ctx: Context) -> None:
@@ -116,17 +89,6 @@ def stage_data(ctx: Context) -> None:
                       f"{len(d.val_x)} val, {len(d.test_x)} test, {d.num_classes} classes")
 
 
-def ensemble_member(i: int) -> str:
-    """The run-relative weights of extra teacher ``i`` of ``ensemble.teachers`` (1-based)."""
-    return f"teacher/ensemble-{i}.safetensors"
-
-
-def _members(ctx: Context) -> list[tuple[TeacherConfig, int]]:
-    """``ensemble.teachers`` with their seeds (default: the recipe's seed + the 1-based position)."""
-    r = ctx.recipe
-    return [(t, r.seed + i if t.seed is None else t.seed) for i, t in enumerate(r.ensemble.teachers, 1)]
-
-
 def _teacher_hash(ctx: Context, cfg: TeacherConfig | None = None, seed: int | None = None) -> str:
     """The key of one teacher's weights (default: the main ``teacher``): data, section, checkpoint bytes, seed."""
     t = cfg or ctx.recipe.teacher
@@ -140,7 +102,7 @@ def _teacher_stage_hash(ctx: Context) -> str:
     h = _teacher_hash(ctx)
     if not ctx.recipe.ensemble.teachers:
         return h
-    return sha256_json({"teacher": h, "ensemble": [_teacher_hash(ctx, t, s) for t, s in _members(ctx)],
+    return sha256_json({"teacher": h, "ensemble": [_teacher_hash(ctx, t, s) for t, s in ensemble_members(ctx)],
                         "weights": ctx.recipe.ensemble.normalised_weights()})
 
 
@@ -174,7 +136,7 @@ def _one_teacher(ctx: Context, cfg: TeacherConfig, seed: int, rel: str, metrics:
     finished one with the same key is loaded instead (adding an ensemble teacher never retrains the others)."""
     d, h = ctx.data, _teacher_hash(ctx, cfg, seed)
     out = ctx.run.path(rel)
-    if not ctx.force and _student_intact(out, metrics, h):
+    if not ctx.force and student_intact(out, metrics, h):
         return load_reference(out), read_json(metrics)
     torch.manual_seed(seed)
     model = models.build(cfg, d.num_classes)
@@ -208,7 +170,7 @@ def _ensemble(ctx: Context, main: nn.Module, main_info: dict[str, Any]) -> dict[
                 "val_accuracy": main_info["val_accuracy"], "test_accuracy": main_info["test_accuracy"]}]
     val, test = [_logits(main, d.val_x)], [_logits(main, d.test_x)]
     n = len(r.ensemble.teachers)
-    for i, (cfg, seed) in enumerate(_members(ctx), 1):
+    for i, (cfg, seed) in enumerate(ensemble_members(ctx), 1):
         rel = ensemble_member(i)
         model, info = _one_teacher(ctx, cfg, seed, rel, ctx.run.path(rel).with_suffix(".json"),
                                    f"training ensemble teacher {i}/{n}")
@@ -227,439 +189,55 @@ def _ensemble(ctx: Context, main: nn.Module, main_info: dict[str, Any]) -> dict[
     return {"weights": w, "members": members, "val_accuracy": acc(val, d.val_y), "test_accuracy": acc(test, d.test_y)}
 
 
-def _distill_hash(ctx: Context, with_tuning: bool = True, with_ensemble: bool = True,
-                  with_strategies: bool = True) -> str:
-    """The distill stage's key; without ``tune`` and the strategies it keys the KD student (changing the search
-    budget, the mutual pair, self-distillation or the chain never retrains it), and without the ensemble too the
-    baseline and the mutual pair, which never see it. ``tune.chosen`` is an output written back into the recipe,
-    never part of a key; ``factor`` while off is left out (keys made before it existed still hold). ``mutual``,
-    ``self_distill`` and ``chain`` join it only when on (each of their candidates has its own key,
-    :func:`_strategy_hash`)."""
-    r = ctx.recipe
-    distill = {k: v for k, v in r.section("distill").items() if k != "cache_dir"}
-    tune = {k: v for k, v in distill.pop("tune").items() if k != "chosen"}
-    mutual = distill.pop("mutual")
-    if not distill["factor"]["weight"]:
-        del distill["factor"]
-    if with_tuning and tune["trials"]:
-        distill["tune"] = tune
-    strategies = {k: distill.pop(k) for k in ("self_distill", "chain")}  # keyed per candidate (_strategy_hash)
-    if with_tuning and with_strategies:
-        if mutual["enabled"]:
-            distill["mutual"] = mutual
-        if r.distill.self_distill.enabled or r.distill.chain.assistants:
-            distill.update(strategies)
-    doc = {"teacher": ctx.run.output_sha("teacher", TEACHER), "data": data_hash(ctx),
-           "student": r.section("student"), "distill": distill, "seed": r.seed}
-    if r.ensemble.teachers and with_ensemble:
-        doc["ensemble"] = _ensemble_doc(ctx)
-    return sha256_json(doc)
-
-
-def _ensemble_doc(ctx: Context) -> dict[str, Any]:
-    """What defines the ensemble target: every teacher's weights file and the recipe's weights."""
-    return {"teachers": _ensemble_shas(ctx), "weights": ctx.recipe.ensemble.normalised_weights()}
-
-
-def _ensemble_shas(ctx: Context) -> list[str]:
-    """The sha256 of every teacher of the ensemble, the main teacher first (empty for a single teacher)."""
-    n = len(ctx.recipe.ensemble.teachers)
-    return [ctx.run.output_sha("teacher", p) for p in (TEACHER, *map(ensemble_member, range(1, n + 1)))] if n else []
-
-
-def _teacher_outputs(ctx: Context) -> tuple[Any, dict[str, Any]]:
-    """Offline: the cached teacher outputs for the train split (teachers built only on a miss); for an ensemble
-    every teacher's logits too (the key covers them all) and the recipe's weights."""
-    r, cfg, d = ctx.recipe, ctx.recipe.distill, ctx.data
-    layer = cfg.teacher_layer
-    shas = _ensemble_shas(ctx)
-    weights = r.ensemble.normalised_weights() if shas else []
-    key = cache_key(ctx.run.output_sha("teacher", TEACHER), data_hash(ctx), layer, shas)
-    cache_dir = cfg.cache_dir or default_cache_dir()
-
-    def loader(rel: str) -> Any:
-        return lambda: freeze(load_reference(ctx.run.path(rel)))
-
-    members = [loader(ensemble_member(i)) for i in range(1, len(shas))]
-    out, path, hit = cached_teacher_outputs(key, cache_dir, d.train_x, layer, loader(TEACHER), members, weights)
-    return out, {"path": str(path), "hit": hit, "bytes": path.stat().st_size, "key": key,
-                 **({"teachers": len(shas)} if shas else {})}
-
-
-def _paraphraser(ctx: Context, features: Any) -> tuple[Paraphraser, dict[str, Any]]:
-    """Factor transfer's paraphraser for the main teacher's ``distill.teacher_layer`` maps, from the cache beside
-    the teacher cache or trained (resumably) on ``features()`` and cached."""
-    from edgedistill.toolchain.vision.distill.factor import cached_paraphraser, paraphraser_key
-
-    r, cfg = ctx.recipe, ctx.recipe.distill
-    teacher_key = cache_key(ctx.run.output_sha("teacher", TEACHER), data_hash(ctx), cfg.teacher_layer)
-    key = paraphraser_key(teacher_key, cfg.factor, cfg.train.batch_size, cfg.train.max_steps, r.seed)
-    ckpt = train_state(ctx.run.path("students"), key, "paraphraser-", ctx.force)
-    model, info = cached_paraphraser(key, cfg.cache_dir or default_cache_dir(), features, cfg.factor,
-                                     cfg.train.batch_size, ckpt, r.seed, cfg.train.max_steps)
-    done = info.to_dict()
-    ctx.console.print(f"  paraphraser {'cache hit' if info.hit else 'trained'} ({done['steps']} steps, "
-                      f"reconstruction MSE {done['reconstruction_first']:.4g} → {done['reconstruction_last']:.4g})")
-    return model, done
-
-
-def _train_one(ctx: Context, role: str, h: str, cached: Any = None, teacher: Any = None,
-               paraphraser: Paraphraser | None = None) -> dict[str, Any]:
-    """Train the ``baseline``, ``kd`` or ``mutual`` student unless a finished one with hash ``h`` is on disk."""
-    r, d = ctx.recipe, ctx.data
-    weights, metrics = ctx.run.path(STUDENTS[role]), ctx.run.path("students", f"{role}.json")
-    if not ctx.force and _student_intact(weights, metrics, h):
-        return read_json(metrics)
-    torch.manual_seed(r.seed)
-    student = models.build(r.student, d.num_classes)
-    ckpt = train_state(ctx.run.path("students"), h, f"{role}-", ctx.force)  # --force redoes the work
-    extra: dict[str, Any] = {}
-    if role == "baseline":  # CE on the labelled subset only, with the KD student's step budget
-        res = train_supervised(student, d, r.distill.train.model_copy(update={"augment": False}),
-                               torch.nonzero(d.labelled).flatten(), ckpt, "training CE-only baseline", r.seed)
-    elif role == "mutual":  # the peer starts as the trained teacher and trains with the student
-        peer = load_reference(ctx.run.path(TEACHER))
-        res = train_mutual(student, peer, d, r.distill, ckpt, r.seed)
-        extra["peer"] = {"val_accuracy": accuracy(peer, d.val_x, d.val_y),
-                         "test_accuracy": accuracy(peer, d.test_x, d.test_y)}
-    else:
-        res = train_student(student, d, r.distill, ckpt, r.seed, cached=cached, teacher=teacher,
-                            paraphraser=paraphraser)
-    models.save_reference(student, r.student, d.num_classes, weights)
-    info = {"config_hash": h, "weights_sha256": sha256_file(weights), "role": role, "val_accuracy": res.best,
-            "test_accuracy": accuracy(student, d.test_x, d.test_y), "steps": res.steps,
-            "train_seconds": res.seconds, "samples_per_second": res.per_second,
-            "params": sum(p.numel() for p in student.parameters()), "history": res.history, **extra}
-    write_json(metrics, info)
-    drop_train_states(ckpt.parent, f"{role}-")
-    return info
-
-
-def _student_intact(weights: Path, metrics: Path, h: str) -> bool:
-    """A finished student: its metadata has this stage hash and names the weights' own sha256 (weights written
-    beside stale metadata by a killed run, or edited since, are retrained)."""
-    if not (weights.is_file() and metrics.is_file()):
-        return False
-    try:
-        meta = read_json(metrics)
-    except ValueError:
-        return False
-    return meta.get("config_hash") == h and meta.get("weights_sha256") == sha256_file(weights)
-
-
 def stage_distill(ctx: Context) -> None:
-    h = _distill_hash(ctx)
+    """Every strategy's candidate (:mod:`edgedistill.toolchain.vision.strategies`), in the registry's order; an
+    optional strategy now off loses its earlier candidate."""
+    r, every = ctx.recipe, strategies()
+    h = distill_key(ctx, every)
     if ctx.skip("distill", h):
-        tuned = ctx.run.path("students", "kd-tuned.json")
-        if ctx.recipe.distill.tune.trials and tuned.is_file():  # `run` rewrote recipe.yaml: keep the choice in it
-            _write_back_chosen(ctx, read_json(tuned)["chosen"])
+        for s in every:
+            if s.on_skip is not None:
+                s.on_skip(ctx)
         return
-    hc = _distill_hash(ctx, with_tuning=False)
-    h_plain = _distill_hash(ctx, with_tuning=False, with_ensemble=False)  # what the baseline and mutual pair see
-    cfg = ctx.recipe.distill
-    info: dict[str, Any] = {"mode": cfg.mode}
-    outputs: list[Path] = []
-    roles = ["baseline"] if cfg.baseline else []
-    cached = None
-    if cfg.baseline:
-        info["baseline"] = _train_one(ctx, "baseline", h_plain)
-    if cfg.mode == "offline":
-        cached, info["cache"] = _teacher_outputs(ctx)
-        ctx.console.print(f"  teacher cache {'hit' if info['cache']['hit'] else 'written'}: {info['cache']['path']}")
-        if cfg.factor.weight > 0:  # the paraphraser's factors of the cached maps: one more teacher output
-            para, info["paraphraser"] = _paraphraser(ctx, lambda: cached.feature)
-            cached = replace(cached, factor=para.factors(cached.feature))
-        info["kd"] = _train_one(ctx, "kd", hc, cached=cached)
-        if cfg.tune.trials:
-            info["kd-tuned"] = _tune(ctx, _distill_hash(ctx, with_strategies=False), cached)
-            info["tuning"] = {k: info["kd-tuned"][k] for k in ("trials", "chosen", "tune_seconds", "val_accuracy")}
-    else:
-        teacher = freeze(load_reference(ctx.run.path(TEACHER)))
-        para = None
-        if cfg.factor.weight > 0:
-            para, info["paraphraser"] = _paraphraser(ctx, lambda: run_teacher(
-                teacher, ctx.data.train_x, cfg.teacher_layer, desc="teacher maps for the paraphraser").feature)
-        info["kd"] = _train_one(ctx, "kd", hc, teacher=teacher, paraphraser=para)
-    for role, on in (("mutual", cfg.mutual.enabled), ("self-distill", cfg.self_distill.enabled),
-                     ("chain", bool(cfg.chain.assistants))):
-        if not on:  # an earlier recipe's student of a strategy now off must never be shipped or reported
-            for stale in (ctx.run.path(STUDENTS[role]), ctx.run.path("students", f"{role}.json")):
-                stale.unlink(missing_ok=True)
-    if cfg.mutual.enabled:
-        info["mutual"] = _train_one(ctx, "mutual", sha256_json({"students": h_plain,
-                                                                "mutual": cfg.mutual.model_dump()}))
-    roles += ["kd", *(r for r in ("kd-tuned", "mutual") if r in info)]
-    if cfg.self_distill.enabled:
-        info["self-distill"] = _self_distill(ctx, hc, cached)
-    if cfg.chain.assistants:
-        info["chain"] = _chain(ctx, hc, cached)
-        outputs += [ctx.run.path(a) for link in info["chain"]["links"][:-1] for a in link["files"]]
-    roles += [r for r in ("chain", "self-distill") if r in info]
-    for role in roles:
-        outputs += [ctx.run.path(STUDENTS[role]), ctx.run.path("students", f"{role}.json")]
-    summary = {k: {"val_accuracy": info[k]["val_accuracy"], "test_accuracy": info[k]["test_accuracy"]}
-               for k in roles}
-    strategies = {"self_distill": _exits_summary(info.get("self-distill")),
-                  "assistant_chain": {"links": info["chain"]["links"], **(_exits_summary(info["chain"]) or {})}
-                  if "chain" in info else None}
-    ctx.run.record("distill", h, outputs, {"mode": cfg.mode, "cache": info.get("cache"), "tuning": info.get("tuning"),
-                                           **({"paraphraser": info["paraphraser"]} if "paraphraser" in info else {}),
-                                           **{k: v for k, v in strategies.items() if v}, **summary})
-    for role in roles:
-        ctx.console.print(f"  {role} student: val accuracy {info[role]['val_accuracy']:.4f}, test "
-                          f"{info[role]['test_accuracy']:.4f}")
-    _print_strategies(ctx, info)
-
-
-def _write_back_chosen(ctx: Context, chosen: dict[str, float]) -> None:
-    """Record the tuner's choice in the run's recipe.yaml (``distill.tune.chosen``; never part of a stage key)."""
-    import yaml
-
-    saved = yaml.safe_load(ctx.run.recipe_path.read_text(encoding="utf-8"))
-    tune = saved.setdefault("distill", {}).setdefault("tune", {})
-    if tune.get("chosen") != chosen:
-        tune["chosen"] = chosen
-        write_text(ctx.run.recipe_path, yaml.safe_dump(saved, sort_keys=False))
-
-
-def _tune(ctx: Context, h: str, cached: Any) -> dict[str, Any]:
-    """``distill.tune`` on the cached teacher: the best trial's student becomes ``kd-tuned``; its settings are
-    written back into the run's recipe.yaml (``distill.tune.chosen``)."""
-    import shutil
-
-    from edgedistill.toolchain.vision.distill.tune import best_params_as_recipe, tune_kd
-
-    r, d = ctx.recipe, ctx.data
-    weights, metrics = ctx.run.path(STUDENTS["kd-tuned"]), ctx.run.path("students", "kd-tuned.json")
-    if not ctx.force and _student_intact(weights, metrics, h):
-        return read_json(metrics)
-    workdir = ctx.run.path("students", f"tune-{h[:12]}", "x").parent
-    if ctx.force:
-        shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True)
-
-    def new_student() -> nn.Module:
-        torch.manual_seed(r.seed)
-        return models.build(r.student, d.num_classes)
-
-    def keep_best(student: nn.Module, val: float, params: dict[str, float]) -> None:
-        models.save_reference(student, r.student, d.num_classes, weights)
-
-    res = tune_kd(d, r.distill, cached, new_student, r.seed, workdir, keep_best)
-    chosen = best_params_as_recipe(res.best_params)
-    tuned = load_reference(weights)
-    info = {"config_hash": h, "weights_sha256": sha256_file(weights), "role": "kd-tuned", "tuned": chosen,
-            "chosen": chosen, "val_accuracy": res.best_value, "test_accuracy": accuracy(tuned, d.test_x, d.test_y),
-            "trials": res.trials, "tune_seconds": res.seconds,
-            "params": sum(p.numel() for p in tuned.parameters())}
-    write_json(metrics, info)
-    _write_back_chosen(ctx, chosen)
-    shutil.rmtree(workdir, ignore_errors=True)
-    ctx.console.print(f"  tuning: {sum(t['state'] == 'complete' for t in res.trials)} trials completed, "
-                      f"{sum(t['state'] == 'pruned' for t in res.trials)} pruned in {res.seconds:.0f} s; chosen "
-                      f"{chosen} (val accuracy {res.best_value:.4f})")
-    return info
-
-
-# -- self-distillation with early exits, and the teacher-assistant chain ---------------------------------------
-
-
-def _strategy_hash(hc: str, **parts: Any) -> str:
-    """A strategy candidate's key: the baseline/KD key ``hc`` (teacher, data, student, distill settings, seed) and
-    what the strategy adds."""
-    return sha256_json({"base": hc, **parts})
-
-
-def _self_distill(ctx: Context, hc: str, cached: Any) -> dict[str, Any]:
-    """The ``self-distill`` candidate (``distill.self_distill``): with ``with_teacher`` the final head also learns
-    from the teacher (``cached`` offline; the frozen teacher online), else no teacher at all."""
-    cfg = ctx.recipe.distill
-    sd = cfg.self_distill
-    h = _strategy_hash(hc, self_distill=ctx.recipe.section("distill")["self_distill"])
-    teacher = None
-    if sd.with_teacher and cfg.mode == "online":
-        teacher = freeze(load_reference(ctx.run.path(TEACHER)))
-    return _train_exits(ctx, "self-distill", h, cfg, cached if sd.with_teacher else None, teacher,
-                        "self-distilling student" + (" (and from the teacher)" if sd.with_teacher else " (no teacher)"))
-
-
-def _train_exits(ctx: Context, role: str, h: str, cfg: DistillConfig, cached: Any, teacher: Any,
-                 desc: str) -> dict[str, Any]:
-    """Train the student with exit heads unless a finished one with hash ``h`` is on disk; save what ships (the
-    whole student, or the student cut at ``export_exit``) and every head's validation and test accuracy."""
-    from edgedistill.runtimes.early_exit import ExitError, cut
-    from edgedistill.toolchain.vision.distill.self_distill import FINAL, train_self_distill
-
-    r, d = ctx.recipe, ctx.data
-    weights, metrics = ctx.run.path(STUDENTS[role]), ctx.run.path("students", f"{role}.json")
-    if not ctx.force and _student_intact(weights, metrics, h):
-        return read_json(metrics)
-    torch.manual_seed(r.seed)
-    student = models.build(r.student, d.num_classes)
-    ckpt = train_state(ctx.run.path("students"), h, f"{role}-", ctx.force)
-    res = train_self_distill(student, d, cfg, ckpt, r.seed, cached=cached, teacher=teacher, desc=desc)
-    val, test = res.net.head_accuracies(d.val_x, d.val_y), res.net.head_accuracies(d.test_x, d.test_y)
-    sample, at = d.train_x[:2], cfg.self_distill.export_exit
-    deployed = res.net.deployed(at, sample)
-    n_params: dict[str, int | None] = {FINAL: sum(p.numel() for p in student.parameters())}
-    for name, head in zip(res.net.exits, res.net.heads, strict=True):  # what each exit would ship
-        try:
-            n_params[name] = sum(p.numel() for p in cut(student, name, head, sample).parameters())
-        except ExitError:  # an exit the model cannot be cut at still trains and is scored
-            n_params[name] = None
-    models.save_reference(deployed, r.student, d.num_classes, weights)
-    info = {"config_hash": h, "weights_sha256": sha256_file(weights), "role": role,
-            "val_accuracy": val[res.selected_on], "test_accuracy": test[res.selected_on], "deployed_exit": at,
-            "selected_on": res.selected_on,
-            "exits": {name: {"val_accuracy": val[name], "test_accuracy": test[name], "params": n_params[name]}
-                      for name in [*res.net.exits, FINAL]},
-            "steps": res.fit.steps, "train_seconds": res.fit.seconds,
-            "samples_per_second": res.fit.per_second, "params": n_params[at or FINAL],
-            "history": res.fit.history}
-    write_json(metrics, info)
-    drop_train_states(ckpt.parent, f"{role}-")
-    return info
-
-
-def _exits_summary(info: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Each head's accuracies and which one ships (None for a student trained without exits)."""
-    return None if not info or "exits" not in info else {"deployed_exit": info["deployed_exit"],
-                                                         "exits": info["exits"]}
-
-
-def _chain(ctx: Context, hc: str, cached: Any) -> dict[str, Any]:
-    """The ``chain`` candidate (``distill.chain``): teacher → assistant 1 → … → student, each link distilled from
-    its predecessor's cached outputs (keyed by the predecessor's weights), each a finished file that a re-run keeps.
-    Returns the student's metadata with ``links``: each link's accuracies and retention."""
-    r, d, cfg = ctx.recipe, ctx.data, ctx.recipe.distill
-    link_cfg = cfg.model_copy(update={"feature": cfg.feature.model_copy(update={"weight": 0.0}),
-                                      "attention": cfg.attention.model_copy(update={"weight": 0.0}),
-                                      "factor": cfg.factor.model_copy(update={"weight": 0.0})})
-    kd = {"response": r.section("distill")["response"], "relation": r.section("distill")["relation"]}
-    t = read_json(ctx.run.path("teacher", "metrics.json"))
-    prev = {"role": "teacher", "model": r.teacher.name, "sha": ctx.run.output_sha("teacher", TEACHER),
-            "val_accuracy": t["val_accuracy"], "test_accuracy": t["test_accuracy"]}
-    teacher_test, outputs, links = t["test_accuracy"], cached, []
-    a_cfg = link_cfg if cfg.chain.train is None else link_cfg.model_copy(update={"train": cfg.chain.train})
-    for i, a in enumerate(cfg.chain.assistants, 1):
-        role = f"assistant-{i}"
-        h = sha256_json({"from": prev["sha"], "model": a.model_dump(mode="json"), "kd": kd, "data": data_hash(ctx),
-                         "train": a_cfg.train.model_dump(mode="json"), "seed": r.seed,
-                         # the first link learns from the ensemble's target when there is one
-                         **({"ensemble": _ensemble_doc(ctx)} if i == 1 and r.ensemble.teachers else {})})
-        files = (f"students/chain/{role}.safetensors", f"students/chain/{role}.json")
-        info = _train_link(ctx, role, h, a, a_cfg, outputs, files,
-                           f"distilling {role} ({a.name}) from the {prev['role']}")
-        links.append(_link(prev, role, a.name, info, teacher_test, files))
-        prev = {"role": role, "model": a.name, "sha": info["weights_sha256"], **{
-            k: info[k] for k in ("val_accuracy", "test_accuracy")}}
-        outputs, _, _ = cached_teacher_outputs(cache_key(prev["sha"], data_hash(ctx), None),
-                                               cfg.cache_dir or default_cache_dir(), d.train_x, None,
-                                               lambda w=files[0]: freeze(load_reference(ctx.run.path(w))))
-    h = _strategy_hash(hc, chain_from=prev["sha"], kd=kd, self_distill=ctx.recipe.section("distill")["self_distill"]
-                       if cfg.chain.self_distill else None)
-    desc = f"distilling the chain's student from {prev['role']}"
-    if cfg.chain.self_distill:
-        info = _train_exits(ctx, "chain", h, link_cfg, outputs, None, desc + " (with exits)")
-    else:
-        info = _train_link(ctx, "chain", h, r.student, link_cfg, outputs, (STUDENTS["chain"], "students/chain.json"),
-                           desc)
-    links.append(_link(prev, "student", r.student.name, info, teacher_test, (STUDENTS["chain"],)))
-    info["links"] = links
-    write_json(ctx.run.path("students", "chain.json"), info)  # same hash and weights: a re-run still finds it intact
-    return info
-
-
-def _link(prev: dict[str, Any], role: str, model: str, info: dict[str, Any], teacher_test: float,
-          files: tuple[str, ...]) -> dict[str, Any]:
-    """One link of the chain: who taught whom, both accuracies, and the retention (student / its teacher's test
-    accuracy, and / the original teacher's)."""
-    acc = info["test_accuracy"]
-    return {"teacher": prev["role"], "teacher_model": prev["model"], "student": role, "student_model": model,
-            "teacher_val_accuracy": prev["val_accuracy"], "teacher_test_accuracy": prev["test_accuracy"],
-            "student_val_accuracy": info["val_accuracy"], "student_test_accuracy": acc,
-            "retention": acc / prev["test_accuracy"] if prev["test_accuracy"] else None,
-            "retention_vs_teacher": acc / teacher_test if teacher_test else None,
-            "params": info["params"], "steps": info["steps"], "files": list(files)}
-
-
-def _train_link(ctx: Context, role: str, h: str, model_cfg: ModelConfig, cfg: DistillConfig, cached: Any,
-                files: tuple[str, str], desc: str) -> dict[str, Any]:
-    """One link: distil ``model_cfg`` from ``cached`` (its predecessor's outputs) unless a finished one with hash
-    ``h`` is on disk; resumable from its own training state."""
-    r, d = ctx.recipe, ctx.data
-    weights, metrics = ctx.run.path(files[0]), ctx.run.path(files[1])
-    if not ctx.force and _student_intact(weights, metrics, h):
-        return read_json(metrics)
-    torch.manual_seed(r.seed)
-    model = models.build(model_cfg, d.num_classes)
-    ckpt = train_state(weights.parent, h, f"{role}-", ctx.force)
-    res = train_student(model, d, cfg, ckpt, r.seed, cached=cached, desc=desc)
-    models.save_reference(model, model_cfg, d.num_classes, weights)
-    info = {"config_hash": h, "weights_sha256": sha256_file(weights), "role": role, "model": model_cfg.name,
-            "val_accuracy": res.best, "test_accuracy": accuracy(model, d.test_x, d.test_y),
-            "steps": res.steps, "train_seconds": res.seconds, "samples_per_second": res.per_second,
-            "params": sum(p.numel() for p in model.parameters()), "history": res.history}
-    write_json(metrics, info)
-    drop_train_states(ckpt.parent, f"{role}-")
-    return info
-
-
-def _print_strategies(ctx: Context, info: dict[str, Any]) -> None:
-    for role in ("self-distill", "chain"):
-        if exits := (info.get(role) or {}).get("exits"):
-            ctx.console.print(f"  {role} heads (val → test): " + ", ".join(
-                f"{n} {e['val_accuracy']:.4f} → {e['test_accuracy']:.4f}" for n, e in exits.items()))
-    for link in (info.get("chain") or {}).get("links", []):
-        ctx.console.print(f"  chain link {link['teacher']} → {link['student']}: test "
-                          f"{link['teacher_test_accuracy']:.4f} → {link['student_test_accuracy']:.4f}, retention "
-                          f"{link['retention'] or 0:.3f} ({link['retention_vs_teacher'] or 0:.3f} of the teacher's)")
-
-
-def best_student(ctx: Context) -> tuple[str, str]:
-    """The student to ship: the highest **validation** accuracy among every trained student (CE-only baseline,
-    KD, tuned KD, chain, mutual, self-distilled), ties to :data:`SHIP_ORDER`; never chosen on the test split. With
-    ``distill.self_distill.export_exit`` set, only the students cut at that exit compete (the recipe asked to deploy
-    the cut model). Returns ``(role, reason)``."""
-    d = ctx.recipe.distill
-    off = {r for r, on in (("self-distill", d.self_distill.enabled), ("chain", bool(d.chain.assistants)),
-                           ("mutual", d.mutual.enabled)) if not on}
-    scores, cut = {}, set()
-    for role in SHIP_ORDER:
-        meta = ctx.run.path("students", f"{role}.json")
-        if role not in off and meta.is_file() and ctx.run.path(STUDENTS[role]).is_file():
-            m = read_json(meta)
-            scores[role] = m["val_accuracy"]
-            if m.get("deployed_exit") and m["deployed_exit"] == d.self_distill.export_exit:
-                cut.add(role)
-    if not scores:
-        raise FileNotFoundError(f"{ctx.run.root}: no trained student; run `edgedistill distill` first")
-    pool = {r: v for r, v in scores.items() if r in cut} or scores
-    best = max(pool, key=lambda r: (round(pool[r], 6), -SHIP_ORDER.index(r)))
-    others = ", ".join(f"{r} {v:.4f}" for r, v in scores.items() if r != best)
-    why = f"highest validation accuracy: {best} {scores[best]:.4f}"
-    if cut:
-        why = (f"distill.self_distill.export_exit: {d.self_distill.export_exit} deploys the cut model; "
-               f"{'highest validation accuracy among cut students' if len(cut) > 1 else 'validation accuracy'}: "
-               f"{best} {scores[best]:.4f}")
-    return best, why + (f" (vs {others})" if others else "")
+    teach = Teach(ctx, distill_key(ctx), distill_key(ctx, ensemble=False))
+    for s in every:
+        if s.optional and not s.enabled(r):  # an earlier recipe's candidate must never be shipped or reported
+            ctx.run.path(s.weights).unlink(missing_ok=True)
+            ctx.run.path(s.metrics).unlink(missing_ok=True)
+    done = {s: s.train(teach) for s in every if s.enabled(r)}
+    outputs = [ctx.run.path(p) for s, meta in done.items() for p in (s.weights, s.metrics, *s.outputs(meta))]
+    fields: dict[str, Any] = {"mode": r.distill.mode, "cache": teach.info.get("cache"), "tuning": None}
+    if "paraphraser" in teach.info:
+        fields["paraphraser"] = teach.info["paraphraser"]
+    for s, meta in done.items():
+        fields.update(s.report(meta))
+    fields.update({s.name: {"val_accuracy": m["val_accuracy"], "test_accuracy": m["test_accuracy"]}
+                   for s, m in done.items()})
+    ctx.run.record("distill", h, outputs, fields)
+    for s, meta in done.items():
+        ctx.console.print(f"  {s.name} student: val accuracy {meta['val_accuracy']:.4f}, test "
+                          f"{meta['test_accuracy']:.4f}")
+    for s, meta in done.items():
+        for line in s.lines(meta):
+            ctx.console.print(line)
 
 
 def stage_export(ctx: Context) -> None:
     r = ctx.recipe
     best, why = best_student(ctx)
+    weights = students()[best]
     targets = _targets(r.bench.devices, r.bench.profiles)
     rr = r.export.onnx.reduce_range
     int8 = any(int8_saturates(p) for p in targets) if rr == "auto" else rr
-    h = sha256_json({"student": ctx.run.output_sha("distill", STUDENTS[best]), "best": best,
+    h = sha256_json({"student": ctx.run.output_sha("distill", weights), "best": best,
                      "export": auto_select.export_section(r), "data": data_hash(ctx), "reduce_range": int8,
                      "teacher": ctx.run.output_sha("teacher", TEACHER) if r.export.teacher else None})
     if ctx.skip("export", h):
         return
     ctx.console.print(f"  shipping the {best} student: {why}")
-    student = load_reference(ctx.run.path(STUDENTS[best]))
+    student = load_reference(ctx.run.path(weights))
     job = _Export(student, ctx.data, ctx.run, "student", best, f"PyTorch {best} student", r.seed,
-                  f"{r.student.name} ({best} student, {STUDENTS[best]})", targets=targets)
+                  f"{r.student.name} ({best} student, {weights})", targets=targets)
     teacher = _export_teacher(ctx) if r.export.teacher else None
     _run_export(job, r.export, h, {"shipped": best, "shipped_reason": why}, teacher)
     for name, reason in job.failures.items():
@@ -970,7 +548,7 @@ def _bench_items(ctx: Context) -> list[BenchItem]:
     items = []
     if ctx.recipe.bench.include_pytorch:
         items.append(BenchItem("teacher", ctx.run.path(TEACHER)))
-        for role, rel in STUDENTS.items():
+        for role, rel in students().items():
             if ctx.run.path(rel).is_file():
                 items.append(BenchItem(f"{role}-student", ctx.run.path(rel)))
     for a in read_json(ctx.run.path("export", "artifacts.json")):
@@ -1021,6 +599,15 @@ def stage_bench(ctx: Context) -> None:
                                        "failed_devices": failed_devices})
 
 
+def _per_example(run: RunDir) -> dict[str, list[int]]:
+    """Per model the bench scored, per test image, 1 when right: the gate's paired bootstrap needs them."""
+    if not run.stage("data"):
+        return {}
+    labels = np.load(run.path("data", "test.npz"), allow_pickle=False)["y"]
+    return {p.name.removesuffix("-logits.npy"): (np.load(p, allow_pickle=False).argmax(1) == labels).astype(int)
+            .tolist() for p in sorted(run.path("bench").glob("*-logits.npy"))}
+
+
 def stage_report(ctx: Context) -> dict[str, Any]:
     """Assemble report.json and report.md from the stages' files (always re-run: it is cheap)."""
     run = ctx.run
@@ -1029,7 +616,7 @@ def stage_report(ctx: Context) -> dict[str, Any]:
         run_dir=str(run.root),
         teacher=read_json(run.path("teacher", "metrics.json")),
         students={role: read_json(run.path("students", f"{role}.json"))
-                  for role in STUDENTS if run.path("students", f"{role}.json").is_file()},
+                  for role in students() if run.path("students", f"{role}.json").is_file()},
         artifacts=read_json(run.path("export", "artifacts.json")) if run.stage("export") else [],
         teacher_artifacts=teacher_artifacts(run) if run.stage("export") else [],
         bench=read_json(run.path("bench", "results.json")) if run.stage("bench") else None,
@@ -1039,13 +626,9 @@ def stage_report(ctx: Context) -> dict[str, Any]:
         distill=(run.stage("distill") or {}).get("info", {}),
         export=(run.stage("export") or {}).get("info", {}),
         auto=auto_select.report_decision(ctx),
+        per_example=_per_example(run),
     )
     report = report_mod.build(inputs)
-    labels = np.load(run.path("data", "test.npz"), allow_pickle=False)["y"] if run.stage("data") else None
-    for row in report["models"]:  # per test image, 1 when right: the gate's paired bootstrap needs them
-        logits = run.path("bench", f"{row['name']}-logits.npy")
-        if labels is not None and logits.is_file():
-            row["per_example"] = (np.load(logits, allow_pickle=False).argmax(1) == labels).astype(int).tolist()
     finish_report(ctx, report, report_mod)
     return report
 
