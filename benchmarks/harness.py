@@ -82,19 +82,32 @@ def _cached_key(path: Path) -> str | None:
         return None
 
 
+def _load_reference(ref: Path) -> tuple[Any, Any]:
+    """Logits from ``.npy``, or ``logits`` plus the ``rows`` to compare from ``.npz`` (an LLM's reference names its
+    completion positions: the export's fidelity check scores those, so device and export figures are one measure)."""
+    import numpy as np
+
+    if ref.suffix != ".npz":
+        return np.load(ref, allow_pickle=False), None
+    with np.load(ref, allow_pickle=False) as z:
+        return z["logits"], (z["rows"] if "rows" in z.files else None)
+
+
 def _parity(ref: Path | None, other: Path, label: str = "host") -> dict[str, Any] | None:
-    """Max |Δ| and top-1 agreement of a device's eval logits against ``ref`` (the host's, or the source model's);
-    None when either is missing."""
+    """Max |Δ|, KLD and top-1 agreement of a device's eval logits against ``ref`` (the host's, or the source
+    model's; rows named by the reference only); None when either is missing."""
     import numpy as np
 
     if ref is None or not (ref.is_file() and other.is_file()):
         return None
-    a, b = np.load(ref, allow_pickle=False), np.load(other, allow_pickle=False)
+    (a, rows), b = _load_reference(ref), np.load(other, allow_pickle=False)
     if a.ndim == b.ndim == 2 and a.shape[0] == b.shape[0] and a.shape[1] != b.shape[1]:
         v = min(a.shape[1], b.shape[1])  # a vocabulary padded in one file only: compare the shared rows
         a, b = a[:, :v], b[:, :v]
     if a.shape != b.shape:
         return {"reference": label, "error": f"logit shapes differ: {label} {a.shape}, device {b.shape}"}
+    if rows is not None:
+        a, b = a[rows], b[rows]
     la = a - np.logaddexp.reduce(a.astype(np.float64), axis=-1, keepdims=True)
     lb = b - np.logaddexp.reduce(b.astype(np.float64), axis=-1, keepdims=True)
     kld = float((np.exp(la) * (la - lb)).sum(-1).mean())

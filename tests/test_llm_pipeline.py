@@ -141,6 +141,14 @@ def test_llm_artifacts_on_the_device_matrix(llm_run: Path, qemu_rootfs: Path) ->
             emu, host = rows[(device, model)]["parity_vs_source"], rows[("host", model)]["parity_vs_source"]
             assert emu["kld"] <= max(2 * host["kld"], QUANT_KLD_SLACK), (device, model, emu, host)
             assert emu["top1_agreement"] >= host["top1_agreement"] - QUANT_TOP1_SLACK, (device, model, emu, host)
+    # one measure: the device parity scores the completion positions of the export's fidelity sequences, so the
+    # host's figure is the export's own (up to the agent's F16 KV cache vs the export check's F32 one)
+    exported = {a["name"]: a["fidelity"] for a in json.loads((llm_run / "export" / "artifacts.json").read_text())
+                ["artifacts"]}
+    for model in ("student-q8_0", "student-q4_k_m"):
+        host, fid = rows[("host", model)]["parity_vs_source"], exported[model]
+        assert host["n"] == fid["n_tokens"], (model, host, fid)
+        assert abs(host["kld"] - fid["kld_mean"]) <= 0.25 * fid["kld_mean"] + 1e-6, (model, host, fid)
     builds = {rep_dev["spec"]: rep_dev for rep_dev in json.loads((llm_run / "bench" / "results.json").read_text())
               ["devices"].values()}
     gguf_docs = {d: next(iter(builds[d]["results"]["student-q4_k_m"]["runs"].values())) for d in

@@ -372,7 +372,8 @@ def _write_eval(ctx: Context) -> Path:
     import numpy as np
 
     b, tok = ctx.recipe.bench, ctx.tok
-    seqs = [e.input_ids for e in ctx.encoded("test")[:ctx.recipe.export.fidelity_samples]]
+    encoded = ctx.encoded("test")[:ctx.recipe.export.fidelity_samples]
+    seqs = [e.input_ids for e in encoded]
     prompts = _prompts(ctx)[:max(b.eval_samples, b.device_eval_samples)]
 
     def pad(rows: list[list[int]]) -> tuple[Any, Any]:
@@ -386,7 +387,8 @@ def _write_eval(ctx: Context) -> Path:
     texts = np.array([e.prompt for e in ctx.splits.test[:len(prompts)]], dtype=np.str_)  # fixed-width: no pickle
     out = ctx.run.path("bench", "eval-tokens.npz")
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.savez(f, ids=ids, lengths=lengths, prompt_ids=p_ids, prompt_lengths=p_lengths, texts=texts,
+        np.savez(f, ids=ids, lengths=lengths, score_from=np.array([e.n_prompt for e in encoded], dtype=np.int32),
+                 prompt_ids=p_ids, prompt_lengths=p_lengths, texts=texts,
                  eos=np.int32(tok.eos_token_id if tok.eos_token_id is not None else -1))
     return out
 
@@ -400,7 +402,8 @@ def _prompts(ctx: Context) -> list[list[int]]:
 
 def _reference_logits(ctx: Context, eval_npz: Path) -> Path | None:
     """The shipped student's PyTorch logits on the eval sequences, laid out as the agent writes them (every
-    position of every sequence, concatenated): the source every device's parity is measured against."""
+    position of every sequence, concatenated), and the ``rows`` that predict completion tokens: the source every
+    device's parity is measured against, on the positions the export's fidelity check scores."""
     import numpy as np
 
     from edgedistill.toolchain.llm.export.fidelity import torch_logits
@@ -413,9 +416,12 @@ def _reference_logits(ctx: Context, eval_npz: Path) -> Path | None:
     ev = np.load(eval_npz, allow_pickle=False)
     seqs = [list(map(int, row[:n])) for row, n in zip(ev["ids"], ev["lengths"], strict=True)]
     logits = torch_logits(load_causal_lm(ctx.run.path("students", best)), seqs)
-    out = ctx.run.path("bench", "reference-logits.npy")
+    offsets = np.cumsum([0] + [len(s) for s in seqs])
+    rows = np.concatenate([np.arange(o + max(0, int(start) - 1), o + len(s) - 1) for o, s, start
+                           in zip(offsets, seqs, ev["score_from"], strict=False)] or [np.zeros(0)]).astype(np.int64)
+    out = ctx.run.path("bench", "reference-logits.npz")
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.concatenate(logits).astype(np.float32), allow_pickle=False)
+        np.savez(f, logits=np.concatenate(logits).astype(np.float32), rows=rows)
     return out
 
 
