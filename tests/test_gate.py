@@ -39,7 +39,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                                                                             600)}
 
 
-def _gate(models: dict[str, Path], candidate: str, rounds: int = 5) -> GateResult:
+def _gate(models: dict[str, Path], candidate: str, rounds: int = 20) -> GateResult:
     got = interleave([Pair("m", models[candidate], models["base"])], rounds, 1, 10, 150)["m"]
     flat = [x for r in got["candidate"] for x in r]
     base = [x for r in got["baseline"] for x in r]
@@ -47,10 +47,14 @@ def _gate(models: dict[str, Path], candidate: str, rounds: int = 5) -> GateResul
 
 
 def test_unchanged_model_passes_interleaved(models: dict[str, Path]) -> None:
+    """20 rounds: on the shared 2-core VM, bursts of interference make whole processes 1.5-1.8x slower (2 of 10
+    fresh processes on 2026-12-08). Over 40 rounds of identical files, 5-round windows gave upper bounds up to 1.83
+    (inconclusive: one slow round is the interval's end), 20-round windows at most 1.005 with the median over
+    rounds (1.06 with the geometric mean used before; benchmarks/RESULTS.md)."""
     r = _gate(models, "same")
     (c,) = r.checks
     assert r.verdict == "pass", c
-    assert c.method.startswith("interleaved rounds (5)") and c.interval[0] <= c.ratio <= c.interval[1]
+    assert c.method.startswith("interleaved rounds (20)") and c.interval[0] <= c.ratio <= c.interval[1]
 
 
 def test_a_much_slower_copy_fails_interleaved(models: dict[str, Path]) -> None:

@@ -139,7 +139,8 @@ class GateConfig(Section):
     waivers: list[Waiver] = Field(default_factory=list)
     confidence: float = Field(0.95, gt=0.5, lt=1, description="two-sided confidence of every interval")
     min_samples: int = Field(30, ge=5, description="latency samples a check needs; fewer: inconclusive")
-    rounds: int = Field(5, ge=3, le=50, description="interleaved baseline/candidate rounds when both are at hand")
+    rounds: int = Field(10, ge=3, le=50, description="interleaved baseline/candidate rounds when both are at hand "
+                        "(the median over rounds is judged: 10 tolerate two rounds slowed by interference)")
 
 
 class AutoExport(Section):
