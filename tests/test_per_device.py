@@ -33,7 +33,8 @@ def run(tmp_path_factory: pytest.TempPathFactory, qemu_rootfs: Path) -> Path:
                              "response": {"alpha": 0.0}, "baseline": False},
                     export={"formats": ["onnx"], "teacher": False, "onnx": {"variants": ["fp32", "int8_static_u8s8"],
                                                           "reduce_range": False, "remedies": False}},
-                    bench={"warmup": 2, "runs": 40, "threads": [1], "devices": DEVICES.split(",")})
+                    bench={"warmup": 2, "runs": 40, "threads": [1], "devices": DEVICES.split(","),
+                           "processes": 3})  # best of 3 host processes: interference bursts (benchmarks/RESULTS.md)
     (d / "r.yaml").write_text(yaml.safe_dump(r))
     res = cli("run", str(d / "r.yaml"), "--out", str(d / "run"))
     assert res.returncode == 0, res.stderr[-3000:]

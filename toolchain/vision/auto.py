@@ -25,7 +25,7 @@ def auto_candidates(ctx: Any, spec: str) -> tuple[list[Candidate], str | None, s
     ctx.console.print(f"  export --auto: measuring {len(items)} artifact(s) on {spec}", highlight=False)
     matrix = measure_devices(items, [spec], threads, run.path("data", "test.npz"), run.path("bench", "x").parent,
                              cfg.warmup, cfg.runs, cfg.profiles, force=ctx.force,
-                             reference=run.path("export", REFERENCE_LOGITS))
+                             reference=run.path("export", REFERENCE_LOGITS), processes=cfg.processes)
     source = {role: read_json(run.path("students", f"{role}.json"))["test_accuracy"]
               for role in {a["source"] for a in arts}}
     by_name = {a["name"]: a for a in arts}

@@ -383,6 +383,8 @@ class BenchConfig(Section):
     threads: list[int | Literal["all"]] = [1, "all"]
     warmup: int = Field(20, ge=0)
     runs: int = Field(200, ge=1)
+    processes: int = Field(1, ge=1, le=10, description="fresh processes per artifact on the host, round-robin; the "
+                           "fastest one's timing is kept (a shared runner's interference slows whole processes)")
     accuracy_tolerance: float = Field(
         0.01, ge=0, le=1, description="an artifact 'keeps accuracy' if within this of its PyTorch source")
     include_pytorch: bool = True

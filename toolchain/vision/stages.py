@@ -586,7 +586,8 @@ def stage_bench(ctx: Context) -> None:
         task = prog.add_task("benchmarking", total=len(items) * max(1, sum(map(len, plan.values()))), status="")
         devices = measure_devices(items, cfg.devices, cfg.threads, test, ctx.run.path("bench", "x").parent,
                                   cfg.warmup, cfg.runs, cfg.profiles, progress=lambda: prog.advance(task),
-                                  force=ctx.force, reference=ctx.run.path("export", REFERENCE_LOGITS))
+                                  force=ctx.force, reference=ctx.run.path("export", REFERENCE_LOGITS),
+                                  processes=cfg.processes)
     host = devices.get("host") or devices.get("local") or {}
     results, threads = host.get("results", {}), host.get("threads", threads)
     out = ctx.run.path("bench", "results.json")
