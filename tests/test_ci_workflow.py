@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -85,9 +86,10 @@ def _expand(text: str, context: dict[str, str]) -> str:
     return re.sub(r"\$\{\{\s*(.+?)\s*\}\}", one, text)
 
 
-def _run_job(wf: dict, origin: Path, branch: str, root: Path, cache: dict[str, Path]) -> dict:
-    """One job of the workflow for a pull request from ``branch`` into ``main``: every step's exit code and
-    output, the workspace, the step-summary file."""
+def _run_job(wf: dict, origin: Path, branch: str, root: Path, cache: dict[str, Path], timeout_s: float = 600
+             ) -> dict:
+    """One job of the workflow for a pull request from ``branch`` into ``main``: every step's exit code, output
+    and wall time, the workspace, the step-summary file (also used by ``perf/ci_job_cost.py``)."""
     ws, temp, summary = root / "workspace", root / "runner-temp", root / "step-summary.md"
     temp.mkdir(parents=True)
     summary.write_text("")
@@ -113,11 +115,12 @@ def _run_job(wf: dict, origin: Path, branch: str, root: Path, cache: dict[str, P
             continue
         script = temp / f"step-{len(steps)}.sh"
         script.write_text(_expand(step["run"], context))
+        t0 = time.perf_counter()
         res = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)], cwd=ws,
                              env={**env, **{k: _expand(str(v), context) for k, v in step.get("env", {}).items()}},
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=timeout_s)
         steps.append({"name": step.get("name", step["run"][:40]), "rc": res.returncode,
-                      "out": res.stdout, "err": res.stderr})
+                      "out": res.stdout, "err": res.stderr, "seconds": time.perf_counter() - t0})
         if res.returncode != 0:  # the job stops at the first failed step (the upload step runs: if: always())
             break
     for step in job["steps"]:  # actions/cache saves its repository paths after the job
@@ -154,13 +157,18 @@ def test_the_github_workflow_gates_a_slowdown_and_passes_an_unchanged_head(tmp_p
         errors = [ln for ln in gate["out"].splitlines() if ln.startswith("::error ")]
         assert len(errors) == want, gate["out"]
     assert "student-fp32 @ host: p50_ms max regression 0.5" in errors[0]  # the slowed job's annotation
-    assert "distill: unchanged, skipped" not in jobs["pr-docs"]["steps"][2]["err"]  # built the base run
-    assert "distill: unchanged, skipped" in jobs["pr-slow"]["steps"][2]["err"]  # reused the cached base run
+    base, head = 1, 2  # step indices
+    assert "distill: unchanged, skipped" not in jobs["pr-docs"]["steps"][base]["err"]  # built the base run
+    assert "distill: unchanged, skipped" in jobs["pr-slow"]["steps"][base]["err"]  # reused the cached base run
+    # the head starts from the base run: a docs-only PR re-measures only; a recipe change re-distills
+    docs_head = jobs["pr-docs"]["steps"][head]["err"]
+    assert "distill: unchanged, skipped" in docs_head and "bench: unchanged, skipped" in docs_head, docs_head[-2000:]
+    assert "distill: unchanged, skipped" not in jobs["pr-slow"]["steps"][head]["err"]
 
 
 def _edgedistill_commands(lines: list[str], workspace_var: str) -> list[str]:
     text = " ".join(" ".join(lines).replace(workspace_var, "$WS").split())
-    return re.findall(r'edgedistill"? ((?:run|gate) [^)]*?)(?=$| \.venv| git | \(|\))', text)
+    return re.findall(r'edgedistill"? ((?:run|gate) [^)]*?)(?=$| \.venv| git | rm | \(|\))', text)
 
 
 def test_the_gitlab_job_runs_the_same_commands() -> None:
@@ -171,6 +179,7 @@ def test_the_gitlab_job_runs_the_same_commands() -> None:
     (gh,) = wf["jobs"].values()
     gh_cmds = _edgedistill_commands([s["run"] for s in gh["steps"] if "run" in s], "$GITHUB_WORKSPACE")
     assert len(gh_cmds) == 3 and gh_cmds[-1].startswith("gate --out runs/head --base-out runs/base"), gh_cmds
+    assert gh_cmds[0].endswith("runs/base\"") and gh_cmds[1].endswith("runs/head"), gh_cmds  # base first: head seeds
     assert _edgedistill_commands(job["script"], "$CI_PROJECT_DIR") == gh_cmds
     assert job["variables"]["RECIPE"] == wf["env"]["RECIPE"]
     (upload,) = [s for s in gh["steps"] if s.get("uses", "").startswith("actions/upload-artifact@")]
