@@ -60,7 +60,7 @@ def main() -> None:
             and not set(s.lemmas) & banned]
     random.Random(1).shuffle(pool)
     path = pretrained.ensure("smollm2-135m-instruct")
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     teacher = models.load_causal_lm(path).eval().requires_grad_(False)
     student = cut(teacher, list(range(0, teacher.config.num_hidden_layers, a.every)))
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=a.lr, weight_decay=0.0)
