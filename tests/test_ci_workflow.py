@@ -54,7 +54,7 @@ def _recipe(student: str) -> dict:
                        export={"formats": ["onnx"], "onnx": {"variants": ["fp32"]}, "teacher": False},
                        bench={"warmup": 5, "runs": 40, "threads": [1]},
                        gate={"budgets": [{"artifacts": "student-fp32", "p50_ms": {"max_regression": "50%"}}],
-                             "rounds": 5})
+                             "rounds": 10})
 
 
 def _origin(root: Path) -> Path:
@@ -153,7 +153,7 @@ def test_the_github_workflow_gates_a_slowdown_and_passes_an_unchanged_head(tmp_p
         verdict = "❌ fail" if want else "✅ pass"
         assert f"edgedistill gate — tiny: {verdict}" in job["summary"]
         assert "the base run's saved recipe (same-runner mode)" in job["summary"]
-        assert "interleaved rounds (5)" in job["summary"]
+        assert re.search(r"interleaved rounds \((10|20)\)", job["summary"])  # 20: re-measured once
         errors = [ln for ln in gate["out"].splitlines() if ln.startswith("::error ")]
         assert len(errors) == want, gate["out"]
     assert "student-fp32 @ host: p50_ms max regression 0.5" in errors[0]  # the slowed job's annotation

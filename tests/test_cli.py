@@ -143,7 +143,7 @@ def test_gate_against_a_baseline_run(run_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(run_dir, base)
     recipe = yaml.safe_load((cand / "recipe.yaml").read_text())
     recipe["gate"] = {"budgets": [{"artifacts": "student-*", "p50_ms": {"max_regression": "50%"},
-                                   "accuracy": {"max_drop": 0.05}, "size_kb": {"max": 100000}}], "rounds": 3}
+                                   "accuracy": {"max_drop": 0.05}, "size_kb": {"max": 100000}}]}  # default rounds
     (cand / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     outs = [tmp_path / n for n in ("gate.xml", "gate.md", "gate.json")]
     res = cli("gate", "--out", str(cand), "--baseline", str(base), "--junit", str(outs[0]), "--markdown",
@@ -151,7 +151,9 @@ def test_gate_against_a_baseline_run(run_dir: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     verdict = json.loads(outs[2].read_text())
     methods = {c["metric"]: c["method"] for c in verdict["checks"]}
-    assert verdict["verdict"] == "pass" and methods["p50_ms"].startswith("interleaved rounds (3)")
+    # 10 rounds, or 20 when an interference burst made the first set inconclusive and the gate re-measured
+    assert verdict["verdict"] == "pass" and methods["p50_ms"].startswith(("interleaved rounds (10)",
+                                                                           "interleaved rounds (20)"))
     assert methods["accuracy"].startswith("paired bootstrap")
     assert "<testsuite" in outs[0].read_text() and "✅" in outs[1].read_text()
     rep = json.loads((base / "report.json").read_text())
