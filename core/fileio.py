@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -21,12 +22,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it, rename it over ``path`` and fsync the folder
     (atomic and durable on POSIX: a crash leaves the old file or the new one, never a torn one).
 
-    The temp name keeps the suffix so writers that look at extensions (``.onnx``, ``.safetensors``) work.
-    On error the temporary file is removed and ``path`` is untouched.
+    The temp name keeps the suffix so writers that look at extensions (``.onnx``, ``.safetensors``) work, and
+    carries the writer's PID (``.STEM.PID-RANDOM.tmpSUFFIX``) so that :func:`clear_dead_temps` can remove what a
+    killed writer left. On error the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}-", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -39,6 +41,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_TEMP = re.compile(r"\..+\.(\d+)-[^.]+\.tmp(\.[^.]+)?")
+
+
+def clear_dead_temps(root: Path) -> list[Path]:
+    """Remove the temporary files under ``root`` that :func:`atomic_path` writers left when they were killed
+    mid-write (their PID is gone); a live writer's file stays. Returns what was removed."""
+    gone = []
+    for p in Path(root).rglob(".*.tmp*"):
+        m = _TEMP.fullmatch(p.name)
+        if m and p.is_file() and not _alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 
 def _umask() -> int:

@@ -20,7 +20,8 @@ import psutil
 import pytest
 import yaml
 
-from edgedistill.core.fileio import atomic_dir, sha256_path
+from edgedistill.core.fileio import atomic_dir, atomic_path, sha256_path
+from edgedistill.toolchain.rundir import RunDir
 from edgedistill.toolchain.training import TRAIN_STATE
 from tests.conftest import tiny_recipe
 from tests.test_llm_pipeline import _small_llm_recipe
@@ -221,6 +222,26 @@ def test_atomic_dir_clears_a_crashed_writers_leftovers(tmp_path: Path) -> None:
         1 / 0  # noqa: B018 - a writer that fails: the folder it replaces must be the old one, put back
     assert (target / "w.bin").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_opening_a_run_clears_what_a_killed_atomic_write_left(tmp_path: Path) -> None:
+    """A kill during ``torch.save`` or an ONNX save leaves ``atomic_path``'s hidden temp file (CI once found a
+    teacher checkpoint's in a run killed mid-training); opening the run removes a dead writer's, not a live one's."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with atomic_path(tmp_path / "run" / "teacher" / "train-state-abc.pt") as live:
+        live.write_bytes(b"half")
+        assert live.name.startswith(f".train-state-abc.{os.getpid()}-") and live.name.endswith(".tmp.pt")
+        killed = [tmp_path / "run" / "teacher" / live.name.replace(str(os.getpid()), str(dead.pid)),
+                  tmp_path / "run" / "export" / f".student-fp32.{dead.pid}-k3y.tmp.onnx"]
+        for p in killed:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"half")
+        keep = tmp_path / "run" / "export" / ".notes.tmp.txt"  # not an atomic_path name: not ours to remove
+        keep.write_text("x")
+        RunDir(tmp_path / "run")
+        assert live.is_file() and keep.is_file() and not any(p.exists() for p in killed)
+    assert not live.exists() and (tmp_path / "run" / "teacher" / "train-state-abc.pt").read_bytes() == b"half"
 
 
 def test_atomic_dir_fsyncs_every_file_and_the_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

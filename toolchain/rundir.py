@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edgedistill.core.fileio import read_json, sha256_file, write_json
+from edgedistill.core.fileio import clear_dead_temps, read_json, sha256_file, write_json
 
 MANIFEST_SCHEMA = 1
 TRACKED_LIBRARIES = ("torch", "timm", "onnx", "onnxruntime", "numpy", "scikit-learn", "ai-edge-litert",
@@ -43,6 +43,7 @@ class RunDir:
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        clear_dead_temps(self.root)  # what a run killed mid-write left (a big half-written checkpoint, say)
 
     # -- layout: one place for every path --
     def path(self, *parts: str) -> Path:

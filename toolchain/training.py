@@ -69,12 +69,11 @@ def train_state(folder: Path, key: str, prefix: str = "", fresh: bool = False) -
 
 
 def drop_train_states(folder: Path, prefix: str = "") -> None:
-    """Remove ``folder``'s training checkpoints named with ``prefix`` once their stage finished: they hold
-    optimiser moments, so they are large. Also removed: any set aside as ``*.corrupt``, and the hidden temporary
-    file of a save that a kill interrupted (``atomic_path``'s ``.NAME.RANDOM.tmp.pt``, never renamed into place)."""
-    for pattern in (f"{prefix}{TRAIN_STATE}*.pt*", f".{prefix}{TRAIN_STATE}*.tmp.pt"):
-        for p in folder.glob(pattern):
-            p.unlink(missing_ok=True)
+    """Remove ``folder``'s training checkpoints named with ``prefix`` (and any set aside as ``*.corrupt``) once
+    their stage finished: they hold optimiser moments, so they are large. (A save that a kill interrupted leaves a
+    hidden temporary file: :class:`~edgedistill.toolchain.rundir.RunDir` clears those when the run is opened.)"""
+    for p in folder.glob(f"{prefix}{TRAIN_STATE}*.pt*"):
+        p.unlink()
 
 
 class EpochSampler:
