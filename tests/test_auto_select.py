@@ -111,7 +111,7 @@ def test_the_chosen_one_always_meets_the_budget(specs: list, budget: float) -> N
 
 def test_the_report_ships_the_choice_and_the_gate_fails_when_there_is_none() -> None:
     from edgedistill.benchmarks.gate import check
-    from edgedistill.benchmarks.report.llm import ReportInputs, build, to_markdown
+    from edgedistill.toolchain.llm.report import ReportInputs, build, to_markdown
     from edgedistill.toolchain.recipe import GateConfig
 
     def doc(score: float, tg: float) -> dict:
@@ -169,7 +169,8 @@ def test_the_reports_star_and_export_autos_pick_agree_on_the_same_measurements()
     faster file is faster by less than TIE_FLOOR, so the smaller one wins, where the old report rules (lowest p50,
     highest tokens/s) took the faster."""
     from edgedistill.benchmarks.recommend import TIE_FLOOR
-    from edgedistill.benchmarks.report import llm, vision
+    from edgedistill.toolchain.llm import report as llm
+    from edgedistill.toolchain.vision import report as vision
 
     def samples(p50: float) -> list[float]:
         return [p50 * (1 + 0.002 * (k % 5 - 2)) for k in range(40)]

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from edgedistill.benchmarks.harness import BenchItem, measure_devices
-from edgedistill.benchmarks.report.vision import artifact_bar
 from edgedistill.benchmarks.select import Candidate
 from edgedistill.core.fileio import read_json
 from edgedistill.toolchain.auto_select import Listed, auto_threads, device_candidates
+from edgedistill.toolchain.vision.report import artifact_bar
 
 
 def auto_candidates(ctx: Any, spec: str) -> tuple[list[Candidate], str | None, str]:

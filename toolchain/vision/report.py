@@ -38,6 +38,7 @@ from typing import Any
 
 from edgedistill.benchmarks.report.common import (
     auto_markdown,
+    device_rows,
     devices_markdown,
     fmt,
     gate_markdown,
@@ -46,7 +47,6 @@ from edgedistill.benchmarks.report.common import (
     recommended,
     write_report,
 )
-from edgedistill.benchmarks.report.common import device_rows as device_rows
 from edgedistill.benchmarks.report.per_device import per_device
 from edgedistill.benchmarks.row import Row, on_devices, percentiles
 from edgedistill.core.tolerances import PARITY_BARS, parity_bar_name
