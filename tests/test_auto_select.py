@@ -167,8 +167,11 @@ def test_the_reports_star_and_export_autos_pick_agree_on_the_same_measurements()
     """One rule decides (benchmarks/recommend.py): on the same host measurements the report's ★ (export --auto off),
     the host's per-device recommendation and export --auto's choice name the same artifact, for both kinds. The
     faster file is faster by less than TIE_FLOOR, so the smaller one wins, where the old report rules (lowest p50,
-    highest tokens/s) took the faster."""
+    highest tokens/s) took the faster. The per-device truth is a function of the report's measurement rows alone:
+    rows read back from report.json give the same."""
     from edgedistill.benchmarks.recommend import TIE_FLOOR
+    from edgedistill.benchmarks.report.per_device import per_device
+    from edgedistill.benchmarks.row import rows_of
     from edgedistill.toolchain.llm import report as llm
     from edgedistill.toolchain.vision import report as vision
 
@@ -201,6 +204,7 @@ def test_the_reports_star_and_export_autos_pick_agree_on_the_same_measurements()
                   "host", BUDGET)
     assert rep["summary"]["recommended"] == rep["per_device"]["recommended"]["host"]["artifact"] == auto["chosen"] \
         == "int8_dynamic", (rep["summary"], auto["reason"])
+    assert per_device(rows_of(rep), 0.01) == rep["per_device"]
 
     # LLM: q8_0 generates the most tokens/s, q4_0 is within the floor and smaller, q4_k_m loses task score
     docs = {"q8_0": run(1.0, 4000, tg_tps=1000.0, task={"task_score": 0.6}),
@@ -217,4 +221,5 @@ def test_the_reports_star_and_export_autos_pick_agree_on_the_same_measurements()
                    for n, d in docs.items()], "host", BUDGET)
     assert rep["summary"]["recommended"] == rep["per_device"]["recommended"]["host"]["artifact"] == auto["chosen"] \
         == "q4_0", (rep["summary"], auto["reason"])
+    assert per_device(rows_of(rep), None) == rep["per_device"]
     assert "q4_0 ★" in llm.to_markdown(rep)
