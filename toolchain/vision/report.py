@@ -166,7 +166,8 @@ def build(inp: ReportInputs) -> dict[str, Any]:
     src = {r["variant"]: r["accuracy"] for r in rows if r["role"] == "student"}
     host = _host_rows(rows, src, {a["name"]: artifact_bar(a) for a in inp.artifacts})
     measured = on_devices("vision", host, devices, "accuracy")
-    truth = per_device(measured, inp.accuracy_tolerance)
+    # a bench from before the device section (its results only) judged no device: the ★ falls back to the host rows
+    truth = per_device(measured if devices else [], inp.accuracy_tolerance)
     rec, reason = recommended(host, truth)
     if inp.auto is not None:  # export --auto chose for its device under its retention budget: that ships
         rec, reason = inp.auto["chosen"], f"export --auto on {inp.auto['device']}: {inp.auto['reason']}"
