@@ -5,16 +5,21 @@ the gate and the per-device recommendations read rows only, and never ask which 
 A field that does not apply to a kind is None (a vision model has no tokens/s, an image classifier no KLD). ``score``
 is the kind's own score (vision: test accuracy; LLM: task score), ``source_score`` that of the PyTorch model the
 artifact was exported from, ``retention`` the score over the teacher's. ``parity_*`` is the artifact's check against
-its source (``parity_metric`` names what was compared, ``parity_bar`` the floor it was held to, from
-:data:`edgedistill.core.tolerances.PARITY_BARS`). ``sha256`` is the measured file's, when the bench recorded it.
-:meth:`Row.from_dict` reads a row back and rejects bad input with one line naming the field.
+its source (``parity_metric`` names what was compared, ``parity_bar_name`` the bar in
+:data:`edgedistill.core.tolerances.PARITY_BARS` it is held to on every device and ``parity_bar`` that bar's floor).
+The device's own checks of the file, as the bench made them there (the host being one device among others):
+``source_*``, its outputs against the source model's (top-1 agreement, max |Δ|, the fp32 bar); ``host_agreement``,
+against the same file's on the host; ``tokens_*``, how many test prompts its tokenizer splits as the host's does.
+``label`` says how the device's figures were obtained and ``profile`` names its device profile. ``sha256`` is the
+measured file's, when the bench recorded it. :meth:`Row.from_dict` reads a row back and rejects bad input with one
+line naming the field.
 """
 
 from __future__ import annotations
 
 import types
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from functools import cache
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
@@ -22,6 +27,7 @@ import numpy as np
 
 from edgedistill.benchmarks import stats
 from edgedistill.benchmarks.recommend import MIN_SAMPLES, latency
+from edgedistill.core.tolerances import PARITY_BARS
 
 HOSTS = ("host", "local")
 ROLES = ("teacher", "student", "artifact", "teacher-artifact")
@@ -43,6 +49,7 @@ class Row:
     format: str | None = None
     precision: str | None = None
     label: str | None = None
+    profile: str | None = None
     threads: int | None = None
     samples_ms: list[float] | None = None
     p50_ms: float | None = None
@@ -63,6 +70,13 @@ class Row:
     parity_value: float | None = None
     parity_bar: float | None = None
     parity_ok: bool | None = None
+    parity_bar_name: str | None = None
+    source_agreement: float | None = None
+    source_max_abs_diff: float | None = None
+    source_fp32_ok: bool | None = None
+    host_agreement: float | None = None
+    tokens_identical: int | None = None
+    tokens_texts: int | None = None
     kld: float | None = None
     same_top: float | None = None
     speedup: float | None = None
@@ -74,6 +88,11 @@ class Row:
     @property
     def on_host(self) -> bool:
         return self.device in HOSTS
+
+    @property
+    def fp32_bar(self) -> bool:
+        """Whether its bar is the fp32 one (every logit within rounding) rather than an agreement floor."""
+        return self.parity_bar_name is not None and PARITY_BARS[self.parity_bar_name].metric == "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +115,9 @@ class Row:
                 raise RowError(f"{where}.{f.name}: {data[f.name]!r} is not {_name(hints[f.name])}")
         if data["role"] not in ROLES:
             raise RowError(f"{where}.role: {data['role']!r} is not one of {', '.join(ROLES)}")
+        if data.get("parity_bar_name") not in (None, *PARITY_BARS):
+            raise RowError(f"{where}.parity_bar_name: {data['parity_bar_name']!r} is not a bar in "
+                           "edgedistill.core.tolerances.PARITY_BARS")
         return cls(**data)
 
 
@@ -148,7 +170,33 @@ def percentiles(samples: Sequence[float] | None, p50: float | None = None, p90: 
     return out
 
 
-def device_rows(kind: str, devices: list[dict[str, Any]], artifacts: dict[str, Row], score: str) -> list[Row]:
+def device_checks(res: dict[str, Any]) -> dict[str, Any]:
+    """The row fields of a device's own checks of one file (``res``: a result of
+    :func:`edgedistill.benchmarks.harness.measure_devices`, or a device row of
+    :func:`edgedistill.benchmarks.report.common.device_rows`): its outputs against the source model's and the
+    host's, and its tokenizer against the host's (None where the bench made no such check)."""
+    src, host, tok = (res.get(k) or {} for k in ("parity_vs_source", "parity_vs_host", "tokens_vs_host"))
+    return {"source_agreement": src.get("top1_agreement"), "source_max_abs_diff": src.get("max_abs_diff"),
+            "source_fp32_ok": src.get("fp32_ok"), "host_agreement": host.get("top1_agreement"),
+            "tokens_identical": tok.get("identical"), "tokens_texts": tok.get("texts")}
+
+
+def on_devices(kind: str, host: list[Row], devices: list[dict[str, Any]], score: str) -> list[Row]:
+    """Every measurement row: the kind's ``host`` rows, each with what the bench's host device recorded of the same
+    model at the same thread count (label, profile, :func:`device_checks`), then one row per model and thread count
+    on every other device. ``devices``: the report's device section
+    (:func:`edgedistill.benchmarks.report.common.device_rows`); ``score``: a device row's key for the kind's score."""
+    found = {(d["model"], d["threads"]): d for d in devices
+             if d["device"] in HOSTS and d.get("model") is not None and d.get("threads") is not None}
+    out = []
+    for r in host:
+        d = found.get((r.artifact, r.threads))
+        out.append(r if d is None else replace(r, label=d.get("label"), profile=d.get("profile"), **device_checks(d)))
+    on_host = {r.artifact: r for r in host if r.role == "artifact"}
+    return out + _device_rows(kind, devices, on_host, score)
+
+
+def _device_rows(kind: str, devices: list[dict[str, Any]], artifacts: dict[str, Row], score: str) -> list[Row]:
     """Rows for the devices other than the host, from the report's device section
     (:func:`edgedistill.benchmarks.report.common.device_rows`); ``artifacts`` maps an artifact's name to its host
     row (source, format, precision, size and parity bar hold on every device); ``score``: the device row's key
@@ -161,10 +209,11 @@ def device_rows(kind: str, devices: list[dict[str, Any]], artifacts: dict[str, R
         agreement = (d.get("parity_vs_source") or {}).get("top1_agreement")  # every kind's device parity has it
         out.append(Row(
             artifact=d["model"], kind=kind, role="artifact", device=d["device"], label=d.get("label"),
-            source=base and base.source, format=base and base.format, precision=base and base.precision,
+            profile=d.get("profile"), source=base and base.source, format=base and base.format,
+            precision=base and base.precision,
             threads=d.get("threads"), size_bytes=base and base.size_bytes, peak_rss_mb=d.get("peak_rss_mb"),
             score=d.get(score), parity_metric=None if agreement is None else "top1_agreement", parity_value=agreement,
-            parity_bar=base and base.parity_bar,
+            parity_bar=base and base.parity_bar, parity_bar_name=base and base.parity_bar_name, **device_checks(d),
             error=d.get("error"), **percentiles(d.get("samples_ms"), d.get("p50_ms"), d.get("p90_ms"),
                                                  d.get("p99_ms"))))
     return out

@@ -25,6 +25,7 @@ from typing import Any
 
 from edgedistill.benchmarks.recommend import Option, Timing, latency, recommend
 from edgedistill.benchmarks.report.per_device import keeps_on_device
+from edgedistill.benchmarks.row import Row
 
 SCHEMA = "edgedistill.auto/1"
 
@@ -33,10 +34,10 @@ SCHEMA = "edgedistill.auto/1"
 class Candidate:
     """One exported artifact and what was measured of it on the device.
 
-    ``row`` is its device row (``p50_ms``, ``samples_ms``, ``parity_vs_source``, ``tokens_vs_host``, ``label``:
-    the shape of :func:`edgedistill.benchmarks.report.common.device_rows`), None when it did not run (then
+    ``row`` is its measurement row on the device (:class:`edgedistill.benchmarks.row.Row`: its p50 and samples,
+    the parity bar its outputs are held to and the device's checks of them), None when it did not run (then
     ``error`` says why). ``score`` is its accuracy or task score on the device and ``source_score`` its PyTorch
-    source's on the same examples; ``fp32`` and ``min_top1`` are the parity bar its device outputs are held to.
+    source's on the same examples.
     """
 
     name: str
@@ -45,9 +46,7 @@ class Candidate:
     size_bytes: int | None
     export_ok: bool
     export_why: str = ""
-    fp32: bool = False
-    min_top1: float | None = None
-    row: dict[str, Any] | None = None
+    row: Row | None = None
     error: str | None = None
     score: float | None = None
     source_score: float | None = None
@@ -67,11 +66,11 @@ def _floor4(x: float) -> str:
 
 def rejection(c: Candidate, device: str, min_retention: float) -> str | None:
     """Why ``c`` cannot be shipped to ``device`` (None: it qualifies)."""
-    if c.row is None or c.row.get("p50_ms") is None:
+    if c.row is None or c.row.p50_ms is None:
         return f"did not run on {device}: {c.error or 'no measurement'}"
     if not c.export_ok:
         return f"failed parity at export ({c.export_why or 'see export/artifacts.json'})"
-    ok, why = keeps_on_device(c.row, {"fp32": c.fp32, "min_top1": c.min_top1}, None, 0.0)
+    ok, why = keeps_on_device(c.row)
     if ok is False:
         return f"outputs on {device} disagree with its PyTorch source: {why}"
     if ok is None:
@@ -96,7 +95,7 @@ def decide(candidates: list[Candidate], device: str, min_retention: float, label
     timing: dict[str, Timing] = {}
     chosen, reason = None, ""
     if qualified:
-        rec = recommend([Option(c.name, c.row["p50_ms"], c.row.get("samples_ms"), c.size_bytes, True, c.score)  # type: ignore[index]
+        rec = recommend([Option(c.name, c.row.p50_ms, c.row.samples_ms, c.size_bytes, True, c.score)  # type: ignore[union-attr]
                          for c in qualified], device, f"of {len(qualified)} that meet the budget")
         timing, chosen, reason = rec.timing, rec.name, rec.reason
         best = timing[chosen]  # type: ignore[index]
@@ -116,8 +115,8 @@ def decide(candidates: list[Candidate], device: str, min_retention: float, label
         reason = "no exported artifact to choose from"
     rows_out = []
     for c in candidates:
-        t = timing.get(c.name) or (None if c.row is None or c.row.get("p50_ms") is None else
-                                   latency(c.row["p50_ms"], c.row.get("samples_ms")))
+        t = timing.get(c.name) or (None if c.row is None or c.row.p50_ms is None else
+                                   latency(c.row.p50_ms, c.row.samples_ms))
         status = "chosen" if c.name == chosen else "qualified" if c in qualified else "rejected"
         rows_out.append({"name": c.name, "format": c.format, "variant": c.variant, "size_bytes": c.size_bytes,
                          "status": status, "reason": reason if status == "chosen" else reasons[c.name],

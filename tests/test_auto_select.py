@@ -5,6 +5,7 @@ gate (and only the gate) fails on. The CLI path on real runs is in test_cli.py (
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,21 +13,28 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgedistill.benchmarks.row import Row
 from edgedistill.benchmarks.select import Candidate, decide
+from edgedistill.core.tolerances import PARITY_BARS, parity_bar_name
 
 BUDGET = 0.99
 
 
+def measured(name: str, p50: float, samples: list[float], bar: str, top1: float, max_abs_diff: float) -> Row:
+    """The artifact's row on the device: its timing, its parity bar and its outputs' check against the source."""
+    return Row(name, "vision", "artifact", "host", label="measured", p50_ms=p50, samples_ms=samples,
+               parity_bar_name=bar, parity_bar=PARITY_BARS[bar].floor, source_agreement=top1,
+               source_max_abs_diff=max_abs_diff, source_fp32_ok=top1 == 1.0)
+
+
 def cand(name: str, p50: float, retention: float = 1.0, size: int = 1000, *, spread: float = 0.01,
-         export_ok: bool = True, ran: bool = True, top1: float = 1.0, fp32: bool = False,
-         min_top1: float | None = 0.98) -> Candidate:
+         export_ok: bool = True, ran: bool = True, top1: float = 1.0, fp32: bool = False) -> Candidate:
     """A measured artifact: five runs around ``p50`` (± ``spread`` relative), its score ``retention`` × 0.9 against
-    a source's 0.9, and its device outputs' top-1 agreement with the source."""
+    a source's 0.9, and its device outputs' top-1 agreement with the source (bar: fp32, else vision int8's 0.98)."""
     samples = [p50 * (1 + spread * k) for k in (-1, -0.5, 0, 0.5, 1)]
-    row = {"p50_ms": p50, "samples_ms": samples, "label": "measured",
-           "parity_vs_source": {"max_abs_diff": 0.0 if fp32 else 0.01, "top1_agreement": top1, "fp32_ok": top1 == 1.0}}
-    return Candidate(name, "onnx", name, size, export_ok, "" if export_ok else "top1_agreement >= 0.98", fp32,
-                     None if fp32 else min_top1, row if ran else None, None if ran else "agent exited 1: Killed",
+    row = measured(name, p50, samples, "fp32" if fp32 else "vision int8", top1, 0.0 if fp32 else 0.01)
+    return Candidate(name, "onnx", name, size, export_ok, "" if export_ok else "top1_agreement >= 0.98",
+                     row if ran else None, None if ran else "agent exited 1: Killed",
                      0.9 * retention if ran else None, 0.9)
 
 
@@ -89,12 +97,12 @@ def test_the_chosen_one_always_meets_the_budget(specs: list, budget: float) -> N
     cands = [cand(f"v{i}", p50, ret, size, export_ok=ok, ran=ran, top1=top1)
              for i, (p50, ret, size, ok, ran, top1) in enumerate(specs)]
     d = decide(cands, "host", budget)
-    meets = {c.name for c in cands if c.row and c.export_ok and c.row["parity_vs_source"]["top1_agreement"] >= 0.98
+    meets = {c.name for c in cands if c.row and c.export_ok and (c.row.source_agreement or 0) >= 0.98
              and c.retention is not None and c.retention >= budget}
     assert (d["chosen"] is None) == (not meets)
     if d["chosen"] is not None:
         assert d["chosen"] in meets
-        fastest = min(meets, key=lambda n: next(c.row["p50_ms"] for c in cands if c.name == n))
+        fastest = min(meets, key=lambda n: next(c.row.p50_ms for c in cands if c.name == n and c.row))
         chosen = by_name(d)[d["chosen"]]
         assert chosen["interval"][0] <= by_name(d)[fastest]["interval"][1]  # the fastest, or tied with it
     for c in d["candidates"]:
@@ -103,7 +111,7 @@ def test_the_chosen_one_always_meets_the_budget(specs: list, budget: float) -> N
 
 def test_the_report_ships_the_choice_and_the_gate_fails_when_there_is_none() -> None:
     from edgedistill.benchmarks.gate import check
-    from edgedistill.benchmarks.report.llm import ReportInputs, build, to_markdown
+    from edgedistill.toolchain.llm.report import ReportInputs, build, to_markdown
     from edgedistill.toolchain.recipe import GateConfig
 
     def doc(score: float, tg: float) -> dict:
@@ -159,9 +167,13 @@ def test_the_reports_star_and_export_autos_pick_agree_on_the_same_measurements()
     """One rule decides (benchmarks/recommend.py): on the same host measurements the report's ★ (export --auto off),
     the host's per-device recommendation and export --auto's choice name the same artifact, for both kinds. The
     faster file is faster by less than TIE_FLOOR, so the smaller one wins, where the old report rules (lowest p50,
-    highest tokens/s) took the faster."""
+    highest tokens/s) took the faster. The per-device truth is a function of the report's measurement rows alone:
+    rows read back from report.json give the same."""
     from edgedistill.benchmarks.recommend import TIE_FLOOR
-    from edgedistill.benchmarks.report import llm, vision
+    from edgedistill.benchmarks.report.per_device import per_device
+    from edgedistill.benchmarks.row import rows_of
+    from edgedistill.toolchain.llm import report as llm
+    from edgedistill.toolchain.vision import report as vision
 
     def samples(p50: float) -> list[float]:
         return [p50 * (1 + 0.002 * (k % 5 - 2)) for k in range(40)]
@@ -173,10 +185,11 @@ def test_the_reports_star_and_export_autos_pick_agree_on_the_same_measurements()
     parity = {"top1_agreement": 0.99, "max_abs_diff": 0.01, "fp32_ok": True}
     slower = 1 + TIE_FLOOR / 2
 
-    def candidate(name: str, doc: dict, score: float, source: float, fp32: bool, bar: float | None) -> Candidate:
-        row = {"p50_ms": doc["latency_ms"]["p50"], "samples_ms": doc["samples_ms"], "label": "measured",
-               "parity_vs_source": parity}
-        return Candidate(name, "x", name, doc["size_bytes"], True, "", fp32, bar, row, None, score, source)
+    def candidate(name: str, doc: dict, score: float, source: float, bar: str) -> Candidate:
+        row = measured(name, doc["latency_ms"]["p50"], doc["samples_ms"], bar, parity["top1_agreement"],
+                       parity["max_abs_diff"])
+        return Candidate(name, "x", name, doc["size_bytes"], True, "", replace(row, source_fp32_ok=True), None,
+                         score, source)
 
     # vision: fp32 (big, fastest) and int8 (small, within the floor), both within tolerance of their student
     docs = {"fp32": run(1.0, 4000, accuracy=0.90), "int8_dynamic": run(slower, 1000, accuracy=0.895)}
@@ -187,10 +200,11 @@ def test_the_reports_star_and_export_autos_pick_agree_on_the_same_measurements()
     rep = vision.build(vision.ReportInputs(
         "r", "d", {"test_accuracy": 0.95}, {"kd": {"test_accuracy": 0.90}}, arts,
         {"results": results, "devices": {"host": {"label": "measured", "results": results}}}, 0.01))
-    auto = decide([candidate(n, d, d["accuracy"], 0.90, n == "fp32", 0.98 if n != "fp32" else None)
-                   for n, d in docs.items()], "host", BUDGET)
+    auto = decide([candidate(n, d, d["accuracy"], 0.90, parity_bar_name("vision", "onnx", n)) for n, d in docs.items()],
+                  "host", BUDGET)
     assert rep["summary"]["recommended"] == rep["per_device"]["recommended"]["host"]["artifact"] == auto["chosen"] \
         == "int8_dynamic", (rep["summary"], auto["reason"])
+    assert per_device(rows_of(rep), 0.01) == rep["per_device"]
 
     # LLM: q8_0 generates the most tokens/s, q4_0 is within the floor and smaller, q4_k_m loses task score
     docs = {"q8_0": run(1.0, 4000, tg_tps=1000.0, task={"task_score": 0.6}),
@@ -203,8 +217,9 @@ def test_the_reports_star_and_export_autos_pick_agree_on_the_same_measurements()
                           "max_abs_diff": 0.0}} for n, d in docs.items()]
     rep = llm.build(llm.ReportInputs("r", "d", {}, {"kd": {"role": "kd"}}, {"best_student": "kd", "artifacts": arts},
                                      {"devices": {"host": {"label": "measured", "results": results}}}, {}, 1, 0.02))
-    auto = decide([candidate(n, d, d["task"]["task_score"], 0.6, False, None) for n, d in docs.items()], "host",
-                  BUDGET)
+    auto = decide([candidate(n, d, d["task"]["task_score"], 0.6, parity_bar_name("llm", "gguf", n))
+                   for n, d in docs.items()], "host", BUDGET)
     assert rep["summary"]["recommended"] == rep["per_device"]["recommended"]["host"]["artifact"] == auto["chosen"] \
         == "q4_0", (rep["summary"], auto["reason"])
+    assert per_device(rows_of(rep), None) == rep["per_device"]
     assert "q4_0 ★" in llm.to_markdown(rep)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgedistill.benchmarks.report.vision import SCHEMA
 from edgedistill.core.tolerances import FP32_MAX_ABS_DIFF
+from edgedistill.toolchain.vision.report import SCHEMA
 from tests.conftest import tiny_recipe
 
 

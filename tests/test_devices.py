@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from edgedistill.benchmarks.harness import BenchItem, measure_devices
-from edgedistill.benchmarks.report.vision import device_rows, devices_markdown
+from edgedistill.benchmarks.report.common import device_rows, devices_markdown
 from edgedistill.devices.bundle import build_bundle
 from edgedistill.devices.estimate import EstimateTransport, estimate_ms, graph_cost
 from edgedistill.devices.local import AgentError, AgentJob

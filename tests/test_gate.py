@@ -276,6 +276,11 @@ def test_the_gate_command_refuses_what_it_cannot_judge(tmp_path: Path) -> None:
     (run / "report.json").write_text(json.dumps(rep))
     assert _one_error(_gate_cli("--out", str(run))) == (f"error: {run / 'report.json'}: rows.1.p50_ms: 'fast' is not "
                                                         "float or null")
+    rep["rows"][1] |= {"p50_ms": 1.0, "parity_bar_name": "int3"}  # a bar the table does not have
+    (run / "report.json").write_text(json.dumps(rep))
+    assert _one_error(_gate_cli("--out", str(run))) == (
+        f"error: {run / 'report.json'}: rows.1.parity_bar_name: 'int3' is not a bar in "
+        "edgedistill.core.tolerances.PARITY_BARS")
 
 
 def test_budgets_from_outside_the_run_and_the_outputs_say_where(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 own layer or a layer below it, so that the agent's layers (core, runtimes, devices) run on a board without the
 toolchain; one pipeline kind never imports another (they share only the framework at toolchain's root), and the
 framework (``toolchain/*.py``, ``benchmarks/``) imports no kind: it reaches a kind through the ``PIPELINES``
-registry and the ``Kind`` protocol only."""
+registry and the ``Kind`` protocol only. A kind's modules (its report included) live in its folder: no framework
+module is named after a kind."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def _violations() -> list[str]:
             rel = f.relative_to(ROOT)
             kind = rel.parts[1] if layer == "toolchain" and len(rel.parts) > 2 and rel.parts[1] in KINDS else None
             framework = layer == "benchmarks" or (layer == "toolchain" and len(rel.parts) == 2)
+            if framework and f.stem in KINDS:
+                bad.append(f"{rel}: a {f.stem} module outside toolchain/{f.stem}/")
             for line, module in _imports(f):
                 parts = module.split(".")
                 target = parts[1]
@@ -60,8 +63,11 @@ def test_the_check_catches_an_upward_import(tmp_path: Path, monkeypatch) -> None
     (tmp_path / "devices" / "planted.py").write_text("from edgedistill.toolchain.cli import main\n")
     (tmp_path / "toolchain" / "llm" / "planted.py").write_text("from edgedistill.toolchain.vision import stages\n")
     (tmp_path / "toolchain" / "planted.py").write_text("def f():\n    from edgedistill.toolchain.llm import plan\n")
+    (tmp_path / "benchmarks" / "report" / "vision.py").write_text("from edgedistill.toolchain.vision import report\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     found = _violations()
     assert any("devices/planted.py:1: devices imports edgedistill.toolchain.cli" in v for v in found)
     assert any("the llm pipeline imports the vision pipeline" in v for v in found)
     assert any("toolchain/planted.py:2: the framework imports the llm pipeline" in v for v in found)
+    assert any("benchmarks/report/vision.py:1: benchmarks imports edgedistill.toolchain.vision" in v for v in found)
+    assert any("benchmarks/report/vision.py: a vision module outside toolchain/vision/" in v for v in found)

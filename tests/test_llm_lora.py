@@ -286,7 +286,7 @@ def test_ddp_lora_student_matches_one_process(tiny_lm: TinyLM, tmp_path: Path) -
 def test_report_gives_trainable_params_and_adapters() -> None:
     """Student rows carry trainable vs total parameters (all of them under full fine-tuning) and the Markdown says
     which students trained through adapters; a run without LoRA gets no such section."""
-    from edgedistill.benchmarks.report.llm import ReportInputs, build, to_markdown
+    from edgedistill.toolchain.llm.report import ReportInputs, build, to_markdown
 
     lora = {"r": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "quantize": "4bit",
             "trainable_params": 2048, "params": 102400}

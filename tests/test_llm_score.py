@@ -55,7 +55,7 @@ def test_fidelity_by_hand() -> None:
 
 def test_recommended_is_the_fastest_that_keeps_its_students_score() -> None:
     from edgedistill.benchmarks.gate import check
-    from edgedistill.benchmarks.report.llm import ReportInputs, build
+    from edgedistill.toolchain.llm.report import ReportInputs, build
     from edgedistill.toolchain.recipe import GateConfig
 
     def doc(score: float, tg: float) -> dict:  # on the host, its outputs agree with its student's

@@ -29,5 +29,5 @@ def test_wheel_contents(tmp_path: Path) -> None:
     for f in ("edgedistill/toolchain/cli.py", "edgedistill/toolchain/vision/distill/losses.py",
               "edgedistill/toolchain/llm/tasks/legal_briefs.py", "edgedistill/toolchain/recipes/tiny-llama.yaml",
               "edgedistill/toolchain/recipes/vit-to-mobilenet.yaml", "edgedistill/runtimes/ort.py",
-              "edgedistill/devices/agent.py", "edgedistill/benchmarks/report/llm.py", "edgedistill/core/registry.py"):
+              "edgedistill/devices/agent.py", "edgedistill/toolchain/llm/report.py", "edgedistill/core/registry.py"):
         assert f in names, f

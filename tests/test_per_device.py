@@ -10,17 +10,34 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import yaml
 
+from edgedistill.benchmarks.row import Row
 from edgedistill.core.procs import dies_with_us
+from edgedistill.core.tolerances import PARITY_BARS
 from tests.conftest import tiny_recipe
 from tests.test_cli import cli
 
 DEVICES = "host,qemu-x86_64,qemu-arm64:rpi4"
+
+
+def artifact(name: str, size: int, bar: str = "fp32") -> Row:
+    """An artifact as its kind lists it on the host (its size and parity bar), not timed there."""
+    return Row(name, "vision", "artifact", "host", size_bytes=size, parity_bar_name=bar,
+               parity_bar=PARITY_BARS[bar].floor)
+
+
+def device_row(name: str, device: str, bar: str = "fp32", **timed: Any) -> Row:
+    """The artifact timed on ``device`` at one thread, its outputs there equal to the source's."""
+    fields = {"label": "emulated", "profile": "rpi4", "threads": 1, "source_agreement": 1.0,
+              "source_max_abs_diff": 0.0, "source_fp32_ok": True, **timed}
+    return Row(name, "vision", "artifact", device, parity_bar_name=bar, parity_bar=PARITY_BARS[bar].floor, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -102,24 +119,20 @@ def test_few_emulated_runs_tie_by_their_range_and_the_smallest_file_wins() -> No
     recommended), while a gap wider than both ranges decides; one run alone is a point value."""
     from edgedistill.benchmarks.report.per_device import per_device
 
-    def row(model: str, samples: list[float]) -> dict:
-        return {"device": "qemu-arm64:rpi4", "label": "emulated", "profile": "rpi4", "model": model, "threads": 1,
-                "p50_ms": sorted(samples)[len(samples) // 2], "samples_ms": samples,
-                "parity_vs_source": {"top1_agreement": 1.0, "max_abs_diff": 0.0, "fp32_ok": True}}
+    def row(model: str, samples: list[float]) -> Row:
+        return device_row(model, "qemu-arm64:rpi4", p50_ms=sorted(samples)[len(samples) // 2], samples_ms=samples)
 
-    arts = {"big": {"fp32": True, "size_bytes": 4000}, "small": {"fp32": True, "size_bytes": 1000},
-            "slow": {"fp32": True, "size_bytes": 10}}
+    arts = [artifact("big", 4000), artifact("small", 1000), artifact("slow", 10)]
     rows = [row("big", [7.0, 7.1, 7.05, 8.0, 6.9]), row("small", [7.5, 7.4, 9.6, 7.3, 7.6]),
             row("slow", [20.0, 22.0, 21.0, 25.0, 19.0])]
-    rec = per_device({"devices": rows}, arts, 0.01)["recommended"]["qemu-arm64:rpi4"]
+    rec = per_device(arts + rows, 0.01)["recommended"]["qemu-arm64:rpi4"]
     assert rec["artifact"] == "small" and set(rec["tied"]) == {"big", "small"}
     assert "94% interval" in rec["reason"] and "tied within noise" in rec["reason"]
-    rows[1]["samples_ms"] = [9.0, 9.1, 9.2, 9.3, 9.4]
-    rows[1]["p50_ms"] = 9.2
-    rec = per_device({"devices": rows}, arts, 0.01)["recommended"]["qemu-arm64:rpi4"]
+    rows[1] = replace(rows[1], samples_ms=[9.0, 9.1, 9.2, 9.3, 9.4], p50_ms=9.2)
+    rec = per_device(arts + rows, 0.01)["recommended"]["qemu-arm64:rpi4"]
     assert rec["artifact"] == "big" and rec["tied"] == ["big"]
-    rows[0]["samples_ms"] = [7.0]
-    rec = per_device({"devices": rows}, arts, 0.01)["recommended"]["qemu-arm64:rpi4"]
+    rows[0] = replace(rows[0], samples_ms=[7.0])
+    rec = per_device(arts + rows, 0.01)["recommended"]["qemu-arm64:rpi4"]
     assert rec["artifact"] == "big" and "point p50" in rec["reason"]
 
 
@@ -129,18 +142,18 @@ def test_p50s_closer_than_the_drift_between_runs_are_tied_whatever_their_interva
     from edgedistill.benchmarks.recommend import TIE_FLOOR
     from edgedistill.benchmarks.report.per_device import per_device
 
-    def row(model: str, p50: float) -> dict:
-        samples = [p50 * (1 + 0.002 * (k % 5 - 2)) for k in range(40)]
-        return {"device": "host", "label": "measured", "profile": "host", "model": model, "threads": 1,
-                "p50_ms": p50, "samples_ms": samples,
-                "parity_vs_source": {"top1_agreement": 1.0, "max_abs_diff": 0.0, "fp32_ok": True}}
+    size = {"fp32": 4000, "int8": 1000}
 
-    arts = {"fp32": {"fp32": True, "size_bytes": 4000}, "int8": {"fp32": True, "size_bytes": 1000}}
+    def row(model: str, p50: float) -> Row:  # the host row is the artifact's own (its size and bar) and timed
+        samples = [p50 * (1 + 0.002 * (k % 5 - 2)) for k in range(40)]
+        return replace(device_row(model, "host", label="measured", profile="host", p50_ms=p50, samples_ms=samples),
+                       size_bytes=size[model])
+
     gap = 1 + TIE_FLOOR / 2
     for fast, slow in (("fp32", "int8"), ("int8", "fp32")):
-        rec = per_device({"devices": [row(fast, 1.0), row(slow, gap)]}, arts, 0.01)["recommended"]["host"]
+        rec = per_device([row(fast, 1.0), row(slow, gap)], 0.01)["recommended"]["host"]
         assert rec["artifact"] == "int8" and set(rec["tied"]) == {"fp32", "int8"}, rec
-    rec = per_device({"devices": [row("fp32", 1.0), row("int8", 1 + 2 * TIE_FLOOR)]}, arts, 0.01)["recommended"]
+    rec = per_device([row("fp32", 1.0), row("int8", 1 + 2 * TIE_FLOOR)], 0.01)["recommended"]
     assert rec["host"]["artifact"] == "fp32" and rec["host"]["tied"] == ["fp32"]
 
 
@@ -210,12 +223,11 @@ def test_a_quantised_file_unlike_its_host_outputs_on_a_device_is_flagged() -> No
     floor = PARITY_BARS["device vs host"].floor
     assert floor is not None
 
-    def row(model: str, device: str, vs_host: float) -> dict:
-        return {"device": device, "label": "emulated", "profile": "rpi4", "model": model, "threads": 1, "p50_ms": 1.0,
-                "parity_vs_source": {"top1_agreement": 1.0, "max_abs_diff": 0.0, "fp32_ok": True},
-                "parity_vs_host": {"top1_agreement": vs_host, "max_abs_diff": 0.1}}
+    def row(model: str, device: str, vs_host: float) -> Row:
+        bar = "vision int8" if model == "int8" else "fp32"
+        return device_row(model, device, bar, p50_ms=1.0, host_agreement=vs_host)
 
-    arts = {"int8": {"fp32": False, "min_top1": 0.98, "size_bytes": 1}, "fp32": {"fp32": True, "size_bytes": 4}}
+    arts = [artifact("int8", 1, "vision int8"), artifact("fp32", 4)]
     rows = [row("int8", "qemu-arm64", floor - 0.01), row("int8", "ssh:pi", floor), row("fp32", "qemu-arm64", 0.5)]
-    (flag,) = per_device({"devices": rows}, arts, 0.01)["flags"]
+    (flag,) = per_device(arts + rows, 0.01)["flags"]
     assert flag.startswith(f"int8 on qemu-arm64 agrees with the host's outputs on {floor - 0.01:.3f}"), flag

@@ -50,7 +50,7 @@ GATE = {"verdict": "fail", "budgets": {"max_p50_ms": 2.0}, "failures": ["kd-int8
 
 
 def vision_report() -> dict[str, Any]:
-    from edgedistill.benchmarks.report.vision import ReportInputs, build
+    from edgedistill.toolchain.vision.report import ReportInputs, build
 
     rng = np.random.default_rng(0)
     parity = {"reference": "kd-student", "max_abs_diff": 2e-3, "mean_abs_diff": 1e-4, "top1_agreement": 0.995,
@@ -82,7 +82,7 @@ def vision_report() -> dict[str, Any]:
 
 
 def llm_report() -> dict[str, Any]:
-    from edgedistill.benchmarks.report.llm import ReportInputs, build
+    from edgedistill.toolchain.llm.report import ReportInputs, build
 
     rng = np.random.default_rng(1)
     quants = {"kd-q8_0": ("gguf", "q8_0", 0.002, 0.985, 170e6, 210.0, 0.59),
@@ -164,7 +164,8 @@ def _chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, Any], Path]]:
     out = tmp_path_factory.mktemp("html")
-    from edgedistill.benchmarks.report import llm, vision
+    from edgedistill.toolchain.llm import report as llm
+    from edgedistill.toolchain.vision import report as vision
 
     reports = {"vision": vision_report(), "llm": llm_report()}
     for kind, rep in reports.items():
@@ -218,7 +219,8 @@ def test_chromium_screenshot_is_not_blank(kind: str, pages: dict, tmp_path: Path
 
 
 def test_minimal_and_partial_reports_render() -> None:
-    from edgedistill.benchmarks.report import llm, vision
+    from edgedistill.toolchain.llm import report as llm
+    from edgedistill.toolchain.vision import report as vision
 
     bare = [vision.build(vision.ReportInputs("r", "d", {"test_accuracy": 0.9}, {}, [], None, 0.02)),
             llm.build(llm.ReportInputs("r", "d", {}, {}, None, None, {}, 1, 0.02))]

@@ -23,8 +23,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from edgedistill.benchmarks.row import Row, device_checks
 from edgedistill.benchmarks.select import Candidate, decide
 from edgedistill.core.fileio import read_json, sha256_json, sha256_path, write_json, write_text
+from edgedistill.core.tolerances import PARITY_BARS
 from edgedistill.toolchain.pipeline import Context, pipeline_of
 from edgedistill.toolchain.recipe import RecipeBase
 from edgedistill.toolchain.rundir import RunDir
@@ -95,32 +97,35 @@ class Listed:
     variant: str
     export_ok: bool
     export_why: str
-    fp32: bool
-    min_top1: float | None
+    bar: str  # its parity bar's name in edgedistill.core.tolerances.PARITY_BARS
     size_bytes: int | None = None  # the export listing's (a folder's total for ONNX decoders); else measured
 
 
 Score = Callable[[str, dict[str, Any]], tuple[float | None, float | None]]
 
 
-def device_candidates(run: RunDir, entry: dict[str, Any], listed: list[Listed], score: Score) -> list[Candidate]:
+def device_candidates(run: RunDir, kind: str, entry: dict[str, Any], listed: list[Listed],
+                      score: Score) -> list[Candidate]:
     """Candidates from one device's entry of :func:`edgedistill.benchmarks.harness.measure_devices`: each listed
-    artifact with its row at the (one) thread count measured, or the error that kept it from running, and
-    ``score(name, agent_doc) -> (score, source's score)``. Each records its file and sha256 (the decision is
-    current only while they match)."""
+    artifact with its measurement row (``kind``'s) at the (one) thread count measured, or the error that kept it
+    from running, and ``score(name, agent_doc) -> (score, source's score)``. Each records its file and sha256 (the
+    decision is current only while they match)."""
     out = []
     for a in listed:
         res = (entry.get("results") or {}).get(a.name) or {}
         runs = res.get("runs") or {}
-        doc = runs[min(runs, key=int)] if runs else None
+        t = min(runs, key=int) if runs else None
+        doc = None if t is None else runs[t]
         path = run.root / a.file
-        row = None if doc is None else {
-            "p50_ms": doc["latency_ms"]["p50"], "samples_ms": doc.get("samples_ms"), "label": entry.get("label"),
-            "parity_vs_source": res.get("parity_vs_source"), "tokens_vs_host": res.get("tokens_vs_host")}
         s, src = score(a.name, doc) if doc is not None else (None, None)
         size = a.size_bytes or (doc or {}).get("size_bytes") or (path.stat().st_size if path.is_file() else None)
+        row = None if doc is None else Row(
+            artifact=a.name, kind=kind, role="artifact", device=entry["spec"], format=a.format, precision=a.variant,
+            label=entry.get("label"), profile=entry.get("profile"), threads=int(t),  # type: ignore[arg-type]
+            p50_ms=doc["latency_ms"]["p50"], samples_ms=doc.get("samples_ms"), size_bytes=size, score=s,
+            source_score=src, parity_bar=PARITY_BARS[a.bar].floor, parity_bar_name=a.bar, **device_checks(res))
         out.append(Candidate(
-            a.name, a.format, a.variant, size, a.export_ok, a.export_why, a.fp32, a.min_top1, row,
+            a.name, a.format, a.variant, size, a.export_ok, a.export_why, row,
             entry.get("error") or res.get("error") or (None if doc else "not measured"), s, src,
             {"file": a.file, "sha256": sha256_path(path) if path.exists() else None}))
     return out

@@ -17,8 +17,8 @@ module is a :class:`Kind`:
 
 Each stage computes a config hash from its recipe sections and the content hashes of its inputs; when the manifest
 records the same hash with intact outputs, the stage is skipped. Adding a kind (detection, speech) costs its folder
-(its report module may live there, as the toy kind's in ``tests/toy_kind/`` does; vision's and the LLM's are in
-``benchmarks/report/``) and its line in :data:`_KINDS` or a :func:`register_kind` call, plus its subpackages in
+(its report module included, as ``toolchain/vision/report.py``, ``toolchain/llm/report.py`` and the toy kind's in
+``tests/toy_kind/``) and its line in :data:`_KINDS` or a :func:`register_kind` call, plus its subpackages in
 ``pyproject.toml``'s ``packages`` for the wheel; nothing downstream of the rows tells the kinds apart.
 """
 

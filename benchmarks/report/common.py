@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgedistill.benchmarks.recommend import TIE_FLOOR, Option, recommend
-from edgedistill.benchmarks.report.per_device import HOSTS
-from edgedistill.benchmarks.row import Row
+from edgedistill.benchmarks.row import HOSTS, Row
 from edgedistill.core.fileio import write_json, write_text
 
 

@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from edgedistill.benchmarks.report.common import KindReport, auto_headline, auto_table, fmt
-from edgedistill.benchmarks.row import HOSTS, Row, rows_of
+from edgedistill.benchmarks.row import Row, rows_of
 from edgedistill.core.fileio import write_text
 
 VERDICT_COLOURS = {"pass": "#2e7d32", "fail": "#c62828", "inconclusive": "#ef8f00", "waived": "#757575",
@@ -191,9 +191,10 @@ def _forest(c: dict[str, Any]) -> str:
 
 
 def _score_latency(report: dict[str, Any], view: KindReport) -> str | None:
-    host_label = next((d.get("label") for d in report.get("devices") or [] if d.get("device") in HOSTS), None)
+    measured = rows_of(report)
+    host_label = next((r.label for r in measured if r.on_host and r.label), None)
     panels: dict[tuple[str, Any], list[tuple[Any, Any, float | None, float | None]]] = {}
-    for r in sorted(rows_of(report), key=lambda r: not r.on_host):  # the host's panel first
+    for r in sorted(measured, key=lambda r: not r.on_host):  # the host's panel first
         if r.role == "artifact" or r.on_host:
             key = ("host", host_label) if r.on_host else (r.device, r.label)
             panels.setdefault(key, []).append((r.artifact, r.threads, r.p50_ms, r.score))

@@ -7,10 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from edgedistill.benchmarks.harness import BenchItem, measure_devices
-from edgedistill.benchmarks.report.llm import same_top_bar
 from edgedistill.benchmarks.select import Candidate
 from edgedistill.core.fileio import read_json
-from edgedistill.core.tolerances import parity_bar
+from edgedistill.core.tolerances import parity_bar_name
 from edgedistill.toolchain.auto_select import Listed, device_candidates
 
 
@@ -57,9 +56,8 @@ def auto_candidates(ctx: Any, spec: str) -> tuple[list[Candidate], str | None, s
         return sum(per[:n]) / n, sum(src_per[:n]) / n
 
     listed = [Listed(a["name"], a["file"], a["format"], a["variant"], bool(a["fidelity"]["ok"]),
-                     str(a["fidelity"].get("criterion", "")), parity_bar("llm", a["format"], a["variant"]).metric
-                     == "fp32", same_top_bar(f"{a['format']} {a['variant']}"), a.get("size_bytes"))
-              for a in listing["artifacts"]]
+                     str(a["fidelity"].get("criterion", "")), parity_bar_name("llm", a["format"], a["variant"]),
+                     a.get("size_bytes")) for a in listing["artifacts"]]
     entry = matrix[spec]
-    return (device_candidates(run, entry, listed, score), entry.get("label"),
+    return (device_candidates(run, "llm", entry, listed, score), entry.get("label"),
             f"p50 latency per generated token at {b.threads} thread(s)")

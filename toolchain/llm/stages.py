@@ -25,10 +25,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgedistill.benchmarks.report import llm as report_mod
 from edgedistill.core.errors import UserError
 from edgedistill.core.fileio import atomic_dir, atomic_path, read_json, sha256_json, sha256_path, write_json
 from edgedistill.toolchain import auto_select
+from edgedistill.toolchain.llm import report as report_mod
 from edgedistill.toolchain.llm.context import (
     TOKENIZER_DIR,
     Context,

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from edgedistill.benchmarks.harness import BenchItem, measure_devices
-from edgedistill.benchmarks.report.vision import artifact_bar
 from edgedistill.benchmarks.select import Candidate
 from edgedistill.core.fileio import read_json
 from edgedistill.toolchain.auto_select import Listed, auto_threads, device_candidates
+from edgedistill.toolchain.vision.report import artifact_bar
 
 
 def auto_candidates(ctx: Any, spec: str) -> tuple[list[Candidate], str | None, str]:
@@ -34,9 +34,8 @@ def auto_candidates(ctx: Any, spec: str) -> tuple[list[Candidate], str | None, s
         return doc.get("accuracy"), source.get(by_name[name]["source"])
 
     listed = [Listed(a["name"], a["file"], a["format"], a["variant"], bool(a["parity"]["ok"]),
-                     str(a["parity"].get("criterion", "")), artifact_bar(a).metric == "fp32", artifact_bar(a).floor)
-              for a in arts]
+                     str(a["parity"].get("criterion", "")), artifact_bar(a)) for a in arts]
     entry = matrix[spec]
     t = entry.get("threads") or threads
-    return (device_candidates(run, entry, listed, score), entry.get("label"),
+    return (device_candidates(run, "vision", entry, listed, score), entry.get("label"),
             f"p50 latency, batch 1, at {t[0]} thread(s)")

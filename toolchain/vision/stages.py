@@ -31,7 +31,6 @@ from rich.markup import escape
 from torch import nn
 
 from edgedistill.benchmarks.harness import BenchItem, measure_devices, plan_devices, resolve_threads
-from edgedistill.benchmarks.report import vision as report_mod
 from edgedistill.core.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json
 from edgedistill.core.tolerances import parity_bar
 from edgedistill.devices.profile import int8_saturates
@@ -42,6 +41,7 @@ from edgedistill.toolchain.progress import make_progress
 from edgedistill.toolchain.rundir import RunDir
 from edgedistill.toolchain.training import drop_train_states, train_state
 from edgedistill.toolchain.vision import models
+from edgedistill.toolchain.vision import report as report_mod
 from edgedistill.toolchain.vision.context import (
     TEACHER,
     Context,

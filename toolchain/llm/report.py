@@ -41,9 +41,8 @@ from edgedistill.benchmarks.report.common import (
     write_report,
 )
 from edgedistill.benchmarks.report.per_device import per_device
-from edgedistill.benchmarks.row import Row, percentiles
-from edgedistill.benchmarks.row import device_rows as device_measurements
-from edgedistill.core.tolerances import parity_bar
+from edgedistill.benchmarks.row import Row, on_devices, percentiles
+from edgedistill.core.tolerances import PARITY_BARS, parity_bar_name
 
 SCHEMA = "edgedistill.llm-report/2"
 TITLE = "edgedistill LLM report"
@@ -172,13 +171,9 @@ def build(inp: ReportInputs) -> dict[str, Any]:
                                    and r["task_score"] >= src - inp.accuracy_tolerance)
     _same_runtime_speedups(rows, by_name, t)
     devices = device_rows(inp.bench, {r["name"] for r in rows if r["kind"] == "artifact"})
-    arts = {r["name"]: {"fp32": parity_bar("llm", *r["format"].split()).metric == "fp32",
-                        "size_bytes": r.get("size_bytes"),
-                        "min_top1": same_top_bar(r["format"]), "source_accuracy": None,
-                        "keeps_accuracy": r["keeps_accuracy"]}
-            for r in rows if r["kind"] == "artifact"}
-    truth = per_device({"devices": devices}, arts, inp.accuracy_tolerance)
     host = _host_rows(rows, by_name)
+    measured = on_devices("llm", host, devices, "task_score")
+    truth = per_device(measured, None)  # a few device prompts make no task score to hold an artifact to there
     rec, reason = recommended(host, truth)
     if inp.auto is not None:  # export --auto chose for its device under its retention budget: that ships
         rec, reason = inp.auto["chosen"], f"export --auto on {inp.auto['device']}: {inp.auto['reason']}"
@@ -192,12 +187,9 @@ def build(inp: ReportInputs) -> dict[str, Any]:
     data = stages.get("data", {}).get("info") or {}
     provenance = {"teacher": inp.teacher.get("source"), "data": data.get("source"), "baseline": data.get("baseline"),
                   "rejected": (inp.export or {}).get("rejected") or {}}
-    on_host = {r.artifact: r for r in host if r.role == "artifact"}
-    measured = [r.to_dict() for r in [*host, *device_measurements("llm", devices, on_host, "task_score")]]
     return {"schema": SCHEMA, "recipe": inp.recipe, "run_dir": inp.run_dir, "definitions": DEFINITIONS,
-            "models": rows, "rows": measured, "summary": summary, "provenance": provenance, "devices": devices,
-            "per_device": truth,
-            "auto": inp.auto,
+            "models": rows, "rows": [r.to_dict() for r in measured], "summary": summary, "provenance": provenance,
+            "devices": devices, "per_device": truth, "auto": inp.auto,
             "distill": stages.get("distill", {}).get("info"), "blackbox": stages.get("blackbox", {}).get("info"),
             "ensemble": stages.get("ensemble", {}).get("info"), "files": files}
 
@@ -209,7 +201,8 @@ def _host_rows(models: list[dict[str, Any]], by_name: dict[str, dict[str, Any]])
     for m in models:
         role = m["kind"] if m["kind"] in ("teacher", "artifact", "teacher-artifact") else "student"
         fmt_, _, precision = m["format"].partition(" ")
-        bar = same_top_bar(m["format"]) if role == "artifact" else None
+        name = parity_bar_name("llm", fmt_, precision) if role == "artifact" else None
+        bar = None if name is None else PARITY_BARS[name].floor
         same = m.get("same_top_token")
         fixed = {"artifact": m["name"], "kind": "llm", "role": role, "device": "host", "source": m.get("source"),
                  "format": fmt_, "precision": precision or None, "size_bytes": m.get("size_bytes"),
@@ -218,7 +211,7 @@ def _host_rows(models: list[dict[str, Any]], by_name: dict[str, dict[str, Any]])
                  else None, "keeps": m.get("keeps_accuracy"), "tokens_per_s": m.get("tg_tps"),
                  "peak_rss_mb": m.get("peak_rss_mb"), "kld": m.get("kld"), "same_top": same,
                  "parity_metric": "same_top_token" if role == "artifact" and same is not None else None,
-                 "parity_value": same if role == "artifact" else None, "parity_bar": bar,
+                 "parity_value": same if role == "artifact" else None, "parity_bar": bar, "parity_bar_name": name,
                  "parity_ok": None if bar is None or same is None else same >= bar, "error": m.get("bench_error")}
         if not m["latency_ms"]:
             out.append(Row(**fixed))
@@ -244,12 +237,6 @@ def strategy(meta: dict[str, Any]) -> str:
                 f"layer: {final}")
         return text + (f"; cut at exit {meta['cut_at']}" if role == "self-distill-exit" else "")
     return {"baseline": "CE only (reference completions)", "sft": "SFT on the teacher's replies"}.get(role, kd)
-
-
-def same_top_bar(fmt_: str) -> float | None:
-    """The same-top-token bar an LLM artifact (``fmt_``: ``"gguf q8_0"``) is held to against its source, from the
-    one table (:data:`edgedistill.core.tolerances.PARITY_BARS`; fp32 and 4-bit: None)."""
-    return parity_bar("llm", fmt_.split()[0], fmt_.split()[-1]).floor
 
 
 def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
