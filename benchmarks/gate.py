@@ -212,6 +212,15 @@ def _point(metric: str, m: dict[str, Any], limit: float, upper: bool) -> dict[st
             "method": "point value (no samples for an interval)"}
 
 
+def _unresolvable(n: int, half_width: float, share: float) -> str | None:
+    """A warning when ``n`` test examples give an interval too wide to tell a change within ``max_drop`` from no
+    change (the half-width shrinks as 1/sqrt(n), so about ``n·(half_width/share)²`` examples would)."""
+    if share <= 0 or half_width <= share:
+        return None
+    return (f"{n} test examples cannot resolve max_drop {share:g}: the interval's half-width is {half_width:.3g}; "
+            f"about {math.ceil(n * (half_width / share) ** 2)} examples would (or a larger max_drop)")
+
+
 def _relative(metric: str, m: dict[str, Any], b: dict[str, Any], share: float, cfg: dict[str, Any],
               rounds: dict[str, Any] | None) -> dict[str, Any]:
     """Candidate vs baseline: ``max_regression`` (ratio metrics) or ``max_drop`` (accuracy, retention)."""
@@ -226,7 +235,8 @@ def _relative(metric: str, m: dict[str, Any], b: dict[str, Any], share: float, c
             return {"value": m.get(metric), "baseline": b.get(metric), "ratio": d * scale,
                     "interval": [lo * scale, hi * scale], "samples": len(pc),
                     "verdict": _verdict(lo * scale, hi * scale, -share, upper=False),
-                    "method": "paired bootstrap of the difference over the same test examples"}
+                    "method": "paired bootstrap of the difference over the same test examples",
+                    "warning": _unresolvable(len(pc), (hi - lo) * scale / 2, share)}
         if m.get(metric) is None or b.get(metric) is None:
             return {"verdict": "inconclusive", "warning": f"no {metric} in one of the reports"}
         d = m[metric] - b[metric]

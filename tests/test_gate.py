@@ -370,3 +370,21 @@ def test_annotations_escape_what_the_runner_would_misread() -> None:
     r.failures.append("stale report: 100% changed\nsince")
     assert annotations(r)[-1] == "::error title=edgedistill gate::stale report: 100%25 changed%0Asince"
     assert annotations(evaluate(rep, {**CFG, "budgets": [{"p50_ms": {"max": 50.0}}]})) == []
+
+
+def test_an_accuracy_limit_the_test_set_cannot_resolve_says_how_many_examples_would() -> None:
+    """A retrained model disagrees with the base on many examples: with 360 of them the paired interval is a few
+    points wide, so ``max_drop: 0.01`` is inconclusive whatever the truth; the check says so and how many would do."""
+    base = np.tile([1, 0], 180)
+    head = base.copy()
+    head[:30] = 1 - head[:30]  # 15 examples won, 15 lost: no change on average, 30 of 360 disagree
+    cfg = {**CFG, "budgets": [{"accuracy": {"max_drop": 0.01}}]}
+    rep = report_for("m", [1.0] * 50, head.tolist())
+    (c,) = evaluate(rep, cfg, report_for("m", [1.0] * 50, base.tolist())).checks
+    half = (c.interval[1] - c.interval[0]) / 2
+    assert c.verdict == "inconclusive" and half > 0.01
+    assert c.warning.startswith("360 test examples cannot resolve max_drop 0.01: the interval's half-width is ")
+    wanted = int(c.warning.split("about ")[1].split()[0])
+    assert wanted == int(np.ceil(360 * (half / 0.01) ** 2)) > 360
+    same = evaluate(report_for("m", [1.0] * 50, base.tolist()), cfg, report_for("m", [1.0] * 50, base.tolist()))
+    assert same.checks[0].warning is None and same.verdict == "pass"

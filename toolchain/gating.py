@@ -156,7 +156,8 @@ def run_gate(ctx: Context, baseline: Path | None, rounds: int | None, overrides:
     if pairs:
         measured = measure()
         result = evaluate(report, cfg, base, measured, require_baseline)
-    if result.verdict == "inconclusive" and pairs:  # one confirming re-measurement, pooled with the first
+    if pairs and any(c.verdict == "inconclusive" and c.metric in (*PERCENTILE, "tokens_per_s")  # re-measurable
+                     for c in result.checks):  # one confirming re-measurement, pooled with the first
         measured = _pool(measured, measure())
         result = evaluate(report, cfg, base, measured, require_baseline)
         result.warnings.append("inconclusive at first: confirmed with a second set of interleaved rounds")
